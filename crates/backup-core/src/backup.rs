@@ -1,0 +1,258 @@
+//! The backup pipeline: source → chunker → id/dedup → zstd+AES-GCM → store, then the snapshot.
+//!
+//! Per item: a chunker task cuts the stream; up to `concurrency` chunks are in flight at once,
+//! each hashed, checked against the dedup set, sealed on the blocking pool and stored; results
+//! are consumed in stream order. The snapshot manifest is written only after every item's chunks
+//! are stored, so a failed or interrupted run leaves no snapshot (only reusable chunks).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::chunk::spawn_chunker;
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, SnapshotId};
+use crate::manifest::{Item, ItemKind, Snapshot, validate_item_name};
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::source::Source;
+use crate::store::PutMode;
+
+/// How to run a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Host recorded in the snapshot (default: this machine's hostname).
+    pub host: Option<String>,
+    pub tags: Vec<String>,
+    /// zstd level (1–19; 3 by default).
+    pub compression_level: i32,
+    /// Chunks in flight per item (default: 2 × cores + 2).
+    pub concurrency: usize,
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            host: None,
+            tags: Vec::new(),
+            compression_level: 3,
+            concurrency: default_concurrency(),
+            progress: None,
+        }
+    }
+}
+
+/// Chunks in flight by default: enough to keep every core busy while stores answer.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2 + 2
+}
+
+/// What one item of a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemReport {
+    pub name: String,
+    pub kind: ItemKind,
+    pub size: u64,
+    pub chunks: usize,
+    /// Chunks written by this run.
+    pub chunks_new: usize,
+    /// Bytes written to the store by this run (after compression and encryption).
+    pub stored_bytes: u64,
+    pub seconds: f64,
+}
+
+/// What a backup run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub snapshot: SnapshotId,
+    pub items: Vec<ItemReport>,
+    pub size: u64,
+    pub chunks_new: usize,
+    pub stored_bytes: u64,
+    pub seconds: f64,
+}
+
+/// Backs up every source into one snapshot, all or nothing.
+pub async fn backup(repo: &Repository, sources: Vec<Box<dyn Source>>, opts: &BackupOptions) -> Result<BackupReport> {
+    let t0 = Instant::now();
+    let time = Utc::now();
+    let mut names = HashSet::new();
+    for s in &sources {
+        if !validate_item_name(s.name()) {
+            return Err(Error::Usage(format!(
+                "item name {:?} is not allowed: use letters, digits, '.', '_' and '-'",
+                s.name()
+            )));
+        }
+        if !names.insert(s.name().to_string()) {
+            return Err(Error::Usage(format!("two sources are named {}", s.name())));
+        }
+    }
+    if sources.is_empty() {
+        return Err(Error::Usage("nothing to back up: no sources given".into()));
+    }
+    let known = Arc::new(Mutex::new(Repository::chunks_of(&repo.snapshots().await?)));
+    let mut items = Vec::new();
+    let mut reports = Vec::new();
+    for mut src in sources {
+        let (item, report) = backup_item(repo, &mut *src, &known, opts).await?;
+        items.push(item);
+        reports.push(report);
+    }
+    let snapshot = Snapshot {
+        version: 1,
+        id: SnapshotId::random(),
+        time,
+        finished: Utc::now(),
+        host: opts.host.clone().unwrap_or_else(crate::hostname),
+        tags: opts.tags.clone(),
+        program: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+        items,
+    };
+    repo.save_snapshot(&snapshot).await?;
+    Ok(BackupReport {
+        snapshot: snapshot.id,
+        size: reports.iter().map(|r| r.size).sum(),
+        chunks_new: reports.iter().map(|r| r.chunks_new).sum(),
+        stored_bytes: reports.iter().map(|r| r.stored_bytes).sum(),
+        items: reports,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+enum Stored {
+    New(u64),
+    Reused,
+}
+
+async fn backup_item(
+    repo: &Repository,
+    src: &mut dyn Source,
+    known: &Arc<Mutex<HashSet<ChunkId>>>,
+    opts: &BackupOptions,
+) -> Result<(Item, ItemReport)> {
+    let t0 = Instant::now();
+    let started = Utc::now();
+    let name = src.name().to_string();
+    if let Some(p) = &opts.progress {
+        p.start_item(&name, 0);
+    }
+    let reader = src.open().await?;
+    let concurrency = opts.concurrency.max(1);
+    let (mut rx, chunker) = spawn_chunker(reader, repo.config().chunker_params, 2);
+    let chunk_stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut results = chunk_stream
+        .map(|data| store_chunk(repo, data, known.clone(), opts.compression_level))
+        .buffered(concurrency);
+
+    let mut chunks = Vec::new();
+    let (mut chunks_new, mut stored_bytes) = (0usize, 0u64);
+    let mut failure = None;
+    while let Some(r) = results.next().await {
+        match r {
+            Ok((id, len, stored)) => {
+                chunks.push(id);
+                if let Stored::New(n) = stored {
+                    chunks_new += 1;
+                    stored_bytes += n;
+                }
+                if let Some(p) = &opts.progress {
+                    p.add(len);
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(results);
+    if let Some(e) = failure {
+        chunker.abort();
+        return Err(e);
+    }
+    let digest = match chunker.await {
+        Ok(Ok(d)) => d,
+        Ok(Err(read_err)) => {
+            // The producer's own report (pg_dump's message, the tar walker's error) explains a
+            // broken stream better than the read error does.
+            return Err(match src.finish().await {
+                Err(e) => e,
+                Ok(_) => Error::SourceFailed {
+                    item: name,
+                    detail: format!("reading the stream: {read_err}"),
+                },
+            });
+        }
+        Err(join) => return Err(Error::io("chunker task", std::io::Error::other(join))),
+    };
+    let facts = src.finish().await?;
+    let item = Item {
+        name: name.clone(),
+        kind: src.kind(),
+        format: src.format().to_string(),
+        size: digest.size,
+        sha256: hex::encode(digest.sha256),
+        chunks,
+        started,
+        finished: Utc::now(),
+        facts,
+    };
+    let report = ItemReport {
+        name,
+        kind: item.kind,
+        size: item.size,
+        chunks: item.chunks.len(),
+        chunks_new,
+        stored_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok((item, report))
+}
+
+async fn store_chunk(
+    repo: &Repository,
+    data: Vec<u8>,
+    known: Arc<Mutex<HashSet<ChunkId>>>,
+    level: i32,
+) -> Result<(ChunkId, u64, Stored)> {
+    let len = data.len() as u64;
+    let keys = repo.keys().clone();
+    let (id, data) = blocking(move || (keys.chunk_id(&data), data)).await?;
+    if known.lock().unwrap().contains(&id) {
+        return Ok((id, len, Stored::Reused));
+    }
+    // Not named by any snapshot, but a run that was interrupted may have stored it already.
+    let key = id.object_key();
+    match repo.store().head(&key).await {
+        Ok(_) => {
+            known.lock().unwrap().insert(id);
+            return Ok((id, len, Stored::Reused));
+        }
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let keys = repo.keys().clone();
+    let object = blocking(move || keys.seal_chunk(&id, &data, level)).await?;
+    let n = object.len() as u64;
+    let stored = match repo.store().put(&key, object, PutMode::CreateOnly).await {
+        Ok(()) => Stored::New(n),
+        // Same chunk twice in flight, or a concurrent run: the content is identical by construction.
+        Err(Error::AlreadyExists { .. }) => Stored::Reused,
+        Err(e) => return Err(e),
+    };
+    known.lock().unwrap().insert(id);
+    Ok((id, len, stored))
+}
+
+/// Runs CPU work on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io("worker thread", std::io::Error::other(e)))
+}

@@ -1,0 +1,152 @@
+//! Repository check: every snapshot readable, every chunk it names present, and with
+//! `read_data` every chunk decrypted and verified against its id.
+
+use std::collections::{BTreeMap, HashSet};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, SnapshotId};
+use crate::repository::Repository;
+use crate::restore::fetch_chunk;
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Download and verify every chunk, not only its presence.
+    pub read_data: bool,
+    pub concurrency: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            read_data: false,
+            concurrency: crate::backup::default_concurrency(),
+        }
+    }
+}
+
+/// One problem found, naming what it concerns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<ChunkId>,
+    pub message: String,
+}
+
+/// Result of a check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub items: usize,
+    /// Distinct chunks named by snapshots.
+    pub chunks: usize,
+    /// Chunks downloaded and verified (with `read_data`).
+    pub chunks_read: usize,
+    pub bytes_read: u64,
+    /// Chunk objects no snapshot names (left by interrupted runs; removed by prune).
+    pub unreferenced_chunks: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// No problems found.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the repository.
+pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
+    let mut problems = Vec::new();
+    let ids = repo.snapshot_ids().await?;
+    let mut snapshots = Vec::new();
+    for id in &ids {
+        match repo.load_snapshot(id).await {
+            Ok(s) => snapshots.push(s),
+            Err(e) => problems.push(Problem {
+                snapshot: Some(*id),
+                item: None,
+                chunk: None,
+                message: e.to_string(),
+            }),
+        }
+    }
+    // First user of each chunk: enough to name it in a message.
+    let mut users: BTreeMap<ChunkId, (SnapshotId, String)> = BTreeMap::new();
+    let mut items = 0;
+    for s in &snapshots {
+        for it in &s.items {
+            items += 1;
+            for c in &it.chunks {
+                users.entry(*c).or_insert_with(|| (s.id, it.name.clone()));
+            }
+        }
+    }
+    let stored: HashSet<ChunkId> = repo
+        .store()
+        .list("chunks/")
+        .await?
+        .iter()
+        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()))
+        .collect();
+    let mut present = Vec::new();
+    for (chunk, (snapshot, item)) in &users {
+        if stored.contains(chunk) {
+            present.push((*chunk, *snapshot, item.clone()));
+        } else {
+            problems.push(problem(Error::ChunkMissing {
+                snapshot: *snapshot,
+                item: item.clone(),
+                chunk: *chunk,
+                location: repo.location(),
+            }));
+        }
+    }
+    let unreferenced_chunks = stored.iter().filter(|c| !users.contains_key(c)).count();
+    let (mut chunks_read, mut bytes_read) = (0, 0u64);
+    if opts.read_data {
+        let mut reads = futures::stream::iter(present)
+            .map(|(chunk, snapshot, item)| async move { fetch_chunk(repo, snapshot, &item, chunk).await })
+            .buffer_unordered(opts.concurrency.max(1));
+        while let Some(r) = reads.next().await {
+            match r {
+                Ok(data) => {
+                    chunks_read += 1;
+                    bytes_read += data.len() as u64;
+                }
+                Err(e) => problems.push(problem(e)),
+            }
+        }
+    }
+    Ok(CheckReport {
+        snapshots: snapshots.len(),
+        items,
+        chunks: users.len(),
+        chunks_read,
+        bytes_read,
+        unreferenced_chunks,
+        problems,
+    })
+}
+
+fn problem(e: Error) -> Problem {
+    let (snapshot, item, chunk) = match &e {
+        Error::ChunkMissing { snapshot, item, chunk, .. } | Error::ChunkCorrupt { snapshot, item, chunk, .. } => {
+            (Some(*snapshot), Some(item.clone()), Some(*chunk))
+        }
+        _ => (None, None, None),
+    };
+    Problem {
+        snapshot,
+        item,
+        chunk,
+        message: e.to_string(),
+    }
+}

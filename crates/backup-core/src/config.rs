@@ -1,0 +1,305 @@
+//! The TOML configuration file and the repository selection shared by all binaries.
+//!
+//! Precedence for repository and key: command-line flags, then the environment
+//! (`LIFEBOAT_REPOSITORY`, `LIFEBOAT_PASSWORD_FILE`, `LIFEBOAT_PASSWORD_COMMAND`,
+//! `LIFEBOAT_KEY_FILE`, `LIFEBOAT_PASSWORD`), then the config file. `${VAR}` in any string of
+//! the config file is replaced by the environment variable (an unset variable is an error).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::repository::{CacheOptions, Repository};
+use crate::secret::SecretSource;
+use crate::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use crate::store::{LocalStore, Store};
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// `[repository]`: where, and how to unlock it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// A directory path (`s3://bucket/prefix` comes with the S3 store).
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the passphrase.
+    pub password_env: Option<String>,
+    pub password_command: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[backup]`: run settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    pub host: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub compression_level: Option<i32>,
+    pub concurrency: Option<usize>,
+}
+
+/// `[sources.NAME]`: one item of every snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    Volume {
+        path: PathBuf,
+        #[serde(default)]
+        exclude: Vec<String>,
+        #[serde(default = "yes")]
+        one_file_system: bool,
+    },
+    Command {
+        command: String,
+        /// Where `lifeboat-restore run` pipes the stream back by default.
+        restore_command: Option<String>,
+        format: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SourceConfig {
+    /// Builds the source for item `name`.
+    pub fn build(&self, name: &str) -> Box<dyn Source> {
+        match self {
+            SourceConfig::Volume {
+                path,
+                exclude,
+                one_file_system,
+            } => Box::new(VolumeSource::new(
+                name,
+                path,
+                VolumeOptions {
+                    exclude: exclude.clone(),
+                    one_file_system: *one_file_system,
+                },
+            )),
+            SourceConfig::Command { command, format, .. } => {
+                let mut s = CommandSource::new(name, command);
+                if let Some(f) = format {
+                    s = s.with_format(f);
+                }
+                Box::new(s)
+            }
+        }
+    }
+
+    /// The restore command, for command sources that have one.
+    pub fn restore_command(&self) -> Option<&str> {
+        match self {
+            SourceConfig::Command { restore_command, .. } => restore_command.as_deref(),
+            SourceConfig::Volume { .. } => None,
+        }
+    }
+}
+
+impl ConfigFile {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        let err = |detail: String| Error::Config {
+            path: path.display().to_string(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut value: toml::Value = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        expand_env(&mut value).map_err(err)?;
+        let cfg: ConfigFile = value.try_into().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        for name in cfg.sources.keys() {
+            if !crate::manifest::validate_item_name(name) {
+                return Err(err(format!(
+                    "source name {name:?} is not allowed: use letters, digits, '.', '_' and '-'"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn expand_env(v: &mut toml::Value) -> std::result::Result<(), String> {
+    match v {
+        toml::Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("${") {
+                out.push_str(&rest[..i]);
+                let end = rest[i..].find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}"))? + i;
+                let var = &rest[i + 2..end];
+                out.push_str(&std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?);
+                rest = &rest[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Array(a) => a.iter_mut().try_for_each(expand_env)?,
+        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, v)| expand_env(v))?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Repository selection as given on a command line (every field optional).
+#[derive(Debug, Clone, Default)]
+pub struct RepoArgs {
+    pub repo: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_command: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub no_cache: bool,
+}
+
+/// A repository selection with flags, environment and config merged.
+#[derive(Debug, Clone)]
+pub struct ResolvedRepo {
+    pub url: String,
+    pub secret: Option<SecretSource>,
+    pub cache: CacheOptions,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl RepoArgs {
+    /// Merges flags, environment and config file.
+    pub fn resolve(&self, cfg: Option<&ConfigFile>) -> Result<ResolvedRepo> {
+        let rc = cfg.map(|c| &c.repository);
+        let url = self
+            .repo
+            .clone()
+            .or_else(|| env("LIFEBOAT_REPOSITORY"))
+            .or_else(|| rc.map(|r| r.url.clone()))
+            .ok_or_else(|| Error::Usage("no repository given: use --repo, LIFEBOAT_REPOSITORY or --config".into()))?;
+        let flag = self
+            .password_file
+            .clone()
+            .map(SecretSource::PasswordFile)
+            .or_else(|| self.password_command.clone().map(SecretSource::PasswordCommand))
+            .or_else(|| self.key_file.clone().map(SecretSource::KeyFile));
+        let from_env = || {
+            env("LIFEBOAT_PASSWORD_FILE")
+                .map(|p| SecretSource::PasswordFile(p.into()))
+                .or_else(|| env("LIFEBOAT_PASSWORD_COMMAND").map(SecretSource::PasswordCommand))
+                .or_else(|| env("LIFEBOAT_KEY_FILE").map(|p| SecretSource::KeyFile(p.into())))
+                .or_else(|| env("LIFEBOAT_PASSWORD").map(|_| SecretSource::PasswordEnv("LIFEBOAT_PASSWORD".into())))
+        };
+        let from_cfg = || {
+            rc.and_then(|r| {
+                r.password_file
+                    .clone()
+                    .map(SecretSource::PasswordFile)
+                    .or_else(|| r.password_env.clone().map(SecretSource::PasswordEnv))
+                    .or_else(|| r.password_command.clone().map(SecretSource::PasswordCommand))
+                    .or_else(|| r.key_file.clone().map(SecretSource::KeyFile))
+            })
+        };
+        let secret = flag.or_else(from_env).or_else(from_cfg);
+        let cache = CacheOptions {
+            dir: self.cache_dir.clone().or_else(|| rc.and_then(|r| r.cache_dir.clone())),
+            disabled: self.no_cache,
+        };
+        Ok(ResolvedRepo { url, secret, cache })
+    }
+}
+
+impl ResolvedRepo {
+    /// The secret source, or a clear error when none was given.
+    pub fn secret_source(&self) -> Result<&SecretSource> {
+        self.secret.as_ref().ok_or_else(|| Error::NoSecret {
+            detail: format!("no passphrase or key file configured for {}", self.url),
+        })
+    }
+
+    /// Opens the store.
+    pub fn store(&self) -> Result<Arc<dyn Store>> {
+        open_store(&self.url)
+    }
+
+    /// Opens the repository.
+    pub async fn open(&self) -> Result<Repository> {
+        let secret = self.secret_source()?.resolve()?;
+        Repository::open(self.store()?, &secret, self.cache.clone()).await
+    }
+
+    /// Where the run lock of this repository lives on this host.
+    pub fn lock_path(&self) -> PathBuf {
+        let root = self
+            .cache
+            .root()
+            .unwrap_or_else(|| std::env::temp_dir().join("lifeboat"));
+        let tag = hex::encode(&crate::codec::hmac(b"lifeboat lock", &[self.url.as_bytes()])[..8]);
+        root.join("locks").join(format!("{tag}.lock"))
+    }
+}
+
+/// Opens the store a repository URL names.
+pub fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(Error::Usage(format!(
+            "repository {url}: {scheme}:// repositories are not supported by this build; use a directory path"
+        )));
+    }
+    Ok(Arc::new(LocalStore::new(url)))
+}
+
+/// Splits an ad-hoc `NAME=VALUE` source argument.
+pub fn split_named(arg: &str, flag: &str) -> Result<(String, String)> {
+    match arg.split_once('=') {
+        Some((n, v)) if crate::manifest::validate_item_name(n) && !v.is_empty() => Ok((n.to_string(), v.to_string())),
+        _ => Err(Error::Usage(format!(
+            "{flag} {arg:?}: expected NAME=VALUE with NAME made of letters, digits, '.', '_' and '-'"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_with_env_expansion_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        // SAFETY-free: tests in this crate do not read LIFEBOAT_TEST_DIR concurrently.
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
+        std::fs::write(
+            &p,
+            "[repository]\nurl = \"${HOME}/repo\"\npassword_file = \"/etc/pw\"\n\n[sources.web]\ntype = \"volume\"\npath = \"/srv\"\nexclude = [\"*.tmp\"]\n\n[sources.db]\ntype = \"command\"\ncommand = \"echo hi\"\nrestore_command = \"cat\"\n",
+        )
+        .unwrap();
+        let c = ConfigFile::load(&p).unwrap();
+        assert_eq!(c.repository.url, format!("{home}/repo"));
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.sources["db"].restore_command(), Some("cat"));
+        std::fs::write(&p, "[repository]\nurl = \"x\"\npasword_file = \"typo\"\n").unwrap();
+        let e = ConfigFile::load(&p).unwrap_err();
+        assert!(e.to_string().contains("pasword_file"), "{e}");
+        std::fs::write(&p, "[repository]\nurl = \"${LIFEBOAT_SURELY_UNSET_VAR}\"\n").unwrap();
+        assert!(ConfigFile::load(&p).unwrap_err().to_string().contains("LIFEBOAT_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn named_args() {
+        assert_eq!(split_named("db=echo a=b", "--command").unwrap(), ("db".into(), "echo a=b".into()));
+        assert!(split_named("bad name=x", "--command").is_err());
+        assert!(split_named("noequals", "--volume").is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! The one error type of the library: matchable variants that name the object concerned.
+
+use std::path::PathBuf;
+
+use crate::id::{ChunkId, SnapshotId};
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Lifeboat.
+///
+/// Variants carry the object they concern (repository location, snapshot, item, chunk, path) so
+/// a message read at 3 a.m. says *what* is wrong. [`Error::hint`] gives the next step and
+/// [`Error::exit_code`] the documented process exit code the binaries use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("no Lifeboat repository at {location}")]
+    RepositoryNotFound { location: String },
+
+    #[error("a Lifeboat repository already exists at {location}")]
+    RepositoryExists { location: String },
+
+    #[error("no key slot of the repository at {location} opens with the given {secret_kind}")]
+    WrongKey {
+        location: String,
+        secret_kind: &'static str,
+    },
+
+    #[error("no key given for the repository: {detail}")]
+    NoSecret { detail: String },
+
+    #[error("could not read the secret from {from}: {detail}")]
+    Secret { from: String, detail: String },
+
+    #[error("key slot: {detail}")]
+    KeySlot { detail: String },
+
+    #[error("another backup run holds the lock {path}")]
+    Locked { path: PathBuf },
+
+    #[error("snapshot {query} not found in {location}")]
+    SnapshotNotFound { query: String, location: String },
+
+    #[error("snapshot id prefix {query} is ambiguous: {candidates}")]
+    SnapshotAmbiguous { query: String, candidates: String },
+
+    #[error("snapshot {snapshot} is unreadable: {reason}")]
+    SnapshotCorrupt { snapshot: SnapshotId, reason: String },
+
+    #[error("snapshot {snapshot} has no item named {item} (it has: {available})")]
+    ItemNotFound {
+        snapshot: SnapshotId,
+        item: String,
+        available: String,
+    },
+
+    #[error("chunk {chunk} of item {item} in snapshot {snapshot} is missing from {location}")]
+    ChunkMissing {
+        snapshot: SnapshotId,
+        item: String,
+        chunk: ChunkId,
+        location: String,
+    },
+
+    #[error("chunk {chunk} of item {item} in snapshot {snapshot} is corrupt: {reason}")]
+    ChunkCorrupt {
+        snapshot: SnapshotId,
+        item: String,
+        chunk: ChunkId,
+        reason: String,
+    },
+
+    #[error("item {item} of snapshot {snapshot} restored to different data: {detail}")]
+    StreamMismatch {
+        snapshot: SnapshotId,
+        item: String,
+        detail: String,
+    },
+
+    #[error("source {item} failed: {detail}")]
+    SourceFailed { item: String, detail: String },
+
+    #[error("archive of item {item} is unsafe, entry {entry:?} refused: {reason}")]
+    UnsafeArchive {
+        item: String,
+        entry: String,
+        reason: String,
+    },
+
+    #[error("restore target {path} is not empty")]
+    TargetNotEmpty { path: PathBuf },
+
+    #[error("restore of item {item} to {target} failed: {detail}")]
+    Sink {
+        item: String,
+        target: String,
+        detail: String,
+    },
+
+    #[error("object {key} not found in {location}")]
+    NotFound { key: String, location: String },
+
+    #[error("object {key} already exists in {location}")]
+    AlreadyExists { key: String, location: String },
+
+    #[error("store {location}: {op} {key} failed: {source}")]
+    Store {
+        location: String,
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{object} is malformed: {detail}")]
+    Format { object: String, detail: String },
+
+    #[error("configuration {path}: {detail}")]
+    Config { path: String, detail: String },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Documented process exit code for this error (see README, "Exit codes").
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Config { .. } => 2,
+            Error::WrongKey { .. } | Error::NoSecret { .. } | Error::Secret { .. } => 3,
+            Error::Locked { .. } => 4,
+            Error::RepositoryNotFound { .. } => 5,
+            Error::ChunkMissing { .. }
+            | Error::ChunkCorrupt { .. }
+            | Error::SnapshotCorrupt { .. }
+            | Error::StreamMismatch { .. }
+            | Error::Format { .. } => 6,
+            Error::TargetNotEmpty { .. } | Error::UnsafeArchive { .. } => 7,
+            _ => 1,
+        }
+    }
+
+    /// The next step an operator should take, when there is an obvious one.
+    pub fn hint(&self) -> Option<String> {
+        let h = match self {
+            Error::RepositoryNotFound { .. } => {
+                "check --repo / LIFEBOAT_REPOSITORY, or create one with `lifeboat-backup init`"
+            }
+            Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
+            Error::WrongKey { .. } => {
+                "check LIFEBOAT_PASSWORD_FILE / --password-command / --key-file; `lifeboat-backup key list` shows the slots"
+            }
+            Error::NoSecret { .. } => {
+                "set LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD, --password-command or --key-file"
+            }
+            Error::Locked { .. } => {
+                "another run is still going; wait for it, or pass --wait to queue behind it"
+            }
+            Error::SnapshotNotFound { .. } | Error::SnapshotAmbiguous { .. } => {
+                "`lifeboat-restore list` shows the snapshots"
+            }
+            Error::ItemNotFound { .. } => "`lifeboat-restore show SNAPSHOT` lists its items",
+            Error::ChunkMissing { .. } | Error::ChunkCorrupt { .. } | Error::SnapshotCorrupt { .. } => {
+                "run `lifeboat-backup check --read-data` to see all damage; restore an older snapshot that does not use this object, and take a fresh backup"
+            }
+            Error::StreamMismatch { .. } => {
+                "the restored data is not what was backed up: do not use it; run `lifeboat-backup check --read-data`"
+            }
+            Error::SourceFailed { .. } => {
+                "fix the source and rerun; no snapshot was written and stored chunks will be reused"
+            }
+            Error::UnsafeArchive { .. } => {
+                "the archive tried to write outside the target; nothing was put in place. Inspect it with `lifeboat-restore export`"
+            }
+            Error::TargetNotEmpty { .. } => {
+                "restore elsewhere with --to DIR, empty the target, or pass --force to replace it"
+            }
+            Error::Store { .. } => "check that the storage is reachable and writable, then retry",
+            Error::Config { .. } => "fix the configuration file; see fixtures/lifeboat.toml for an example",
+            _ => return None,
+        };
+        Some(h.to_string())
+    }
+}

@@ -1,0 +1,49 @@
+//! Lifeboat core: streams sources through content-defined chunking, zstd and AES-256-GCM into
+//! a store, and restores them back with every byte verified.
+//!
+//! Crate map, in data-flow order (see docs/ARCHITECTURE.md):
+//!
+//! | module | role |
+//! |---|---|
+//! | [`source`] | what produces an item's bytes: volume (tar), command, any reader |
+//! | [`chunk`] | FastCDC chunking and the stream's SHA-256 |
+//! | [`codec`] | keyed chunk ids, zstd, the AES-256-GCM envelope; [`codec::keys`]: key slots |
+//! | [`store`] | the `Store` trait, `LocalStore`, fault injection, the conformance suite |
+//! | [`manifest`] | snapshot and item records |
+//! | [`repository`] | config, keys, snapshots and their cache on top of a store |
+//! | [`backup`] | the pipeline and the all-or-nothing snapshot |
+//! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command) |
+//! | [`check`] | repository verification |
+//! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
+//! | [`error`] | the one error enum, with exit codes and hints |
+
+#![forbid(unsafe_code)]
+
+pub mod backup;
+pub mod check;
+pub mod chunk;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod lock;
+pub mod manifest;
+pub mod progress;
+pub mod repository;
+pub mod restore;
+pub mod secret;
+pub mod source;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use id::{ChunkId, SnapshotId};
+pub use repository::Repository;
+
+/// This machine's hostname, recorded in snapshots and key slots.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

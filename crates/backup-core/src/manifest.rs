@@ -1,0 +1,101 @@
+//! Snapshot manifests: one backup set (every item of one run) with sizes, hashes, chunks and facts.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ChunkId, SnapshotId};
+
+/// Facts recorded at backup time (server versions, row counts, file counts…), checked by drills.
+pub type Facts = BTreeMap<String, serde_json::Value>;
+
+/// Kind of source an item came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    /// A directory as a tar stream.
+    Volume,
+    /// A command's standard output.
+    Command,
+    /// A PostgreSQL database dump.
+    Postgres,
+    /// A Redis RDB snapshot.
+    Redis,
+    /// Any other byte stream handed to the library.
+    Stream,
+}
+
+impl std::fmt::Display for ItemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ItemKind::Volume => "volume",
+            ItemKind::Command => "command",
+            ItemKind::Postgres => "postgres",
+            ItemKind::Redis => "redis",
+            ItemKind::Stream => "stream",
+        })
+    }
+}
+
+/// One item of a snapshot: a whole byte stream, as an ordered list of chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub name: String,
+    pub kind: ItemKind,
+    /// Stream format: `tar`, `raw`, `pg_dump-custom`, `rdb`…
+    pub format: String,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext stream, hex.
+    pub sha256: String,
+    pub chunks: Vec<ChunkId>,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    #[serde(default)]
+    pub facts: Facts,
+}
+
+/// One backup run. Written only after every chunk it names is durably stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Manifest format version.
+    pub version: u32,
+    pub id: SnapshotId,
+    /// When the run started (the point in time the snapshot represents, roughly).
+    pub time: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub host: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Lifeboat version that wrote it.
+    pub program: String,
+    pub items: Vec<Item>,
+}
+
+impl Snapshot {
+    /// Total plaintext bytes of all items.
+    pub fn size(&self) -> u64 {
+        self.items.iter().map(|i| i.size).sum()
+    }
+
+    /// Sorted item names: the snapshot's source set.
+    pub fn source_set(&self) -> Vec<String> {
+        let mut v: Vec<_> = self.items.iter().map(|i| i.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// The item called `name`.
+    pub fn item(&self, name: &str) -> Option<&Item> {
+        self.items.iter().find(|i| i.name == name)
+    }
+}
+
+/// Item names become file names on restore: keep them boring.
+pub fn validate_item_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}

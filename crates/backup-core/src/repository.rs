@@ -1,0 +1,472 @@
+//! The repository: config, key slots, snapshot manifests (with a local cache) on top of a `Store`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::codec::keys::{KdfParams, KeySlot};
+use crate::codec::{Keys, ObjectType};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, SlotId, SnapshotId};
+use crate::manifest::Snapshot;
+use crate::secret::Secret;
+use crate::store::{PutMode, Store};
+
+/// Repository format version written by this library.
+pub const FORMAT_VERSION: u32 = 1;
+/// Snapshot manifests larger than this are refused as corrupt (bounds memory on open).
+const MAX_MANIFEST: usize = 1 << 30;
+
+/// Content-defined chunking parameters; they change chunk boundaries, so they live in `config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl Default for ChunkerParams {
+    /// restic-like: 512 KiB / 1 MiB / 8 MiB.
+    fn default() -> Self {
+        ChunkerParams {
+            min_size: 512 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl ChunkerParams {
+    fn validate(&self) -> Result<()> {
+        let even = self.min_size % 2 == 0 && self.avg_size % 2 == 0 && self.max_size % 2 == 0;
+        let ordered = self.min_size <= self.avg_size && self.avg_size <= self.max_size;
+        let bounds = self.min_size >= 64 && self.avg_size >= 256 && self.avg_size <= 4 << 20 && self.max_size <= 16 << 20;
+        if even && ordered && bounds {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!("invalid chunker parameters {self:?}")))
+        }
+    }
+}
+
+/// The `config` object: plaintext JSON, authenticated by a MAC under the id key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format: String,
+    pub version: u32,
+    pub id: String,
+    pub created: DateTime<Utc>,
+    pub chunker: String,
+    pub chunker_params: ChunkerParams,
+    pub compression: String,
+    pub encryption: String,
+    pub chunk_id: String,
+    /// HMAC-SHA256(id key, "lifeboat config v1" || JSON of the other fields), hex.
+    #[serde(default)]
+    pub mac: String,
+}
+
+impl RepoConfig {
+    fn mac_input(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        c.mac.clear();
+        serde_json::to_vec(&c).expect("config serialises")
+    }
+}
+
+/// Options for [`Repository::init`].
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub chunker: ChunkerParams,
+    pub label: Option<String>,
+    pub cache: CacheOptions,
+}
+
+/// Where snapshot manifests are cached locally.
+#[derive(Debug, Clone, Default)]
+pub struct CacheOptions {
+    /// Cache root; `None` = `$LIFEBOAT_CACHE_DIR`, `$XDG_CACHE_HOME/lifeboat` or `~/.cache/lifeboat`.
+    pub dir: Option<PathBuf>,
+    /// Do not cache (always read manifests from the store).
+    pub disabled: bool,
+}
+
+impl CacheOptions {
+    /// The cache root in effect, if caching is on.
+    pub fn root(&self) -> Option<PathBuf> {
+        if self.disabled {
+            return None;
+        }
+        if let Some(d) = &self.dir {
+            return Some(d.clone());
+        }
+        if let Some(d) = std::env::var_os("LIFEBOAT_CACHE_DIR") {
+            return Some(d.into());
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+            return Some(PathBuf::from(d).join("lifeboat"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lifeboat"))
+    }
+}
+
+/// An opened repository: store, unwrapped keys and config.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Arc<dyn Store>,
+    keys: Keys,
+    config: RepoConfig,
+    slot: SlotId,
+    cache: Option<PathBuf>,
+}
+
+impl Repository {
+    /// Creates a new repository in an empty store, with one key slot for `secret`.
+    pub async fn init(store: Arc<dyn Store>, secret: &Secret, opts: InitOptions) -> Result<Repository> {
+        opts.chunker.validate()?;
+        match store.head("config").await {
+            Ok(_) => {
+                return Err(Error::RepositoryExists {
+                    location: store.location(),
+                });
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let master: Zeroizing<[u8; 64]> = Zeroizing::new(random_64());
+        let keys = Keys::from_master(&master);
+        let slot = KeySlot::create(&master, secret, opts.kdf, opts.label.clone())?;
+        store
+            .put(&slot.id.object_key(), to_json(&slot), PutMode::CreateOnly)
+            .await?;
+        let mut config = RepoConfig {
+            format: "lifeboat".into(),
+            version: FORMAT_VERSION,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            created: Utc::now(),
+            chunker: "fastcdc-2020".into(),
+            chunker_params: opts.chunker,
+            compression: "zstd".into(),
+            encryption: "aes-256-gcm".into(),
+            chunk_id: "hmac-sha256".into(),
+            mac: String::new(),
+        };
+        config.mac = hex::encode(keys.mac(b"lifeboat config v1", &config.mac_input()));
+        // config is written last: a store without it is not a repository yet.
+        store.put("config", to_json(&config), PutMode::CreateOnly).await?;
+        let cache = cache_dir(&opts.cache, &config.id);
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            slot: slot.id,
+            cache,
+        })
+    }
+
+    /// Opens an existing repository with `secret`.
+    pub async fn open(store: Arc<dyn Store>, secret: &Secret, cache: CacheOptions) -> Result<Repository> {
+        let raw = match store.get("config").await {
+            Ok(raw) => raw,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::RepositoryNotFound {
+                    location: store.location(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| Error::Format {
+            object: format!("config of {}", store.location()),
+            detail: e.to_string(),
+        })?;
+        if config.format != "lifeboat" || config.version != FORMAT_VERSION {
+            return Err(Error::Format {
+                object: format!("config of {}", store.location()),
+                detail: format!(
+                    "format {} version {} is not supported by this Lifeboat (version {FORMAT_VERSION})",
+                    config.format, config.version
+                ),
+            });
+        }
+        let (master, slot) = unlock(&*store, secret).await?;
+        let keys = Keys::from_master(&master);
+        let expected = hex::encode(keys.mac(b"lifeboat config v1", &config.mac_input()));
+        if expected != config.mac {
+            return Err(Error::Format {
+                object: format!("config of {}", store.location()),
+                detail: "MAC does not verify: the config was altered".into(),
+            });
+        }
+        let cache = cache_dir(&cache, &config.id);
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            slot,
+            cache,
+        })
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The unwrapped keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The repository config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The key slot this repository was opened with.
+    pub fn slot(&self) -> SlotId {
+        self.slot
+    }
+
+    /// Store location, for messages.
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// Ids of all snapshots in the store.
+    pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        let mut ids = Vec::new();
+        for m in self.store.list("snapshots/").await? {
+            let name = m.key.trim_start_matches("snapshots/");
+            if let Ok(id) = name.parse() {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Every snapshot, oldest first. Manifests come from the local cache when present.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let ids = self.snapshot_ids().await?;
+        self.prune_cache(&ids);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.load_snapshot(&id).await?);
+        }
+        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Reads and decrypts one snapshot manifest.
+    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let cached = self.cache_path(id).and_then(|p| std::fs::read(p).ok());
+        let from_cache = cached.is_some();
+        let raw = match cached {
+            Some(raw) => raw,
+            None => match self.store.get(&id.object_key()).await {
+                Ok(raw) => raw,
+                Err(Error::NotFound { .. }) => {
+                    return Err(Error::SnapshotNotFound {
+                        query: id.to_string(),
+                        location: self.location(),
+                    });
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        match self.decode_snapshot(id, &raw) {
+            Ok(s) => {
+                if !from_cache {
+                    self.write_cache(id, &raw);
+                }
+                Ok(s)
+            }
+            // A damaged cache entry must not hide a good object in the store.
+            Err(_) if from_cache => {
+                if let Some(p) = self.cache_path(id) {
+                    let _ = std::fs::remove_file(p);
+                }
+                let raw = self.store.get(&id.object_key()).await?;
+                self.decode_snapshot(id, &raw)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode_snapshot(&self, id: &SnapshotId, raw: &[u8]) -> Result<Snapshot> {
+        let plain = self
+            .keys
+            .open(ObjectType::Snapshot, &id.0, raw, MAX_MANIFEST)
+            .map_err(|e| Error::SnapshotCorrupt {
+                snapshot: *id,
+                reason: e.to_string(),
+            })?;
+        let snap: Snapshot = serde_json::from_slice(&plain).map_err(|e| Error::SnapshotCorrupt {
+            snapshot: *id,
+            reason: format!("manifest JSON: {e}"),
+        })?;
+        if snap.id != *id {
+            return Err(Error::SnapshotCorrupt {
+                snapshot: *id,
+                reason: format!("manifest claims id {}", snap.id),
+            });
+        }
+        Ok(snap)
+    }
+
+    /// Writes a snapshot manifest (create-only). Call only once every chunk it names is stored.
+    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        let json = serde_json::to_vec(snap).expect("manifest serialises");
+        let raw = self.keys.seal(ObjectType::Snapshot, &snap.id.0, &json, 3);
+        self.store
+            .put(&snap.id.object_key(), raw.clone(), PutMode::CreateOnly)
+            .await?;
+        self.write_cache(&snap.id, &raw);
+        Ok(())
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    pub async fn find_snapshot(&self, query: &str) -> Result<Snapshot> {
+        let not_found = || Error::SnapshotNotFound {
+            query: query.to_string(),
+            location: self.location(),
+        };
+        if query == "latest" {
+            return self.snapshots().await?.pop().ok_or_else(not_found);
+        }
+        let ids = self.snapshot_ids().await?;
+        let matches: Vec<_> = ids.iter().filter(|id| id.to_hex().starts_with(query)).collect();
+        match matches.as_slice() {
+            [] => Err(not_found()),
+            [one] => self.load_snapshot(one).await,
+            many => Err(Error::SnapshotAmbiguous {
+                query: query.to_string(),
+                candidates: many.iter().map(|i| i.short()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// Chunks named by the given snapshots.
+    pub fn chunks_of(snapshots: &[Snapshot]) -> HashSet<ChunkId> {
+        snapshots
+            .iter()
+            .flat_map(|s| s.items.iter().flat_map(|i| i.chunks.iter().copied()))
+            .collect()
+    }
+
+    /// Key slots of the repository.
+    pub async fn key_slots(&self) -> Result<Vec<KeySlot>> {
+        read_slots(&*self.store).await
+    }
+
+    /// Adds a key slot for `secret`; data is not touched.
+    pub async fn add_key(&self, secret: &Secret, kdf: KdfParams, label: Option<String>) -> Result<KeySlot> {
+        let slot = KeySlot::create(&self.keys.master(), secret, kdf, label)?;
+        self.store
+            .put(&slot.id.object_key(), to_json(&slot), PutMode::CreateOnly)
+            .await?;
+        Ok(slot)
+    }
+
+    /// Removes a key slot; refuses to remove the last one.
+    pub async fn remove_key(&self, id_or_prefix: &str) -> Result<SlotId> {
+        let slots = self.key_slots().await?;
+        let hits: Vec<_> = slots.iter().filter(|s| s.id.to_hex().starts_with(id_or_prefix)).collect();
+        let slot = match hits.as_slice() {
+            [one] => one.id,
+            [] => {
+                return Err(Error::KeySlot {
+                    detail: format!("no key slot {id_or_prefix} in {}", self.location()),
+                });
+            }
+            _ => {
+                return Err(Error::KeySlot {
+                    detail: format!("key slot prefix {id_or_prefix} is ambiguous"),
+                });
+            }
+        };
+        if slots.len() == 1 {
+            return Err(Error::KeySlot {
+                detail: format!("slot {slot} is the last key slot; removing it would make the repository unreadable"),
+            });
+        }
+        self.store.delete(&slot.object_key()).await?;
+        Ok(slot)
+    }
+
+    fn cache_path(&self, id: &SnapshotId) -> Option<PathBuf> {
+        self.cache.as_ref().map(|c| c.join("snapshots").join(id.to_hex()))
+    }
+
+    fn write_cache(&self, id: &SnapshotId, raw: &[u8]) {
+        // The cache is an optimisation: failing to write it must not fail a backup.
+        if let Some(p) = self.cache_path(id) {
+            let tmp = p.with_extension(format!("tmp{}", rand::random::<u32>()));
+            let ok = std::fs::create_dir_all(p.parent().expect("has parent")).is_ok()
+                && std::fs::write(&tmp, raw).is_ok()
+                && std::fs::rename(&tmp, &p).is_ok();
+            if !ok {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+
+    fn prune_cache(&self, live: &[SnapshotId]) {
+        let Some(dir) = self.cache.as_ref().map(|c| c.join("snapshots")) else {
+            return;
+        };
+        let live: HashSet<String> = live.iter().map(|i| i.to_hex()).collect();
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if !live.contains(&*e.file_name().to_string_lossy()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn cache_dir(opts: &CacheOptions, repo_id: &str) -> Option<PathBuf> {
+    opts.root().map(|r| r.join(repo_id))
+}
+
+fn random_64() -> [u8; 64] {
+    let mut m = [0u8; 64];
+    m[..32].copy_from_slice(&rand::random::<[u8; 32]>());
+    m[32..].copy_from_slice(&rand::random::<[u8; 32]>());
+    m
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).expect("serialises")
+}
+
+async fn read_slots(store: &dyn Store) -> Result<Vec<KeySlot>> {
+    let mut slots = Vec::new();
+    for m in store.list("keys/").await? {
+        let raw = store.get(&m.key).await?;
+        let slot: KeySlot = serde_json::from_slice(&raw).map_err(|e| Error::Format {
+            object: format!("key slot {}", m.key),
+            detail: e.to_string(),
+        })?;
+        slots.push(slot);
+    }
+    Ok(slots)
+}
+
+async fn unlock(store: &dyn Store, secret: &Secret) -> Result<(Zeroizing<[u8; 64]>, SlotId)> {
+    let slots = read_slots(store).await?;
+    for slot in &slots {
+        if let Some(master) = slot.unlock(secret)? {
+            return Ok((master, slot.id));
+        }
+    }
+    Err(Error::WrongKey {
+        location: store.location(),
+        secret_kind: secret.kind(),
+    })
+}

@@ -1,0 +1,140 @@
+//! `FaultyStore`: wraps a store and injects failures, for tests of what a failing store leaves.
+
+use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+
+use super::{ObjectMeta, PutMode, Store};
+use crate::error::{Error, Result};
+
+/// A failure to inject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Every put after the first `n` succeeded puts fails (the storage "goes away").
+    FailPutsAfter(usize),
+    /// Puts of keys starting with this prefix fail.
+    FailPutsWithPrefix(String),
+    /// Gets of keys starting with this prefix fail with a non-NotFound error.
+    FailGetsWithPrefix(String),
+}
+
+/// Wraps a store and fails operations according to the configured faults. Counts puts.
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    faults: Mutex<Vec<Fault>>,
+    puts: AtomicUsize,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// Wraps `inner` with no faults.
+    pub fn new(inner: S) -> Self {
+        FaultyStore {
+            inner,
+            faults: Mutex::new(Vec::new()),
+            puts: AtomicUsize::new(0),
+        }
+    }
+
+    /// Adds a fault.
+    pub fn inject(&self, f: Fault) {
+        self.faults.lock().unwrap().push(f);
+    }
+
+    /// Removes all faults.
+    pub fn heal(&self) {
+        self.faults.lock().unwrap().clear();
+    }
+
+    /// Successful puts so far.
+    pub fn puts(&self) -> usize {
+        self.puts.load(Ordering::SeqCst)
+    }
+
+    fn injected(&self, op: &'static str, key: &str) -> Error {
+        Error::Store {
+            location: self.inner.location(),
+            op,
+            key: key.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected fault"),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for FaultyStore<S> {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
+        let fail = self.faults.lock().unwrap().iter().any(|f| match f {
+            Fault::FailPutsAfter(n) => self.puts.load(Ordering::SeqCst) >= *n,
+            Fault::FailPutsWithPrefix(p) => key.starts_with(p.as_str()),
+            Fault::FailGetsWithPrefix(_) => false,
+        });
+        if fail {
+            return Err(self.injected("put", key));
+        }
+        self.inner.put(key, data, mode).await?;
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.check_get(key)?;
+        self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        self.check_get(key)?;
+        self.inner.get_range(key, range).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+impl<S: Store> FaultyStore<S> {
+    fn check_get(&self, key: &str) -> Result<()> {
+        let fail = self
+            .faults
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|f| matches!(f, Fault::FailGetsWithPrefix(p) if key.starts_with(p.as_str())));
+        if fail { Err(self.injected("get", key)) } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    #[tokio::test]
+    async fn healthy_faulty_store_passes_conformance_and_faults_fire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FaultyStore::new(LocalStore::new(dir.path()));
+        crate::store::conformance::run(&s).await;
+        let before = s.puts();
+        s.inject(Fault::FailPutsAfter(before + 1));
+        s.put("k/1", vec![1], PutMode::Overwrite).await.unwrap();
+        assert!(matches!(s.put("k/2", vec![2], PutMode::Overwrite).await, Err(Error::Store { .. })));
+        s.heal();
+        s.put("k/2", vec![2], PutMode::Overwrite).await.unwrap();
+        s.inject(Fault::FailGetsWithPrefix("k/".into()));
+        assert!(matches!(s.get("k/2").await, Err(Error::Store { .. })));
+    }
+}

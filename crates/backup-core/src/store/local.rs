@@ -1,0 +1,226 @@
+//! `LocalStore`: a directory, with atomic durable writes (temp file, fsync, rename, dir fsync).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{ObjectMeta, PutMode, Store, validate_key};
+use crate::error::{Error, Result};
+
+/// A store rooted at a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store at `root`; the directory need not exist yet (the first put creates it).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
+        if e.kind() == ErrorKind::NotFound {
+            Error::NotFound {
+                key: key.to_string(),
+                location: self.location(),
+            }
+        } else {
+            Error::Store {
+                location: self.location(),
+                op,
+                key: key.to_string(),
+                source: e,
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LocalStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| Error::io("store task", std::io::Error::other(e)))?
+    }
+
+    fn put_sync(&self, key: &str, data: &[u8], mode: PutMode) -> Result<()> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("keys have a parent");
+        let e = |e| self.err("put", key, e);
+        fs::create_dir_all(dir).map_err(e)?;
+        let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(e)?;
+            f.write_all(data).map_err(e)?;
+            f.sync_all().map_err(e)?;
+            drop(f);
+            match mode {
+                PutMode::Overwrite => fs::rename(&tmp, &path).map_err(e)?,
+                // link(2) fails atomically if the name exists, which rename(2) would not.
+                PutMode::CreateOnly => match fs::hard_link(&tmp, &path) {
+                    Ok(()) => fs::remove_file(&tmp).map_err(e)?,
+                    Err(err) if err.kind() == ErrorKind::AlreadyExists => {
+                        return Err(Error::AlreadyExists {
+                            key: key.to_string(),
+                            location: self.location(),
+                        });
+                    }
+                    Err(err) => return Err(e(err)),
+                },
+            }
+            File::open(dir).and_then(|d| d.sync_all()).map_err(e)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        // Walk only the directory the prefix points into.
+        let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir_part)
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![(start, dir_part.to_string())];
+        while let Some((dir, rel)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => continue,
+                Err(e) => return Err(self.err("list", prefix, e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| self.err("list", prefix, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") {
+                    continue;
+                }
+                let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let md = match entry.metadata() {
+                    Ok(md) => md,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.err("list", &key, e)),
+                };
+                if md.is_dir() {
+                    if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                        stack.push((entry.path(), key));
+                    }
+                } else if key.starts_with(prefix) {
+                    out.push(ObjectMeta {
+                        key,
+                        size: md.len(),
+                        modified: md.modified().ok().map(DateTime::<Utc>::from),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
+        let key = key.to_string();
+        self.blocking(move |s| s.put_sync(&key, &data, mode)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.path(key)?;
+        tokio::fs::read(&path).await.map_err(|e| self.err("get", key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        let path = self.path(key)?;
+        let k = key.to_string();
+        self.blocking(move |s| {
+            let e = |e| s.err("get", &k, e);
+            let mut f = File::open(&path).map_err(e)?;
+            let len = f.metadata().map_err(e)?.len();
+            let start = range.start.min(len);
+            let end = range.end.clamp(start, len);
+            f.seek(SeekFrom::Start(start)).map_err(e)?;
+            let mut buf = Vec::with_capacity((end - start) as usize);
+            f.take(end - start).read_to_end(&mut buf).map_err(e)?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let path = self.path(key)?;
+        let md = tokio::fs::metadata(&path).await.map_err(|e| self.err("head", key, e))?;
+        if md.is_dir() {
+            return Err(Error::NotFound {
+                key: key.to_string(),
+                location: self.location(),
+            });
+        }
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: md.len(),
+            modified: md.modified().ok().map(DateTime::<Utc>::from),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |s| s.list_sync(&prefix)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("delete", key, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_store_passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("repo"));
+        crate::store::conformance::run(&store).await;
+        crate::store::conformance::run_concurrent(std::sync::Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn create_only_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put("a/b", b"1".to_vec(), PutMode::CreateOnly).await.unwrap();
+        assert!(store.put("a/b", b"2".to_vec(), PutMode::CreateOnly).await.is_err());
+        let names: Vec<_> = fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("b")]);
+    }
+}

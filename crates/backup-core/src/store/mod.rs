@@ -1,0 +1,78 @@
+//! Object stores: the narrow `Store` trait the repository is written to, and its implementations.
+//!
+//! Guarantees every implementation gives (checked by [`conformance::run`]):
+//! - keys are `/`-separated relative names of `[A-Za-z0-9._-]` segments; anything else is refused;
+//! - `put` is atomic: readers see the whole old object, the whole new one, or nothing, and a put
+//!   that returned `Ok` is durable;
+//! - `put` with [`PutMode::CreateOnly`] fails with [`Error::AlreadyExists`] and leaves the
+//!   existing object untouched; of concurrent create-only puts of one key exactly one wins;
+//! - `get`/`get_range`/`head` on a missing key fail with [`Error::NotFound`] and nothing else does;
+//! - `list(prefix)` returns every object whose key starts with `prefix`, sorted by key;
+//! - `delete` of a missing key succeeds (deletes are idempotent).
+
+pub mod conformance;
+pub mod faulty;
+pub mod local;
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+
+pub use faulty::{Fault, FaultyStore};
+pub use local::LocalStore;
+
+/// Whether a put may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with `AlreadyExists` if the key exists.
+    CreateOnly,
+    /// Replace atomically.
+    Overwrite,
+}
+
+/// What `head` and `list` report about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// A flat key → bytes store. See the module documentation for the guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, used in messages (`/srv/backup`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+    /// Stores `data` under `key`.
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()>;
+    /// Reads a whole object.
+    async fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// Reads `range` of an object; a range past the end is clamped to the object's size.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>>;
+    /// Size and modification time of an object.
+    async fn head(&self, key: &str) -> Result<ObjectMeta>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Removes an object; succeeds if it does not exist.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Refuses keys that could escape a directory or be misread by a server.
+pub fn validate_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && !seg.starts_with(".tmp-")
+                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!("invalid object key {key:?}")))
+    }
+}
