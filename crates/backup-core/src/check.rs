@@ -68,7 +68,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
     let ids = repo.snapshot_ids().await?;
     let mut snapshots = Vec::new();
     for id in &ids {
-        match repo.load_snapshot(id).await {
+        match repo.load_snapshot_from_store(id).await {
             Ok(s) => snapshots.push(s),
             Err(e) => problems.push(Problem {
                 snapshot: Some(*id),

@@ -297,6 +297,12 @@ impl Repository {
         }
     }
 
+    /// Reads a snapshot manifest from the store itself, bypassing the cache (for `check`).
+    pub async fn load_snapshot_from_store(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let raw = self.store.get(&id.object_key()).await?;
+        self.decode_snapshot(id, &raw)
+    }
+
     fn decode_snapshot(&self, id: &SnapshotId, raw: &[u8]) -> Result<Snapshot> {
         let plain = self
             .keys

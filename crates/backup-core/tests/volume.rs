@@ -1,0 +1,220 @@
+//! Volumes: tree round trips with metadata, safe extraction, and target handling.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use backup_core::Error;
+use backup_core::backup::{BackupOptions, backup};
+use backup_core::manifest::ItemKind;
+use backup_core::restore::{ApplyOptions, RestoreOptions, TargetState, apply, plan};
+use backup_core::source::{ReaderSource, VolumeOptions, VolumeSource};
+use common::*;
+use filetime::FileTime;
+
+/// type, mode, mtime, size/target, content hash of every entry below `root`.
+fn describe(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let desc = if md.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if md.is_dir() {
+                walk(root, &p, out);
+                format!("dir {:o} mtime {}", md.mode() & 0o7777, md.mtime())
+            } else {
+                let content = fs::read(&p).unwrap();
+                format!(
+                    "file {:o} mtime {} len {} hash {:x}",
+                    md.mode() & 0o7777,
+                    md.mtime(),
+                    content.len(),
+                    content.iter().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64))
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn build_tree(root: &Path) {
+    fs::create_dir_all(root.join("a/deep/er")).unwrap();
+    fs::create_dir_all(root.join("empty")).unwrap();
+    fs::create_dir_all(root.join("cache")).unwrap();
+    fs::write(root.join("a/hello.txt"), "hello\n").unwrap();
+    fs::write(root.join("a/deep/er/big.bin"), random_bytes(9, 3 << 20)).unwrap();
+    fs::write(root.join("empty.txt"), "").unwrap();
+    fs::write(root.join("script.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::write(root.join("secret"), "s").unwrap();
+    fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(root.join("cache/junk"), "x").unwrap();
+    fs::write(root.join("note.tmp"), "x").unwrap();
+    let long = "n".repeat(120);
+    fs::create_dir_all(root.join(&long)).unwrap();
+    fs::write(root.join(&long).join("f".repeat(150)), "long names").unwrap();
+    symlink("a/hello.txt", root.join("rel-link")).unwrap();
+    symlink("/etc/hostname", root.join("abs-link")).unwrap();
+    symlink("does-not-exist", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("a/hello.txt"), root.join("hard")).unwrap();
+    let ro = root.join("readonly");
+    fs::create_dir(&ro).unwrap();
+    fs::write(ro.join("inside"), "r").unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    // Distinct, old mtimes everywhere, set deepest first so parents keep theirs.
+    let mut t = 1_500_000_000i64;
+    let mut paths: Vec<_> = describe(root).keys().cloned().collect();
+    paths.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for p in paths {
+        let full = root.join(&p);
+        t += 3600;
+        filetime::set_symlink_file_times(&full, FileTime::from_unix_time(t, 0), FileTime::from_unix_time(t, 0)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn volume_round_trip_preserves_contents_modes_mtimes_links() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    build_tree(&src);
+    let opts = VolumeOptions {
+        exclude: vec!["*.tmp".into(), "cache/**".into()],
+        ..Default::default()
+    };
+    let report = backup(&t.repo, vec![Box::new(VolumeSource::new("data", &src, opts))], &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.items[0].kind, ItemKind::Volume);
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    let facts = &snap.item("data").unwrap().facts;
+    assert_eq!(facts["hardlinks"], 1);
+    assert_eq!(facts["symlinks"], 3);
+    assert_eq!(facts["excluded"], 2, "note.tmp and cache/junk");
+
+    let out = t.dir.path().join("out");
+    let ropts = RestoreOptions {
+        to: Some(out.clone()),
+        ..Default::default()
+    };
+    let p = plan(&snap, &ropts).unwrap();
+    assert_eq!(p.items[0].target_state, TargetState::Missing);
+    apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap();
+    let restored = out.join("data");
+
+    let mut want = describe(&src);
+    want.remove("note.tmp");
+    want.remove("cache/junk");
+    // The excluded file's removal changed cache/'s listing but not its recorded mtime.
+    let got = describe(&restored);
+    assert_eq!(got, want);
+    let a = fs::metadata(restored.join("a/hello.txt")).unwrap();
+    let h = fs::metadata(restored.join("hard")).unwrap();
+    assert_eq!(a.ino(), h.ino(), "hard link restored as a link");
+    let root_mode = fs::metadata(&restored).unwrap().mode() & 0o7777;
+    assert_eq!(root_mode, fs::metadata(&src).unwrap().mode() & 0o7777, "volume root mode");
+
+    // Second backup of the unchanged tree: same stream, nothing new.
+    let again = backup(&t.repo, vec![Box::new(VolumeSource::new("data", &src, VolumeOptions { exclude: vec!["*.tmp".into(), "cache/**".into()], ..Default::default() }))], &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.chunks_new, 0, "deterministic tar of an unchanged tree dedups fully");
+    fs::set_permissions(src.join("readonly"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(restored.join("readonly"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test]
+async fn occupied_target_is_refused_unless_forced() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("new"), "new").unwrap();
+    backup(&t.repo, vec![Box::new(VolumeSource::new("v", &src, VolumeOptions::default()))], &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    let out = t.dir.path().join("out");
+    fs::create_dir_all(out.join("v")).unwrap();
+    fs::write(out.join("v/old"), "old").unwrap();
+    let p = plan(&snap, &RestoreOptions { to: Some(out.clone()), ..Default::default() }).unwrap();
+    assert_eq!(p.conflicts().len(), 1);
+    let e = apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::TargetNotEmpty { .. }), "{e:?}");
+    assert_eq!(e.exit_code(), 7);
+    assert_eq!(fs::read_to_string(out.join("v/old")).unwrap(), "old", "refused restore touched nothing");
+    let p = plan(&snap, &RestoreOptions { to: Some(out.clone()), force: true, ..Default::default() }).unwrap();
+    apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap();
+    assert!(!out.join("v/old").exists(), "forced restore replaces the target");
+    assert_eq!(fs::read_to_string(out.join("v/new")).unwrap(), "new");
+    let leftovers: Vec<_> = fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers, ["v"], "no temporary or old directories left behind");
+}
+
+/// A raw tar header with arbitrary name/link bytes (the tar crate refuses to build evil ones).
+fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+fn evil_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, link, data) in entries {
+        raw_entry(&mut out, name, *kind, link, data);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[tokio::test]
+async fn archives_that_escape_the_target_are_refused_with_nothing_written_outside() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    let t = new_repo().await;
+    let outside = t.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let outside_s = outside.display().to_string();
+    let abs_target = format!("{outside_s}/abs-evil");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("absolute", evil_tar(&[(&abs_target, Regular, "", b"x")])),
+        ("dotdot", evil_tar(&[("ok/", Directory, "", b""), ("ok/../../outside/dotdot-evil", Regular, "", b"x")])),
+        ("symlink-then-write", evil_tar(&[("link", Symlink, &outside_s, b""), ("link/through-symlink", Regular, "", b"x")])),
+        ("hardlink-out", evil_tar(&[("h", Link, "../outside/victim", b"")])),
+        ("symlink-replaced", evil_tar(&[("f", Regular, "", b"1"), ("f", Symlink, &outside_s, b"")])),
+    ];
+    fs::write(outside.join("victim"), "keep").unwrap();
+    for (name, tarball) in cases {
+        let src = ReaderSource::new(name, Box::new(std::io::Cursor::new(tarball))).with_kind(ItemKind::Volume, "tar");
+        backup(&t.repo, vec![Box::new(src)], &BackupOptions::default()).await.unwrap();
+        let snap = t.repo.find_snapshot("latest").await.unwrap();
+        let dest = t.dir.path().join("restore");
+        let p = plan(&snap, &RestoreOptions { to: Some(dest.clone()), ..Default::default() }).unwrap();
+        let e = apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap_err();
+        assert!(matches!(e, Error::UnsafeArchive { .. }), "{name}: expected UnsafeArchive, got {e:?}");
+        assert_eq!(e.exit_code(), 7);
+        let mut names: Vec<_> = fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["victim"], "{name}: something was written outside the target");
+        assert_eq!(fs::read_to_string(outside.join("victim")).unwrap(), "keep");
+        assert!(!dest.join(name).exists(), "{name}: a refused restore puts nothing in place");
+        if dest.exists() {
+            assert_eq!(fs::read_dir(&dest).unwrap().count(), 0, "{name}: temporary directory removed");
+        }
+    }
+}
