@@ -1,1 +1,402 @@
-fn main() {}
+//! `lifeboat-backup`: create repositories, run backups, list snapshots, check, manage keys.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use backup_core::backup::{BackupOptions, backup};
+use backup_core::check::{CheckOptions, check};
+use backup_core::cli::{EXIT_CODES, Output, RepoFlags, report_error};
+use backup_core::codec::keys::KdfParams;
+use backup_core::config::{ConfigFile, ResolvedRepo, split_named};
+use backup_core::lock::RunLock;
+use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
+use backup_core::repository::{ChunkerParams, InitOptions, Repository};
+use backup_core::secret::SecretSource;
+use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use clap::{Args, Parser, Subcommand};
+
+/// Back up PostgreSQL, Redis, volumes and command output into an encrypted, deduplicated repository.
+#[derive(Parser)]
+#[command(name = "lifeboat-backup", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    repo: RepoFlags,
+    /// Configuration file (TOML); see fixtures/lifeboat.toml.
+    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing on success (for cron).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a repository with a first key slot.
+    Init {
+        /// Argon2id memory in MiB for the passphrase slot.
+        #[arg(long, default_value_t = 64)]
+        kdf_memory_mib: u32,
+        /// Argon2id passes.
+        #[arg(long, default_value_t = 3)]
+        kdf_iterations: u32,
+        /// Label of the first key slot.
+        #[arg(long)]
+        label: Option<String>,
+        /// Chunk sizes MIN,AVG,MAX in bytes (default 524288,1048576,8388608); fixed for the repository's life.
+        #[arg(long, value_parser = parse_chunker)]
+        chunk_sizes: Option<ChunkerParams>,
+    },
+    /// Back up every configured (or named / ad-hoc) source into one snapshot.
+    Run(RunArgs),
+    /// List snapshots.
+    Snapshots,
+    /// Verify the repository: snapshots readable, chunks present; --read-data decrypts every chunk.
+    Check {
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Manage key slots.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Back up only these configured sources.
+    #[arg(long = "source", value_name = "NAME")]
+    sources: Vec<String>,
+    /// Ad-hoc volume: NAME=PATH.
+    #[arg(long = "volume", value_name = "NAME=PATH")]
+    volumes: Vec<String>,
+    /// Ad-hoc command whose stdout is backed up: NAME='CMD ARGS' (run with sh -c).
+    #[arg(long = "command", value_name = "NAME=CMD")]
+    commands: Vec<String>,
+    /// Exclude glob for ad-hoc volumes (repeatable).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
+    /// Tag for the snapshot (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Host name to record (default: this machine).
+    #[arg(long)]
+    host: Option<String>,
+    /// zstd level, 1-19.
+    #[arg(long)]
+    compression_level: Option<i32>,
+    /// Wait for a running backup of the same repository instead of exiting with code 4.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// List key slots.
+    List,
+    /// Add a key slot; the new secret comes from --new-password-file, --new-password-command,
+    /// --new-key-file or LIFEBOAT_NEW_PASSWORD.
+    Add {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        #[arg(long)]
+        new_password_command: Option<String>,
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        kdf_memory_mib: u32,
+        #[arg(long, default_value_t = 3)]
+        kdf_iterations: u32,
+    },
+    /// Remove a key slot (never the last one).
+    Remove { id: String },
+}
+
+fn parse_chunker(s: &str) -> Result<ChunkerParams, String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<u32>().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [min, avg, max] => Ok(ChunkerParams {
+            min_size: *min,
+            avg_size: *avg,
+            max_size: *max,
+        }),
+        _ => Err("expected MIN,AVG,MAX".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => report_error("lifeboat-backup", e.as_ref()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.as_deref().map(ConfigFile::load).transpose()?;
+    let resolved = cli.repo.args().resolve(config.as_ref())?;
+    let out = Output {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match cli.cmd {
+        Cmd::Init {
+            kdf_memory_mib,
+            kdf_iterations,
+            label,
+            chunk_sizes,
+        } => {
+            let secret = resolved.secret_source()?.resolve()?;
+            let opts = InitOptions {
+                kdf: KdfParams {
+                    memory_kib: kdf_memory_mib * 1024,
+                    iterations: kdf_iterations,
+                    parallelism: 1,
+                },
+                chunker: chunk_sizes.unwrap_or_default(),
+                label,
+                cache: resolved.cache.clone(),
+            };
+            let repo = Repository::init(resolved.store()?, &secret, opts).await?;
+            out.result(
+                &serde_json::json!({"repository": resolved.url, "id": repo.config().id, "key_slot": repo.slot()}),
+                || format!("created repository {} at {} (key slot {})", repo.config().id, resolved.url, repo.slot()),
+            );
+        }
+        Cmd::Run(args) => return run_backup(&resolved, config.as_ref(), args, &out).await,
+        Cmd::Snapshots => {
+            let repo = resolved.open().await?;
+            let snaps = repo.snapshots().await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&snaps.iter().map(summary).collect::<Vec<_>>())?);
+            } else {
+                println!("{:<10} {:<20} {:<16} {:>10}  ITEMS", "ID", "TIME (UTC)", "HOST", "SIZE");
+                for s in &snaps {
+                    println!(
+                        "{:<10} {:<20} {:<16} {:>10}  {}",
+                        s.id.short(),
+                        s.time.format("%Y-%m-%d %H:%M:%S"),
+                        s.host,
+                        human_bytes(s.size()),
+                        s.source_set().join(",")
+                    );
+                }
+            }
+        }
+        Cmd::Check { read_data } => {
+            let repo = resolved.open().await?;
+            let report = check(
+                &repo,
+                &CheckOptions {
+                    read_data,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for p in &report.problems {
+                    eprintln!("problem: {}", p.message);
+                }
+                if !out.quiet || !report.ok() {
+                    println!(
+                        "checked {} snapshots, {} items, {} chunks ({} read, {}); {} unreferenced chunks; {}",
+                        report.snapshots,
+                        report.items,
+                        report.chunks,
+                        report.chunks_read,
+                        human_bytes(report.bytes_read),
+                        report.unreferenced_chunks,
+                        if report.ok() { "no problems".to_string() } else { format!("{} PROBLEMS", report.problems.len()) }
+                    );
+                }
+            }
+            if !report.ok() {
+                eprintln!("hint: restore an older snapshot that does not use the damaged objects, and take a fresh backup");
+                return Ok(ExitCode::from(6));
+            }
+        }
+        Cmd::Key(k) => key_cmd(&resolved, k, &out).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary(s: &backup_core::manifest::Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id, "time": s.time, "finished": s.finished, "host": s.host, "tags": s.tags, "size": s.size(),
+        "items": s.items.iter().map(|i| serde_json::json!({"name": i.name, "kind": i.kind, "size": i.size})).collect::<Vec<_>>(),
+    })
+}
+
+async fn run_backup(resolved: &ResolvedRepo, config: Option<&ConfigFile>, args: RunArgs, out: &Output) -> Result<ExitCode> {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if let Some(cfg) = config {
+        for name in &args.sources {
+            if !cfg.sources.contains_key(name) {
+                bail!(backup_core::Error::Usage(format!(
+                    "no source {name} in the config (it has: {})",
+                    cfg.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let adhoc = !args.volumes.is_empty() || !args.commands.is_empty();
+        for (name, sc) in &cfg.sources {
+            if args.sources.contains(name) || (args.sources.is_empty() && !adhoc) {
+                sources.push(sc.build(name));
+            }
+        }
+    } else if !args.sources.is_empty() {
+        bail!(backup_core::Error::Usage("--source needs --config".into()));
+    }
+    for v in &args.volumes {
+        let (name, path) = split_named(v, "--volume")?;
+        let opts = VolumeOptions {
+            exclude: args.excludes.clone(),
+            ..Default::default()
+        };
+        sources.push(Box::new(VolumeSource::new(name, path, opts)));
+    }
+    for c in &args.commands {
+        let (name, cmd) = split_named(c, "--command")?;
+        sources.push(Box::new(CommandSource::new(name, cmd)));
+    }
+    let lock_path = resolved.lock_path();
+    let _lock = RunLock::acquire(&lock_path, args.wait)?;
+    let repo = resolved.open().await?;
+    let bc = config.map(|c| c.backup.clone()).unwrap_or_default();
+    let progress = Arc::new(Progress::default());
+    let show_progress = !out.quiet && !out.json && std::io::stderr().is_terminal();
+    let opts = BackupOptions {
+        host: args.host.or(bc.host),
+        tags: if args.tags.is_empty() { bc.tags } else { args.tags },
+        compression_level: args.compression_level.or(bc.compression_level).unwrap_or(3),
+        concurrency: bc.concurrency.unwrap_or_else(backup_core::backup::default_concurrency),
+        progress: show_progress.then(|| progress.clone()),
+    };
+    let ticker = show_progress.then(|| spawn_ticker(progress.clone()));
+    // On SIGINT/SIGTERM the backup future is dropped: sources kill their producers and, as the
+    // snapshot is written last, nothing that looks like a good backup is left behind.
+    let result = tokio::select! {
+        r = backup(&repo, sources, &opts) => r,
+        sig = interrupted() => {
+            drop(ticker);
+            bail!("interrupted by {sig}; no snapshot was written, stored chunks will be reused by the next run");
+        }
+    };
+    drop(ticker);
+    let report = result.context("backup failed, no snapshot was written")?;
+    out.result(&serde_json::to_value(&report)?, || {
+        let mut s = format!(
+            "snapshot {} saved: {} item(s), {} in {} ({} new chunks, {} stored)",
+            report.snapshot.short(),
+            report.items.len(),
+            human_bytes(report.size),
+            human_duration(report.seconds),
+            report.chunks_new,
+            human_bytes(report.stored_bytes)
+        );
+        for i in &report.items {
+            s.push_str(&format!(
+                "\n  {:<20} {:<8} {:>10}  {} chunks, {} new",
+                i.name,
+                i.kind.to_string(),
+                human_bytes(i.size),
+                i.chunks,
+                i.chunks_new
+            ));
+        }
+        s
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()> {
+    let repo = resolved.open().await?;
+    match k {
+        KeyCmd::List => {
+            let slots = repo.key_slots().await?;
+            if out.json {
+                let v: Vec<_> = slots
+                    .iter()
+                    .map(|s| serde_json::json!({"id": s.id, "kind": s.kind(), "created": s.created, "host": s.host, "label": s.label, "current": s.id == repo.slot()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("  {:<17} {:<11} {:<20} {:<16} LABEL", "ID", "KIND", "CREATED (UTC)", "HOST");
+                for s in slots {
+                    println!(
+                        "{} {:<17} {:<11} {:<20} {:<16} {}",
+                        if s.id == repo.slot() { "*" } else { " " },
+                        s.id,
+                        s.kind(),
+                        s.created.format("%Y-%m-%d %H:%M:%S"),
+                        s.host,
+                        s.label.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        KeyCmd::Add {
+            new_password_file,
+            new_password_command,
+            new_key_file,
+            label,
+            kdf_memory_mib,
+            kdf_iterations,
+        } => {
+            let src = new_password_file
+                .map(SecretSource::PasswordFile)
+                .or(new_password_command.map(SecretSource::PasswordCommand))
+                .or(new_key_file.map(SecretSource::KeyFile))
+                .or_else(|| {
+                    std::env::var_os("LIFEBOAT_NEW_PASSWORD").map(|_| SecretSource::PasswordEnv("LIFEBOAT_NEW_PASSWORD".into()))
+                })
+                .ok_or_else(|| {
+                    backup_core::Error::Usage(
+                        "key add needs --new-password-file, --new-password-command, --new-key-file or LIFEBOAT_NEW_PASSWORD".into(),
+                    )
+                })?;
+            let kdf = KdfParams {
+                memory_kib: kdf_memory_mib * 1024,
+                iterations: kdf_iterations,
+                parallelism: 1,
+            };
+            let slot = repo.add_key(&src.resolve()?, kdf, label).await?;
+            out.result(&serde_json::json!({"added": slot.id, "kind": slot.kind()}), || {
+                format!("added {} key slot {}", slot.kind(), slot.id)
+            });
+        }
+        KeyCmd::Remove { id } => {
+            let removed = repo.remove_key(&id).await?;
+            out.result(&serde_json::json!({"removed": removed}), || format!("removed key slot {removed}"));
+            if removed == repo.slot() && !out.json {
+                eprintln!("note: that was the slot used to open the repository in this command");
+            }
+        }
+    }
+    Ok(())
+}

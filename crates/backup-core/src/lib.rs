@@ -16,12 +16,15 @@
 //! | [`check`] | repository verification |
 //! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
 //! | [`error`] | the one error enum, with exit codes and hints |
+//! | `cli` (feature `cli`) | flags and error reporting shared by the binaries |
 
 #![forbid(unsafe_code)]
 
 pub mod backup;
 pub mod check;
 pub mod chunk;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;

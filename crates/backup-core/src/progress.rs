@@ -75,3 +75,87 @@ impl Progress {
         }
     }
 }
+
+/// `1.5 GiB`-style size.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// `2h03m`-style duration.
+pub fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+impl ProgressView {
+    /// One status line: item, bytes, rate and ETA when the total is known.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{}: {} ({}/s)",
+            self.item,
+            human_bytes(self.done),
+            human_bytes(self.rate() as u64)
+        );
+        if self.total > 0 {
+            let pct = self.done as f64 * 100.0 / self.total as f64;
+            s = format!("{}: {} of {} ({pct:.0}%, {}/s", self.item, human_bytes(self.done), human_bytes(self.total), human_bytes(self.rate() as u64));
+            if let Some(eta) = self.eta_secs() {
+                s.push_str(&format!(", ETA {}", human_duration(eta)));
+            }
+            s.push(')');
+        }
+        s
+    }
+}
+
+/// Redraws the progress line on stderr twice a second until aborted; for TTYs only.
+pub fn spawn_ticker(p: std::sync::Arc<Progress>) -> Ticker {
+    let handle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            eprint!("\r\x1b[2K{}", p.view().line());
+        }
+    });
+    Ticker(handle)
+}
+
+/// A running progress display; clears its line when dropped.
+#[derive(Debug)]
+pub struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+        eprint!("\r\x1b[2K");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_formats() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_duration(59.4), "59s");
+        assert_eq!(human_duration(125.0), "2m05s");
+        assert_eq!(human_duration(7260.0), "2h01m");
+        let v = ProgressView { item: "db".into(), done: 50 << 20, total: 100 << 20, elapsed_secs: 10.0 };
+        assert_eq!(v.line(), "db: 50.0 MiB of 100.0 MiB (50%, 5.0 MiB/s, ETA 10s)");
+    }
+}

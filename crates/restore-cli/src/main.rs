@@ -1,1 +1,344 @@
-fn main() {}
+//! `lifeboat-restore`: list and inspect snapshots, plan and run restores, export raw streams.
+
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use backup_core::cli::{EXIT_CODES, Output, RepoFlags, report_error};
+use backup_core::config::ConfigFile;
+use backup_core::manifest::Snapshot;
+use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
+use backup_core::restore::sink::{FileSink, Sink, StdoutSink};
+use backup_core::restore::{ApplyOptions, RestoreOptions, RestorePlan, Target, TargetState, plan, preflight, restore_item, restore_planned};
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+
+/// Restore Lifeboat snapshots: see what you have, plan, restore and verify every byte.
+#[derive(Parser)]
+#[command(name = "lifeboat-restore", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    repo: RepoFlags,
+    /// Configuration file (TOML): repository, key and restore commands of sources.
+    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// What snapshots exist, how old, how big.
+    List,
+    /// Items of one snapshot with sizes, hashes and recorded facts.
+    Show {
+        /// Snapshot id (prefix) or `latest`.
+        snapshot: String,
+    },
+    /// Show what `run` would do, touching nothing.
+    Plan(Selection),
+    /// Restore a snapshot (all items or --only / --skip).
+    Run {
+        #[command(flatten)]
+        sel: Selection,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask before replacing occupied targets with --force.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Write one item's raw stream (a tar for volumes) to a file or `-` for stdout.
+    Export {
+        snapshot: String,
+        item: String,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct Selection {
+    /// Snapshot id (prefix) or `latest`.
+    snapshot: String,
+    /// Restore only this item (repeatable).
+    #[arg(long = "only", value_name = "NAME")]
+    only: Vec<String>,
+    /// Do not restore this item (repeatable).
+    #[arg(long = "skip", value_name = "NAME")]
+    skip: Vec<String>,
+    /// Restore every item under DIR as DIR/<item>, instead of its original place.
+    #[arg(long)]
+    to: Option<PathBuf>,
+    /// Replace targets that are not empty.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => report_error("lifeboat-restore", e.as_ref()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.as_deref().map(ConfigFile::load).transpose()?;
+    let resolved = cli.repo.args().resolve(config.as_ref())?;
+    let out = Output {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    let repo = resolved.open().await?;
+    let restore_commands: HashMap<String, String> = config
+        .iter()
+        .flat_map(|c| c.sources.iter())
+        .filter_map(|(n, s)| s.restore_command().map(|c| (n.clone(), c.to_string())))
+        .collect();
+    match cli.cmd {
+        Cmd::List => {
+            let snaps = repo.snapshots().await?;
+            if out.json {
+                let v: Vec<_> = snaps.iter().map(snapshot_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if snaps.is_empty() {
+                println!("no snapshots in {}", repo.location());
+            } else {
+                println!("{:<10} {:<20} {:>8} {:<16} {:>10}  ITEMS", "ID", "TIME (UTC)", "AGE", "HOST", "SIZE");
+                for s in &snaps {
+                    println!(
+                        "{:<10} {:<20} {:>8} {:<16} {:>10}  {}",
+                        s.id.short(),
+                        s.time.format("%Y-%m-%d %H:%M:%S"),
+                        human_duration((Utc::now() - s.time).num_seconds() as f64),
+                        s.host,
+                        human_bytes(s.size()),
+                        s.source_set().join(",")
+                    );
+                }
+            }
+        }
+        Cmd::Show { snapshot } => {
+            let s = repo.find_snapshot(&snapshot).await?;
+            if out.json {
+                let mut v = serde_json::to_value(&s)?;
+                // Chunk lists are long and say nothing to a reader; count them instead.
+                if let Some(items) = v.get_mut("items").and_then(|i| i.as_array_mut()) {
+                    for (it, orig) in items.iter_mut().zip(&s.items) {
+                        it["chunks"] = orig.chunks.len().into();
+                    }
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "snapshot {}\n  time     {} UTC ({} ago)\n  host     {}\n  tags     {}\n  program  {}\n  size     {}",
+                    s.id,
+                    s.time.format("%Y-%m-%d %H:%M:%S"),
+                    human_duration((Utc::now() - s.time).num_seconds() as f64),
+                    s.host,
+                    s.tags.join(","),
+                    s.program,
+                    human_bytes(s.size())
+                );
+                for i in &s.items {
+                    println!(
+                        "\nitem {} ({}, {})\n  size     {} in {} chunks\n  sha256   {}\n  took     {}",
+                        i.name,
+                        i.kind,
+                        i.format,
+                        human_bytes(i.size),
+                        i.chunks.len(),
+                        i.sha256,
+                        human_duration((i.finished - i.started).num_milliseconds() as f64 / 1000.0)
+                    );
+                    for (k, v) in &i.facts {
+                        println!("  {k:<26} {v}");
+                    }
+                }
+            }
+        }
+        Cmd::Plan(sel) => {
+            let snap = repo.find_snapshot(&sel.snapshot).await?;
+            let p = plan(&snap, &sel.options(restore_commands))?;
+            print_plan(&p, &out)?;
+        }
+        Cmd::Run { sel, dry_run, yes } => {
+            let snap = repo.find_snapshot(&sel.snapshot).await?;
+            let p = plan(&snap, &sel.options(restore_commands))?;
+            if dry_run {
+                print_plan(&p, &out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !out.quiet && !out.json {
+                print_plan(&p, &out)?;
+            }
+            preflight(&p)?;
+            if p.force && !p.conflicts().is_empty() && !yes && std::io::stdin().is_terminal() && !confirm(&p)? {
+                bail!("restore cancelled; nothing was touched");
+            }
+            return restore(&repo, &snap, &p, &out).await;
+        }
+        Cmd::Export {
+            snapshot,
+            item,
+            output,
+            force,
+        } => {
+            let snap = repo.find_snapshot(&snapshot).await?;
+            let it = snap.item(&item).ok_or_else(|| backup_core::Error::ItemNotFound {
+                snapshot: snap.id,
+                item: item.clone(),
+                available: snap.source_set().join(", "),
+            })?;
+            let to_stdout = output.as_os_str() == "-";
+            let sink: Box<dyn Sink> = if to_stdout {
+                Box::new(StdoutSink::new())
+            } else {
+                Box::new(FileSink::create(&it.name, &output, force).await?)
+            };
+            let progress = Arc::new(Progress::default());
+            let show = !out.quiet && !out.json && !to_stdout && std::io::stderr().is_terminal();
+            let opts = ApplyOptions {
+                progress: show.then(|| progress.clone()),
+                ..Default::default()
+            };
+            let ticker = show.then(|| spawn_ticker(progress));
+            let r = restore_item(&repo, snap.id, it, sink, &opts).await;
+            drop(ticker);
+            if let Err(e) = r {
+                if to_stdout {
+                    eprintln!("lifeboat-restore: the data already written to stdout is incomplete or unverified: discard it");
+                }
+                return Err(e.into());
+            }
+            if !to_stdout {
+                out.result(&serde_json::json!({"item": it.name, "size": it.size, "sha256": it.sha256, "output": output}), || {
+                    format!("exported {} ({}, sha256 {} verified) to {}", it.name, human_bytes(it.size), it.sha256, output.display())
+                });
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Selection {
+    fn options(&self, restore_commands: HashMap<String, String>) -> RestoreOptions {
+        RestoreOptions {
+            only: self.only.clone(),
+            skip: self.skip.clone(),
+            to: self.to.clone(),
+            force: self.force,
+            restore_commands,
+        }
+    }
+}
+
+fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id, "time": s.time, "finished": s.finished, "host": s.host, "tags": s.tags, "size": s.size(),
+        "age_seconds": (Utc::now() - s.time).num_seconds(),
+        "items": s.items.iter().map(|i| serde_json::json!({"name": i.name, "kind": i.kind, "format": i.format, "size": i.size})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_plan(p: &RestorePlan, out: &Output) -> Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(p)?);
+        return Ok(());
+    }
+    if out.quiet {
+        return Ok(());
+    }
+    println!(
+        "restore plan: snapshot {} of {} UTC from {}, {} to restore",
+        p.snapshot.short(),
+        p.snapshot_time.format("%Y-%m-%d %H:%M:%S"),
+        p.host,
+        human_bytes(p.bytes)
+    );
+    for i in &p.items {
+        let state = match i.target_state {
+            TargetState::Missing => "new",
+            TargetState::Empty => "empty",
+            TargetState::Occupied if p.force => "REPLACED (--force)",
+            TargetState::Occupied => "NOT EMPTY: refused without --force",
+            TargetState::NotApplicable => "piped",
+        };
+        println!("  {:<20} {:<8} {:>10}  -> {} [{state}]", i.name, i.kind.to_string(), human_bytes(i.size), i.target);
+    }
+    Ok(())
+}
+
+fn confirm(p: &RestorePlan) -> Result<bool> {
+    eprint!("replace {} occupied target(s)? type 'yes' to continue: ", p.conflicts().len());
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+async fn restore(repo: &backup_core::Repository, snap: &Snapshot, p: &RestorePlan, out: &Output) -> Result<ExitCode> {
+    let progress = Arc::new(Progress::default());
+    let show = !out.quiet && !out.json && std::io::stderr().is_terminal();
+    let opts = ApplyOptions {
+        progress: show.then(|| progress.clone()),
+        ..Default::default()
+    };
+    let mut done = Vec::new();
+    for item in &p.items {
+        let ticker = show.then(|| spawn_ticker(progress.clone()));
+        let r = restore_planned(repo, snap, item, p.force, &opts).await;
+        drop(ticker);
+        match r {
+            Ok(r) => {
+                if !out.quiet && !out.json {
+                    println!(
+                        "restored {} ({}) to {} in {}, sha256 verified",
+                        r.name,
+                        human_bytes(r.size),
+                        item.target,
+                        human_duration(r.seconds)
+                    );
+                }
+                done.push(r);
+            }
+            Err(e) => {
+                let partial = matches!(item.target, Target::Command(_) | Target::Stdout);
+                eprintln!(
+                    "lifeboat-restore: item {} FAILED; {}",
+                    item.name,
+                    if partial {
+                        format!("{} may have received partial data", item.target)
+                    } else {
+                        format!("{} was left as it was", item.target)
+                    }
+                );
+                if !done.is_empty() {
+                    eprintln!(
+                        "lifeboat-restore: already restored: {}",
+                        done.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"snapshot": snap.id, "items": done}))?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,240 @@
+//! `lifeboat-backup` end to end: exit codes, config runs, the run lock, a killed run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "correct horse\n").unwrap();
+        let e = Env { dir };
+        let out = e.cmd(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]).output().unwrap();
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        e
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat-backup"));
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LIFEBOAT_REPOSITORY", self.p("repo"))
+            .env("LIFEBOAT_PASSWORD_FILE", self.p("pw"))
+            .env("LIFEBOAT_CACHE_DIR", self.p("cache"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn snapshots(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["snapshots", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+
+    fn chunk_count(&self) -> usize {
+        count(&self.p("repo/chunks"))
+    }
+}
+
+fn count(d: &Path) -> usize {
+    std::fs::read_dir(d)
+        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn adhoc_run_prints_json_and_lists_snapshots() {
+    let e = Env::new();
+    std::fs::create_dir_all(e.p("vol/sub")).unwrap();
+    std::fs::write(e.p("vol/sub/a.txt"), "alpha").unwrap();
+    let vol = format!("files={}", e.p("vol").display());
+    let out = e.run(&["run", "--json", "--volume", &vol, "--command", "greeting=echo hello", "--tag", "adhoc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["items"].as_array().unwrap().len(), 2);
+    assert_eq!(report["items"][1]["size"], 6, "`echo hello` is 6 bytes");
+    let snaps = e.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["tags"][0], "adhoc");
+    assert_eq!(snaps[0]["id"], report["snapshot"]);
+    let quiet = e.run(&["run", "--quiet", "--command", "greeting=echo hello"]);
+    assert!(quiet.status.success());
+    assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty(), "quiet on success, for cron");
+    let check = e.run(&["check", "--read-data", "--json"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let r: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(r["problems"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn exit_codes_are_distinct_and_errors_carry_hints() {
+    let e = Env::new();
+    let wrong = e.cmd(&["snapshots"]).env("LIFEBOAT_PASSWORD_FILE", e.p("nope")).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(3), "{}", stderr(&wrong));
+    std::fs::write(e.p("bad"), "wrong\n").unwrap();
+    let wrong = e.cmd(&["snapshots"]).env("LIFEBOAT_PASSWORD_FILE", e.p("bad")).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(3));
+    assert!(stderr(&wrong).contains("hint:"), "{}", stderr(&wrong));
+    let missing = e.cmd(&["snapshots"]).env("LIFEBOAT_REPOSITORY", e.p("elsewhere")).output().unwrap();
+    assert_eq!(missing.status.code(), Some(5), "{}", stderr(&missing));
+    let usage = e.run(&["run", "--volume", "no equals sign"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let failing = e.run(&["run", "--command", "db=echo partial; exit 4"]);
+    assert_eq!(failing.status.code(), Some(1));
+    assert!(stderr(&failing).contains("status 4"), "{}", stderr(&failing));
+    assert!(e.snapshots().is_empty(), "a failing command leaves no snapshot");
+    let argv_secret = e.run(&["snapshots", "--password", "x"]);
+    assert_eq!(argv_secret.status.code(), Some(2), "there is no flag that takes a secret on argv");
+}
+
+#[test]
+fn config_file_runs_all_or_named_sources_into_one_snapshot() {
+    let e = Env::new();
+    std::fs::create_dir_all(e.p("www")).unwrap();
+    std::fs::write(e.p("www/index.html"), "<h1>hi</h1>").unwrap();
+    std::fs::write(e.p("www/skip.tmp"), "x").unwrap();
+    let cfg = format!(
+        "[repository]\nurl = \"{}\"\npassword_file = \"{}\"\n\n[backup]\ntags = [\"nightly\"]\n\n[sources.www]\ntype = \"volume\"\npath = \"{}\"\nexclude = [\"*.tmp\"]\n\n[sources.etcd]\ntype = \"command\"\ncommand = \"printf snapshot-bytes\"\nrestore_command = \"cat > {}\"\n",
+        e.p("repo").display(),
+        e.p("pw").display(),
+        e.p("www").display(),
+        e.p("etcd-restored").display()
+    );
+    std::fs::write(e.p("lifeboat.toml"), cfg).unwrap();
+    let cfgp = e.p("lifeboat.toml");
+    let cfgs = cfgp.to_str().unwrap();
+    let out = e.cmd(&["--config", cfgs, "run", "--json"]).env_remove("LIFEBOAT_REPOSITORY").env_remove("LIFEBOAT_PASSWORD_FILE").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snaps = e.snapshots();
+    assert_eq!(snaps.len(), 1);
+    let names: Vec<_> = snaps[0]["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["etcd", "www"]);
+    assert_eq!(snaps[0]["tags"][0], "nightly");
+    let one = e.run(&["--config", cfgs, "run", "--source", "etcd"]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let snaps = e.snapshots();
+    assert_eq!(snaps[1]["items"].as_array().unwrap().len(), 1);
+    let unknown = e.run(&["--config", cfgs, "run", "--source", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("etcd, www"), "lists what exists: {}", stderr(&unknown));
+}
+
+#[test]
+fn overlapping_runs_never_run_twice() {
+    let e = Env::new();
+    let started = e.p("first-started");
+    let slow = format!("slow=touch {}; sleep 3; echo done", started.display());
+    let mut first = e.cmd(&["run", "--quiet", "--command", &slow]).spawn().unwrap();
+    // The command runs only once the first run holds the lock.
+    let t0 = Instant::now();
+    while !started.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(started.exists(), "first run started its source");
+    let second = e.run(&["run", "--command", "other=echo x"]);
+    assert_eq!(second.status.code(), Some(4), "{}", stderr(&second));
+    assert!(stderr(&second).contains("lock"), "{}", stderr(&second));
+    let waited = e.run(&["run", "--wait", "--command", "queued=echo y"]);
+    assert!(waited.status.success(), "--wait queues behind the first run: {}", stderr(&waited));
+    assert!(first.wait().unwrap().success());
+    let snaps = e.snapshots();
+    assert_eq!(snaps.len(), 2, "the first and the queued run, not the refused one");
+    let first_end = snaps[0]["finished"].as_str().unwrap().to_string();
+    let second_start = snaps[1]["time"].as_str().unwrap().to_string();
+    assert!(second_start >= first_end, "the queued run started after the first finished");
+}
+
+#[test]
+fn killed_backup_leaves_no_snapshot_and_the_next_run_reuses_chunks() {
+    let e = Env::new();
+    let data = e.p("data.bin");
+    let mut f = std::fs::File::create(&data).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = Vec::with_capacity(16 << 20);
+    while buf.len() < 16 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    std::io::Write::write_all(&mut f, &buf).unwrap();
+    // The command emits the data, then hangs: the backup is killed while waiting on it.
+    let slow = format!("dump=cat {}; sleep 20", data.display());
+    let mut child = e.cmd(&["run", "--command", &slow]).spawn().unwrap();
+    let t0 = Instant::now();
+    while e.chunk_count() < 4 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stored = e.chunk_count();
+    assert!(stored >= 4, "chunks stored before the kill: {stored}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(e.snapshots().is_empty(), "a killed run leaves no snapshot");
+
+    let ok = format!("dump=cat {}", data.display());
+    let out = e.run(&["run", "--json", "--command", &ok]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let total = r["items"][0]["chunks"].as_u64().unwrap();
+    let new = r["chunks_new"].as_u64().unwrap();
+    assert!(new < total, "the rerun reused chunks of the killed run ({new} new of {total})");
+    assert_eq!(e.chunk_count() as u64, stored as u64 + new);
+}
+
+#[test]
+fn key_slots_from_the_command_line() {
+    let e = Env::new();
+    std::fs::write(e.p("pw2"), "second\n").unwrap();
+    let pw2 = e.p("pw2");
+    let add = e.run(&["key", "add", "--new-password-file", pw2.to_str().unwrap(), "--label", "backup host", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let list = e.run(&["key", "list", "--json"]);
+    let slots: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(slots.len(), 2);
+    let current = slots.iter().find(|s| s["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    let other = slots.iter().find(|s| s["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(e.cmd(&["snapshots"]).env("LIFEBOAT_PASSWORD_FILE", &pw2).output().unwrap().status.success());
+    assert!(e.run(&["key", "remove", &other]).status.success());
+    let last = e.run(&["key", "remove", &current]);
+    assert_ne!(last.status.code(), Some(0));
+    assert!(stderr(&last).contains("last key slot"), "{}", stderr(&last));
+}
+
+#[test]
+fn sigterm_stops_the_run_and_its_producer_without_a_snapshot() {
+    let e = Env::new();
+    let marker = e.p("producer-alive");
+    let cmd = format!("slow=echo start; while true; do touch {}; sleep 0.1; done", marker.display());
+    let child = e.cmd(&["run", "--command", &cmd]).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !marker.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(marker.exists(), "producer started");
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("SIGTERM"), "{}", stderr(&out));
+    assert!(e.snapshots().is_empty());
+    std::fs::remove_file(&marker).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!marker.exists(), "the producer was stopped with the run");
+}

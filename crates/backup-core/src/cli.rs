@@ -1,0 +1,90 @@
+//! Command-line glue shared by `lifeboat-backup`, `lifeboat-restore` and `lifeboat-drill`:
+//! repository flags, output mode and error reporting with documented exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::config::RepoArgs;
+
+/// The exit codes, for `--help`.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 wrong or missing key, \
+4 another run holds the lock, 5 repository not found, 6 integrity problem (corrupt or missing data), \
+7 restore target refused (not empty, unsafe archive)";
+
+/// Repository selection flags; each has an environment fallback (see [`crate::config`]).
+#[derive(Args, Debug, Clone)]
+pub struct RepoFlags {
+    /// Repository location (or LIFEBOAT_REPOSITORY).
+    #[arg(long, short = 'r', global = true)]
+    pub repo: Option<String>,
+    /// File holding the passphrase (or LIFEBOAT_PASSWORD_FILE).
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Command printing the passphrase (or LIFEBOAT_PASSWORD_COMMAND).
+    #[arg(long, global = true)]
+    pub password_command: Option<String>,
+    /// Key file instead of a passphrase (or LIFEBOAT_KEY_FILE).
+    #[arg(long, global = true)]
+    pub key_file: Option<PathBuf>,
+    /// Where snapshot manifests are cached (default ~/.cache/lifeboat).
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Read everything from the repository, cache nothing.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+}
+
+impl RepoFlags {
+    /// As library options.
+    pub fn args(&self) -> RepoArgs {
+        RepoArgs {
+            repo: self.repo.clone(),
+            password_file: self.password_file.clone(),
+            password_command: self.password_command.clone(),
+            key_file: self.key_file.clone(),
+            cache_dir: self.cache_dir.clone(),
+            no_cache: self.no_cache,
+        }
+    }
+}
+
+/// Human or JSON output, quiet or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Output {
+    /// Prints a result: JSON when asked, else the human text unless quiet.
+    pub fn result(&self, json: &serde_json::Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(json).expect("json"));
+        } else if !self.quiet {
+            println!("{}", human());
+        }
+    }
+}
+
+/// Prints `prog: error: ...` (with the cause chain) and a `hint:`, and returns the exit code.
+pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let mut msg = e.to_string();
+    let mut core = e.downcast_ref::<crate::Error>();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        core = core.or_else(|| c.downcast_ref::<crate::Error>());
+        cur = c.source();
+    }
+    eprintln!("{prog}: error: {msg}");
+    if let Some(h) = core.and_then(|c| c.hint()) {
+        eprintln!("hint: {h}");
+    }
+    ExitCode::from(core.map_or(1, |c| c.exit_code()) as u8)
+}
