@@ -137,7 +137,10 @@ fn parse_chunker(s: &str) -> Result<ChunkerParams, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => report_error("lifeboat-backup", e.as_ref()),
@@ -180,9 +183,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let repo = resolved.open().await?;
             let snaps = repo.snapshots().await?;
             if out.json {
-                println!("{}", serde_json::to_string_pretty(&snaps.iter().map(summary).collect::<Vec<_>>())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&snaps.iter().map(summary).collect::<Vec<_>>())?
+                );
             } else {
-                println!("{:<10} {:<20} {:<16} {:>10}  ITEMS", "ID", "TIME (UTC)", "HOST", "SIZE");
+                println!(
+                    "{:<10} {:<20} {:<16} {:>10}  ITEMS",
+                    "ID", "TIME (UTC)", "HOST", "SIZE"
+                );
                 for s in &snaps {
                     println!(
                         "{:<10} {:<20} {:<16} {:>10}  {}",
@@ -220,12 +229,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         report.chunks_read,
                         human_bytes(report.bytes_read),
                         report.unreferenced_chunks,
-                        if report.ok() { "no problems".to_string() } else { format!("{} PROBLEMS", report.problems.len()) }
+                        if report.ok() {
+                            "no problems".to_string()
+                        } else {
+                            format!("{} PROBLEMS", report.problems.len())
+                        }
                     );
                 }
             }
             if !report.ok() {
-                eprintln!("hint: restore an older snapshot that does not use the damaged objects, and take a fresh backup");
+                eprintln!(
+                    "hint: restore an older snapshot that does not use the damaged objects, and take a fresh backup"
+                );
                 return Ok(ExitCode::from(6));
             }
         }
@@ -241,7 +256,12 @@ fn summary(s: &backup_core::manifest::Snapshot) -> serde_json::Value {
     })
 }
 
-async fn run_backup(resolved: &ResolvedRepo, config: Option<&ConfigFile>, args: RunArgs, out: &Output) -> Result<ExitCode> {
+async fn run_backup(
+    resolved: &ResolvedRepo,
+    config: Option<&ConfigFile>,
+    args: RunArgs,
+    out: &Output,
+) -> Result<ExitCode> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if let Some(cfg) = config {
         for name in &args.sources {
@@ -281,9 +301,15 @@ async fn run_backup(resolved: &ResolvedRepo, config: Option<&ConfigFile>, args: 
     let show_progress = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let opts = BackupOptions {
         host: args.host.or(bc.host),
-        tags: if args.tags.is_empty() { bc.tags } else { args.tags },
+        tags: if args.tags.is_empty() {
+            bc.tags
+        } else {
+            args.tags
+        },
         compression_level: args.compression_level.or(bc.compression_level).unwrap_or(3),
-        concurrency: bc.concurrency.unwrap_or_else(backup_core::backup::default_concurrency),
+        concurrency: bc
+            .concurrency
+            .unwrap_or_else(backup_core::backup::default_concurrency),
         progress: show_progress.then(|| progress.clone()),
     };
     let ticker = show_progress.then(|| spawn_ticker(progress.clone()));
@@ -325,7 +351,10 @@ async fn run_backup(resolved: &ResolvedRepo, config: Option<&ConfigFile>, args: 
 
 async fn interrupted() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -346,7 +375,10 @@ async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()>
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("  {:<17} {:<11} {:<20} {:<16} LABEL", "ID", "KIND", "CREATED (UTC)", "HOST");
+                println!(
+                    "  {:<17} {:<11} {:<20} {:<16} LABEL",
+                    "ID", "KIND", "CREATED (UTC)", "HOST"
+                );
                 for s in slots {
                     println!(
                         "{} {:<17} {:<11} {:<20} {:<16} {}",
@@ -386,13 +418,16 @@ async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()>
                 parallelism: 1,
             };
             let slot = repo.add_key(&src.resolve()?, kdf, label).await?;
-            out.result(&serde_json::json!({"added": slot.id, "kind": slot.kind()}), || {
-                format!("added {} key slot {}", slot.kind(), slot.id)
-            });
+            out.result(
+                &serde_json::json!({"added": slot.id, "kind": slot.kind()}),
+                || format!("added {} key slot {}", slot.kind(), slot.id),
+            );
         }
         KeyCmd::Remove { id } => {
             let removed = repo.remove_key(&id).await?;
-            out.result(&serde_json::json!({"removed": removed}), || format!("removed key slot {removed}"));
+            out.result(&serde_json::json!({"removed": removed}), || {
+                format!("removed key slot {removed}")
+            });
             if removed == repo.slot() && !out.json {
                 eprintln!("note: that was the slot used to open the repository in this command");
             }

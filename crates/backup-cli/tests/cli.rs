@@ -13,8 +13,15 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "correct horse\n").unwrap();
         let e = Env { dir };
-        let out = e.cmd(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]).output().unwrap();
-        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        let out = e
+            .cmd(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         e
     }
 
@@ -40,7 +47,11 @@ impl Env {
 
     fn snapshots(&self) -> Vec<serde_json::Value> {
         let out = self.run(&["snapshots", "--json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
     }
 
@@ -51,7 +62,17 @@ impl Env {
 
 fn count(d: &Path) -> usize {
     std::fs::read_dir(d)
-        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 }).sum())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -65,7 +86,16 @@ fn adhoc_run_prints_json_and_lists_snapshots() {
     std::fs::create_dir_all(e.p("vol/sub")).unwrap();
     std::fs::write(e.p("vol/sub/a.txt"), "alpha").unwrap();
     let vol = format!("files={}", e.p("vol").display());
-    let out = e.run(&["run", "--json", "--volume", &vol, "--command", "greeting=echo hello", "--tag", "adhoc"]);
+    let out = e.run(&[
+        "run",
+        "--json",
+        "--volume",
+        &vol,
+        "--command",
+        "greeting=echo hello",
+        "--tag",
+        "adhoc",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["items"].as_array().unwrap().len(), 2);
@@ -76,7 +106,10 @@ fn adhoc_run_prints_json_and_lists_snapshots() {
     assert_eq!(snaps[0]["id"], report["snapshot"]);
     let quiet = e.run(&["run", "--quiet", "--command", "greeting=echo hello"]);
     assert!(quiet.status.success());
-    assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty(), "quiet on success, for cron");
+    assert!(
+        quiet.stdout.is_empty() && quiet.stderr.is_empty(),
+        "quiet on success, for cron"
+    );
     let check = e.run(&["check", "--read-data", "--json"]);
     assert!(check.status.success(), "{}", stderr(&check));
     let r: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
@@ -86,22 +119,45 @@ fn adhoc_run_prints_json_and_lists_snapshots() {
 #[test]
 fn exit_codes_are_distinct_and_errors_carry_hints() {
     let e = Env::new();
-    let wrong = e.cmd(&["snapshots"]).env("LIFEBOAT_PASSWORD_FILE", e.p("nope")).output().unwrap();
+    let wrong = e
+        .cmd(&["snapshots"])
+        .env("LIFEBOAT_PASSWORD_FILE", e.p("nope"))
+        .output()
+        .unwrap();
     assert_eq!(wrong.status.code(), Some(3), "{}", stderr(&wrong));
     std::fs::write(e.p("bad"), "wrong\n").unwrap();
-    let wrong = e.cmd(&["snapshots"]).env("LIFEBOAT_PASSWORD_FILE", e.p("bad")).output().unwrap();
+    let wrong = e
+        .cmd(&["snapshots"])
+        .env("LIFEBOAT_PASSWORD_FILE", e.p("bad"))
+        .output()
+        .unwrap();
     assert_eq!(wrong.status.code(), Some(3));
     assert!(stderr(&wrong).contains("hint:"), "{}", stderr(&wrong));
-    let missing = e.cmd(&["snapshots"]).env("LIFEBOAT_REPOSITORY", e.p("elsewhere")).output().unwrap();
+    let missing = e
+        .cmd(&["snapshots"])
+        .env("LIFEBOAT_REPOSITORY", e.p("elsewhere"))
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(5), "{}", stderr(&missing));
     let usage = e.run(&["run", "--volume", "no equals sign"]);
     assert_eq!(usage.status.code(), Some(2));
     let failing = e.run(&["run", "--command", "db=echo partial; exit 4"]);
     assert_eq!(failing.status.code(), Some(1));
-    assert!(stderr(&failing).contains("status 4"), "{}", stderr(&failing));
-    assert!(e.snapshots().is_empty(), "a failing command leaves no snapshot");
+    assert!(
+        stderr(&failing).contains("status 4"),
+        "{}",
+        stderr(&failing)
+    );
+    assert!(
+        e.snapshots().is_empty(),
+        "a failing command leaves no snapshot"
+    );
     let argv_secret = e.run(&["snapshots", "--password", "x"]);
-    assert_eq!(argv_secret.status.code(), Some(2), "there is no flag that takes a secret on argv");
+    assert_eq!(
+        argv_secret.status.code(),
+        Some(2),
+        "there is no flag that takes a secret on argv"
+    );
 }
 
 #[test]
@@ -120,11 +176,21 @@ fn config_file_runs_all_or_named_sources_into_one_snapshot() {
     std::fs::write(e.p("lifeboat.toml"), cfg).unwrap();
     let cfgp = e.p("lifeboat.toml");
     let cfgs = cfgp.to_str().unwrap();
-    let out = e.cmd(&["--config", cfgs, "run", "--json"]).env_remove("LIFEBOAT_REPOSITORY").env_remove("LIFEBOAT_PASSWORD_FILE").output().unwrap();
+    let out = e
+        .cmd(&["--config", cfgs, "run", "--json"])
+        .env_remove("LIFEBOAT_REPOSITORY")
+        .env_remove("LIFEBOAT_PASSWORD_FILE")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let snaps = e.snapshots();
     assert_eq!(snaps.len(), 1);
-    let names: Vec<_> = snaps[0]["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<_> = snaps[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["etcd", "www"]);
     assert_eq!(snaps[0]["tags"][0], "nightly");
     let one = e.run(&["--config", cfgs, "run", "--source", "etcd"]);
@@ -133,7 +199,11 @@ fn config_file_runs_all_or_named_sources_into_one_snapshot() {
     assert_eq!(snaps[1]["items"].as_array().unwrap().len(), 1);
     let unknown = e.run(&["--config", cfgs, "run", "--source", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(stderr(&unknown).contains("etcd, www"), "lists what exists: {}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("etcd, www"),
+        "lists what exists: {}",
+        stderr(&unknown)
+    );
 }
 
 #[test]
@@ -141,7 +211,10 @@ fn overlapping_runs_never_run_twice() {
     let e = Env::new();
     let started = e.p("first-started");
     let slow = format!("slow=touch {}; sleep 3; echo done", started.display());
-    let mut first = e.cmd(&["run", "--quiet", "--command", &slow]).spawn().unwrap();
+    let mut first = e
+        .cmd(&["run", "--quiet", "--command", &slow])
+        .spawn()
+        .unwrap();
     // The command runs only once the first run holds the lock.
     let t0 = Instant::now();
     while !started.exists() && t0.elapsed() < Duration::from_secs(10) {
@@ -152,13 +225,24 @@ fn overlapping_runs_never_run_twice() {
     assert_eq!(second.status.code(), Some(4), "{}", stderr(&second));
     assert!(stderr(&second).contains("lock"), "{}", stderr(&second));
     let waited = e.run(&["run", "--wait", "--command", "queued=echo y"]);
-    assert!(waited.status.success(), "--wait queues behind the first run: {}", stderr(&waited));
+    assert!(
+        waited.status.success(),
+        "--wait queues behind the first run: {}",
+        stderr(&waited)
+    );
     assert!(first.wait().unwrap().success());
     let snaps = e.snapshots();
-    assert_eq!(snaps.len(), 2, "the first and the queued run, not the refused one");
+    assert_eq!(
+        snaps.len(),
+        2,
+        "the first and the queued run, not the refused one"
+    );
     let first_end = snaps[0]["finished"].as_str().unwrap().to_string();
     let second_start = snaps[1]["time"].as_str().unwrap().to_string();
-    assert!(second_start >= first_end, "the queued run started after the first finished");
+    assert!(
+        second_start >= first_end,
+        "the queued run started after the first finished"
+    );
 }
 
 #[test]
@@ -194,7 +278,10 @@ fn killed_backup_leaves_no_snapshot_and_the_next_run_reuses_chunks() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let total = r["items"][0]["chunks"].as_u64().unwrap();
     let new = r["chunks_new"].as_u64().unwrap();
-    assert!(new < total, "the rerun reused chunks of the killed run ({new} new of {total})");
+    assert!(
+        new < total,
+        "the rerun reused chunks of the killed run ({new} new of {total})"
+    );
     assert_eq!(e.chunk_count() as u64, stored as u64 + new);
 }
 
@@ -203,14 +290,38 @@ fn key_slots_from_the_command_line() {
     let e = Env::new();
     std::fs::write(e.p("pw2"), "second\n").unwrap();
     let pw2 = e.p("pw2");
-    let add = e.run(&["key", "add", "--new-password-file", pw2.to_str().unwrap(), "--label", "backup host", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
+    let add = e.run(&[
+        "key",
+        "add",
+        "--new-password-file",
+        pw2.to_str().unwrap(),
+        "--label",
+        "backup host",
+        "--kdf-memory-mib",
+        "1",
+        "--kdf-iterations",
+        "1",
+    ]);
     assert!(add.status.success(), "{}", stderr(&add));
     let list = e.run(&["key", "list", "--json"]);
     let slots: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(slots.len(), 2);
-    let current = slots.iter().find(|s| s["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
-    let other = slots.iter().find(|s| s["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
-    assert!(e.cmd(&["snapshots"]).env("LIFEBOAT_PASSWORD_FILE", &pw2).output().unwrap().status.success());
+    let current = slots.iter().find(|s| s["current"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = slots.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.cmd(&["snapshots"])
+            .env("LIFEBOAT_PASSWORD_FILE", &pw2)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     assert!(e.run(&["key", "remove", &other]).status.success());
     let last = e.run(&["key", "remove", &current]);
     assert_ne!(last.status.code(), Some(0));
@@ -221,14 +332,24 @@ fn key_slots_from_the_command_line() {
 fn sigterm_stops_the_run_and_its_producer_without_a_snapshot() {
     let e = Env::new();
     let marker = e.p("producer-alive");
-    let cmd = format!("slow=echo start; while true; do touch {}; sleep 0.1; done", marker.display());
-    let child = e.cmd(&["run", "--command", &cmd]).stderr(Stdio::piped()).spawn().unwrap();
+    let cmd = format!(
+        "slow=echo start; while true; do touch {}; sleep 0.1; done",
+        marker.display()
+    );
+    let child = e
+        .cmd(&["run", "--command", &cmd])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while !marker.exists() && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(marker.exists(), "producer started");
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));

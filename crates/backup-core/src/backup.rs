@@ -78,7 +78,11 @@ pub struct BackupReport {
 }
 
 /// Backs up every source into one snapshot, all or nothing.
-pub async fn backup(repo: &Repository, sources: Vec<Box<dyn Source>>, opts: &BackupOptions) -> Result<BackupReport> {
+pub async fn backup(
+    repo: &Repository,
+    sources: Vec<Box<dyn Source>>,
+    opts: &BackupOptions,
+) -> Result<BackupReport> {
     let t0 = Instant::now();
     let time = Utc::now();
     let mut names = HashSet::new();
@@ -251,7 +255,9 @@ async fn store_chunk(
 }
 
 /// Runs CPU work on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::io("worker thread", std::io::Error::other(e)))

@@ -113,7 +113,9 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
     let (mut chunks_read, mut bytes_read) = (0, 0u64);
     if opts.read_data {
         let mut reads = futures::stream::iter(present)
-            .map(|(chunk, snapshot, item)| async move { fetch_chunk(repo, snapshot, &item, chunk).await })
+            .map(|(chunk, snapshot, item)| async move {
+                fetch_chunk(repo, snapshot, &item, chunk).await
+            })
             .buffer_unordered(opts.concurrency.max(1));
         while let Some(r) = reads.next().await {
             match r {
@@ -138,9 +140,18 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
 
 fn problem(e: Error) -> Problem {
     let (snapshot, item, chunk) = match &e {
-        Error::ChunkMissing { snapshot, item, chunk, .. } | Error::ChunkCorrupt { snapshot, item, chunk, .. } => {
-            (Some(*snapshot), Some(item.clone()), Some(*chunk))
+        Error::ChunkMissing {
+            snapshot,
+            item,
+            chunk,
+            ..
         }
+        | Error::ChunkCorrupt {
+            snapshot,
+            item,
+            chunk,
+            ..
+        } => (Some(*snapshot), Some(item.clone()), Some(*chunk)),
         _ => (None, None, None),
     };
     Problem {

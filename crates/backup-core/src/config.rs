@@ -92,7 +92,9 @@ impl SourceConfig {
                     one_file_system: *one_file_system,
                 },
             )),
-            SourceConfig::Command { command, format, .. } => {
+            SourceConfig::Command {
+                command, format, ..
+            } => {
                 let mut s = CommandSource::new(name, command);
                 if let Some(f) = format {
                     s = s.with_format(f);
@@ -105,7 +107,9 @@ impl SourceConfig {
     /// The restore command, for command sources that have one.
     pub fn restore_command(&self) -> Option<&str> {
         match self {
-            SourceConfig::Command { restore_command, .. } => restore_command.as_deref(),
+            SourceConfig::Command {
+                restore_command, ..
+            } => restore_command.as_deref(),
             SourceConfig::Volume { .. } => None,
         }
     }
@@ -121,7 +125,9 @@ impl ConfigFile {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut value: toml::Value = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         expand_env(&mut value).map_err(err)?;
-        let cfg: ConfigFile = value.try_into().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let cfg: ConfigFile = value
+            .try_into()
+            .map_err(|e: toml::de::Error| err(e.to_string()))?;
         for name in cfg.sources.keys() {
             if !crate::manifest::validate_item_name(name) {
                 return Err(err(format!(
@@ -140,9 +146,15 @@ fn expand_env(v: &mut toml::Value) -> std::result::Result<(), String> {
             let mut rest = s.as_str();
             while let Some(i) = rest.find("${") {
                 out.push_str(&rest[..i]);
-                let end = rest[i..].find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}"))? + i;
+                let end = rest[i..]
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?
+                    + i;
                 let var = &rest[i + 2..end];
-                out.push_str(&std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?);
+                out.push_str(
+                    &std::env::var(var)
+                        .map_err(|_| format!("environment variable {var} is not set"))?,
+                );
                 rest = &rest[end + 1..];
             }
             out.push_str(rest);
@@ -187,19 +199,30 @@ impl RepoArgs {
             .clone()
             .or_else(|| env("LIFEBOAT_REPOSITORY"))
             .or_else(|| rc.map(|r| r.url.clone()))
-            .ok_or_else(|| Error::Usage("no repository given: use --repo, LIFEBOAT_REPOSITORY or --config".into()))?;
+            .ok_or_else(|| {
+                Error::Usage(
+                    "no repository given: use --repo, LIFEBOAT_REPOSITORY or --config".into(),
+                )
+            })?;
         let flag = self
             .password_file
             .clone()
             .map(SecretSource::PasswordFile)
-            .or_else(|| self.password_command.clone().map(SecretSource::PasswordCommand))
+            .or_else(|| {
+                self.password_command
+                    .clone()
+                    .map(SecretSource::PasswordCommand)
+            })
             .or_else(|| self.key_file.clone().map(SecretSource::KeyFile));
         let from_env = || {
             env("LIFEBOAT_PASSWORD_FILE")
                 .map(|p| SecretSource::PasswordFile(p.into()))
                 .or_else(|| env("LIFEBOAT_PASSWORD_COMMAND").map(SecretSource::PasswordCommand))
                 .or_else(|| env("LIFEBOAT_KEY_FILE").map(|p| SecretSource::KeyFile(p.into())))
-                .or_else(|| env("LIFEBOAT_PASSWORD").map(|_| SecretSource::PasswordEnv("LIFEBOAT_PASSWORD".into())))
+                .or_else(|| {
+                    env("LIFEBOAT_PASSWORD")
+                        .map(|_| SecretSource::PasswordEnv("LIFEBOAT_PASSWORD".into()))
+                })
         };
         let from_cfg = || {
             rc.and_then(|r| {
@@ -207,13 +230,20 @@ impl RepoArgs {
                     .clone()
                     .map(SecretSource::PasswordFile)
                     .or_else(|| r.password_env.clone().map(SecretSource::PasswordEnv))
-                    .or_else(|| r.password_command.clone().map(SecretSource::PasswordCommand))
+                    .or_else(|| {
+                        r.password_command
+                            .clone()
+                            .map(SecretSource::PasswordCommand)
+                    })
                     .or_else(|| r.key_file.clone().map(SecretSource::KeyFile))
             })
         };
         let secret = flag.or_else(from_env).or_else(from_cfg);
         let cache = CacheOptions {
-            dir: self.cache_dir.clone().or_else(|| rc.and_then(|r| r.cache_dir.clone())),
+            dir: self
+                .cache_dir
+                .clone()
+                .or_else(|| rc.and_then(|r| r.cache_dir.clone())),
             disabled: self.no_cache,
         };
         Ok(ResolvedRepo { url, secret, cache })
@@ -263,7 +293,9 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>> {
 /// Splits an ad-hoc `NAME=VALUE` source argument.
 pub fn split_named(arg: &str, flag: &str) -> Result<(String, String)> {
     match arg.split_once('=') {
-        Some((n, v)) if crate::manifest::validate_item_name(n) && !v.is_empty() => Ok((n.to_string(), v.to_string())),
+        Some((n, v)) if crate::manifest::validate_item_name(n) && !v.is_empty() => {
+            Ok((n.to_string(), v.to_string()))
+        }
         _ => Err(Error::Usage(format!(
             "{flag} {arg:?}: expected NAME=VALUE with NAME made of letters, digits, '.', '_' and '-'"
         ))),
@@ -293,12 +325,20 @@ mod tests {
         let e = ConfigFile::load(&p).unwrap_err();
         assert!(e.to_string().contains("pasword_file"), "{e}");
         std::fs::write(&p, "[repository]\nurl = \"${LIFEBOAT_SURELY_UNSET_VAR}\"\n").unwrap();
-        assert!(ConfigFile::load(&p).unwrap_err().to_string().contains("LIFEBOAT_SURELY_UNSET_VAR"));
+        assert!(
+            ConfigFile::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("LIFEBOAT_SURELY_UNSET_VAR")
+        );
     }
 
     #[test]
     fn named_args() {
-        assert_eq!(split_named("db=echo a=b", "--command").unwrap(), ("db".into(), "echo a=b".into()));
+        assert_eq!(
+            split_named("db=echo a=b", "--command").unwrap(),
+            ("db".into(), "echo a=b".into())
+        );
         assert!(split_named("bad name=x", "--command").is_err());
         assert!(split_named("noequals", "--volume").is_err());
     }

@@ -46,7 +46,10 @@ pub enum Error {
     SnapshotAmbiguous { query: String, candidates: String },
 
     #[error("snapshot {snapshot} is unreadable: {reason}")]
-    SnapshotCorrupt { snapshot: SnapshotId, reason: String },
+    SnapshotCorrupt {
+        snapshot: SnapshotId,
+        reason: String,
+    },
 
     #[error("snapshot {snapshot} has no item named {item} (it has: {available})")]
     ItemNotFound {
@@ -176,7 +179,9 @@ impl Error {
                 "`lifeboat-restore list` shows the snapshots"
             }
             Error::ItemNotFound { .. } => "`lifeboat-restore show SNAPSHOT` lists its items",
-            Error::ChunkMissing { .. } | Error::ChunkCorrupt { .. } | Error::SnapshotCorrupt { .. } => {
+            Error::ChunkMissing { .. }
+            | Error::ChunkCorrupt { .. }
+            | Error::SnapshotCorrupt { .. } => {
                 "run `lifeboat-backup check --read-data` to see all damage; restore an older snapshot that does not use this object, and take a fresh backup"
             }
             Error::StreamMismatch { .. } => {
@@ -192,7 +197,9 @@ impl Error {
                 "restore elsewhere with --to DIR, empty the target, or pass --force to replace it"
             }
             Error::Store { .. } => "check that the storage is reachable and writable, then retry",
-            Error::Config { .. } => "fix the configuration file; see fixtures/lifeboat.toml for an example",
+            Error::Config { .. } => {
+                "fix the configuration file; see fixtures/lifeboat.toml for an example"
+            }
             _ => return None,
         };
         Some(h.to_string())

@@ -20,7 +20,8 @@ impl RunLock {
     /// with `wait`, blocks until it is free.
     pub fn acquire(path: &Path, wait: bool) -> Result<RunLock> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -29,12 +30,19 @@ impl RunLock {
             .open(path)
             .map_err(|e| Error::io(format!("opening lock {}", path.display()), e))?;
         if wait {
-            file.lock().map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+            file.lock()
+                .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
         } else {
             match file.try_lock() {
                 Ok(()) => {}
-                Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: path.to_path_buf() }),
-                Err(TryLockError::Error(e)) => return Err(Error::io(format!("locking {}", path.display()), e)),
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Locked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::io(format!("locking {}", path.display()), e));
+                }
             }
         }
         Ok(RunLock {
@@ -58,7 +66,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("locks/run.lock");
         let first = RunLock::acquire(&p, false).unwrap();
-        assert!(matches!(RunLock::acquire(&p, false), Err(Error::Locked { .. })));
+        assert!(matches!(
+            RunLock::acquire(&p, false),
+            Err(Error::Locked { .. })
+        ));
         drop(first);
         RunLock::acquire(&p, false).expect("free after release");
     }

@@ -85,7 +85,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// `2h03m`-style duration.
@@ -110,7 +114,13 @@ impl ProgressView {
         );
         if self.total > 0 {
             let pct = self.done as f64 * 100.0 / self.total as f64;
-            s = format!("{}: {} of {} ({pct:.0}%, {}/s", self.item, human_bytes(self.done), human_bytes(self.total), human_bytes(self.rate() as u64));
+            s = format!(
+                "{}: {} of {} ({pct:.0}%, {}/s",
+                self.item,
+                human_bytes(self.done),
+                human_bytes(self.total),
+                human_bytes(self.rate() as u64)
+            );
             if let Some(eta) = self.eta_secs() {
                 s.push_str(&format!(", ETA {}", human_duration(eta)));
             }
@@ -155,7 +165,15 @@ mod tests {
         assert_eq!(human_duration(59.4), "59s");
         assert_eq!(human_duration(125.0), "2m05s");
         assert_eq!(human_duration(7260.0), "2h01m");
-        let v = ProgressView { item: "db".into(), done: 50 << 20, total: 100 << 20, elapsed_secs: 10.0 };
-        assert_eq!(v.line(), "db: 50.0 MiB of 100.0 MiB (50%, 5.0 MiB/s, ETA 10s)");
+        let v = ProgressView {
+            item: "db".into(),
+            done: 50 << 20,
+            total: 100 << 20,
+            elapsed_secs: 10.0,
+        };
+        assert_eq!(
+            v.line(),
+            "db: 50.0 MiB of 100.0 MiB (50%, 5.0 MiB/s, ETA 10s)"
+        );
     }
 }

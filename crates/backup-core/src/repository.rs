@@ -42,9 +42,14 @@ impl Default for ChunkerParams {
 
 impl ChunkerParams {
     fn validate(&self) -> Result<()> {
-        let even = self.min_size % 2 == 0 && self.avg_size % 2 == 0 && self.max_size % 2 == 0;
+        let even = self.min_size.is_multiple_of(2)
+            && self.avg_size.is_multiple_of(2)
+            && self.max_size.is_multiple_of(2);
         let ordered = self.min_size <= self.avg_size && self.avg_size <= self.max_size;
-        let bounds = self.min_size >= 64 && self.avg_size >= 256 && self.avg_size <= 4 << 20 && self.max_size <= 16 << 20;
+        let bounds = self.min_size >= 64
+            && self.avg_size >= 256
+            && self.avg_size <= 4 << 20
+            && self.max_size <= 16 << 20;
         if even && ordered && bounds {
             Ok(())
         } else {
@@ -127,7 +132,11 @@ pub struct Repository {
 
 impl Repository {
     /// Creates a new repository in an empty store, with one key slot for `secret`.
-    pub async fn init(store: Arc<dyn Store>, secret: &Secret, opts: InitOptions) -> Result<Repository> {
+    pub async fn init(
+        store: Arc<dyn Store>,
+        secret: &Secret,
+        opts: InitOptions,
+    ) -> Result<Repository> {
         opts.chunker.validate()?;
         match store.head("config").await {
             Ok(_) => {
@@ -158,7 +167,9 @@ impl Repository {
         };
         config.mac = hex::encode(keys.mac(b"lifeboat config v1", &config.mac_input()));
         // config is written last: a store without it is not a repository yet.
-        store.put("config", to_json(&config), PutMode::CreateOnly).await?;
+        store
+            .put("config", to_json(&config), PutMode::CreateOnly)
+            .await?;
         let cache = cache_dir(&opts.cache, &config.id);
         Ok(Repository {
             store,
@@ -170,7 +181,11 @@ impl Repository {
     }
 
     /// Opens an existing repository with `secret`.
-    pub async fn open(store: Arc<dyn Store>, secret: &Secret, cache: CacheOptions) -> Result<Repository> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        secret: &Secret,
+        cache: CacheOptions,
+    ) -> Result<Repository> {
         let raw = match store.get("config").await {
             Ok(raw) => raw,
             Err(Error::NotFound { .. }) => {
@@ -311,10 +326,11 @@ impl Repository {
                 snapshot: *id,
                 reason: e.to_string(),
             })?;
-        let snap: Snapshot = serde_json::from_slice(&plain).map_err(|e| Error::SnapshotCorrupt {
-            snapshot: *id,
-            reason: format!("manifest JSON: {e}"),
-        })?;
+        let snap: Snapshot =
+            serde_json::from_slice(&plain).map_err(|e| Error::SnapshotCorrupt {
+                snapshot: *id,
+                reason: format!("manifest JSON: {e}"),
+            })?;
         if snap.id != *id {
             return Err(Error::SnapshotCorrupt {
                 snapshot: *id,
@@ -345,13 +361,20 @@ impl Repository {
             return self.snapshots().await?.pop().ok_or_else(not_found);
         }
         let ids = self.snapshot_ids().await?;
-        let matches: Vec<_> = ids.iter().filter(|id| id.to_hex().starts_with(query)).collect();
+        let matches: Vec<_> = ids
+            .iter()
+            .filter(|id| id.to_hex().starts_with(query))
+            .collect();
         match matches.as_slice() {
             [] => Err(not_found()),
             [one] => self.load_snapshot(one).await,
             many => Err(Error::SnapshotAmbiguous {
                 query: query.to_string(),
-                candidates: many.iter().map(|i| i.short()).collect::<Vec<_>>().join(", "),
+                candidates: many
+                    .iter()
+                    .map(|i| i.short())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -370,7 +393,12 @@ impl Repository {
     }
 
     /// Adds a key slot for `secret`; data is not touched.
-    pub async fn add_key(&self, secret: &Secret, kdf: KdfParams, label: Option<String>) -> Result<KeySlot> {
+    pub async fn add_key(
+        &self,
+        secret: &Secret,
+        kdf: KdfParams,
+        label: Option<String>,
+    ) -> Result<KeySlot> {
         let slot = KeySlot::create(&self.keys.master(), secret, kdf, label)?;
         self.store
             .put(&slot.id.object_key(), to_json(&slot), PutMode::CreateOnly)
@@ -381,7 +409,10 @@ impl Repository {
     /// Removes a key slot; refuses to remove the last one.
     pub async fn remove_key(&self, id_or_prefix: &str) -> Result<SlotId> {
         let slots = self.key_slots().await?;
-        let hits: Vec<_> = slots.iter().filter(|s| s.id.to_hex().starts_with(id_or_prefix)).collect();
+        let hits: Vec<_> = slots
+            .iter()
+            .filter(|s| s.id.to_hex().starts_with(id_or_prefix))
+            .collect();
         let slot = match hits.as_slice() {
             [one] => one.id,
             [] => {
@@ -397,7 +428,9 @@ impl Repository {
         };
         if slots.len() == 1 {
             return Err(Error::KeySlot {
-                detail: format!("slot {slot} is the last key slot; removing it would make the repository unreadable"),
+                detail: format!(
+                    "slot {slot} is the last key slot; removing it would make the repository unreadable"
+                ),
             });
         }
         self.store.delete(&slot.object_key()).await?;
@@ -405,7 +438,9 @@ impl Repository {
     }
 
     fn cache_path(&self, id: &SnapshotId) -> Option<PathBuf> {
-        self.cache.as_ref().map(|c| c.join("snapshots").join(id.to_hex()))
+        self.cache
+            .as_ref()
+            .map(|c| c.join("snapshots").join(id.to_hex()))
     }
 
     fn write_cache(&self, id: &SnapshotId, raw: &[u8]) {

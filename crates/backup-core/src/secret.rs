@@ -125,8 +125,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "s3cret \n").unwrap();
-        assert_eq!(bytes(SecretSource::PasswordFile(p).resolve().unwrap()), b"s3cret ");
-        let s = SecretSource::PasswordCommand("printf 'abc\\n'".into()).resolve().unwrap();
+        assert_eq!(
+            bytes(SecretSource::PasswordFile(p).resolve().unwrap()),
+            b"s3cret "
+        );
+        let s = SecretSource::PasswordCommand("printf 'abc\\n'".into())
+            .resolve()
+            .unwrap();
         assert_eq!(bytes(s), b"abc");
         let failing = SecretSource::PasswordCommand("exit 3".into()).resolve();
         assert!(matches!(failing, Err(Error::Secret { .. })));

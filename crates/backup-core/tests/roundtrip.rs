@@ -13,7 +13,18 @@ async fn round_trip_small_and_boundary_sizes() {
     let t = new_repo().await;
     let p = t.repo.config().chunker_params;
     let (min, max) = (p.min_size as usize, p.max_size as usize);
-    let sizes = [0, 1, 2, min - 1, min, min + 1, max - 1, max, max + 1, 2 * max + 7];
+    let sizes = [
+        0,
+        1,
+        2,
+        min - 1,
+        min,
+        min + 1,
+        max - 1,
+        max,
+        max + 1,
+        2 * max + 7,
+    ];
     for (i, &size) in sizes.iter().enumerate() {
         let data = random_bytes(i as u64 + 1, size);
         let name = format!("s{size}");
@@ -40,15 +51,26 @@ async fn round_trip_300_mib_stream_without_holding_it() {
     let gen_reader = GenReader::new(42, len);
     let sha = gen_reader.sha.clone();
     let src = ReaderSource::new("big", Box::new(gen_reader));
-    let report = backup(&t.repo, vec![Box::new(src)], &BackupOptions::default()).await.unwrap();
+    let report = backup(&t.repo, vec![Box::new(src)], &BackupOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.size, len);
     let expected = hex::encode(sha.lock().unwrap().clone().finalize());
     let snap = t.repo.find_snapshot("latest").await.unwrap();
     let item = snap.item("big").unwrap();
-    assert_eq!(item.sha256, expected, "manifest hash equals the hash of the generated stream");
-    assert!(item.chunks.len() > 100, "300 MiB at ~1 MiB average: {} chunks", item.chunks.len());
+    assert_eq!(
+        item.sha256, expected,
+        "manifest hash equals the hash of the generated stream"
+    );
+    assert!(
+        item.chunks.len() > 100,
+        "300 MiB at ~1 MiB average: {} chunks",
+        item.chunks.len()
+    );
     let mut w = HashWriter::default();
-    stream_item(&t.repo, snap.id, item, &mut w, &ApplyOptions::default()).await.unwrap();
+    stream_item(&t.repo, snap.id, item, &mut w, &ApplyOptions::default())
+        .await
+        .unwrap();
     assert_eq!(w.len, len);
     assert_eq!(hex::encode(w.sha.finalize()), expected);
 }
@@ -59,13 +81,21 @@ async fn unchanged_data_writes_no_chunks_and_a_small_change_few() {
     let mut data = random_bytes(7, 64 << 20);
     let first = backup_bytes(&t.repo, "file", data.clone()).await;
     let chunks_total = first.items[0].chunks;
-    assert_eq!(first.chunks_new, t.chunk_files(), "every new chunk is one object");
+    assert_eq!(
+        first.chunks_new,
+        t.chunk_files(),
+        "every new chunk is one object"
+    );
     let files_before = t.chunk_files();
 
     let second = backup_bytes(&t.repo, "file", data.clone()).await;
     assert_eq!(second.chunks_new, 0, "unchanged data must not write chunks");
     assert_eq!(second.stored_bytes, 0);
-    assert_eq!(t.chunk_files(), files_before, "no new chunk objects on disk");
+    assert_eq!(
+        t.chunk_files(),
+        files_before,
+        "no new chunk objects on disk"
+    );
 
     // Change 1% of the file, in one place, as an edited region of a large file would be.
     let start = data.len() / 3;
@@ -106,6 +136,11 @@ async fn one_snapshot_holds_every_item_of_a_run() {
     assert_eq!(snaps[0].tags, ["nightly"]);
     assert_eq!(restore_bytes(&t.repo, "a").await.unwrap(), a);
     assert_eq!(restore_bytes(&t.repo, "b").await.unwrap(), b);
-    let dup = backup(&t.repo, vec![bytes_source("a", vec![1]), bytes_source("a", vec![2])], &BackupOptions::default()).await;
+    let dup = backup(
+        &t.repo,
+        vec![bytes_source("a", vec![1]), bytes_source("a", vec![2])],
+        &BackupOptions::default(),
+    )
+    .await;
     assert!(dup.is_err(), "duplicate item names are refused");
 }

@@ -35,7 +35,9 @@ fn describe(root: &Path) -> BTreeMap<String, String> {
                     md.mode() & 0o7777,
                     md.mtime(),
                     content.len(),
-                    content.iter().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64))
+                    content
+                        .iter()
+                        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64))
                 )
             };
             out.insert(rel, desc);
@@ -76,7 +78,12 @@ fn build_tree(root: &Path) {
     for p in paths {
         let full = root.join(&p);
         t += 3600;
-        filetime::set_symlink_file_times(&full, FileTime::from_unix_time(t, 0), FileTime::from_unix_time(t, 0)).unwrap();
+        filetime::set_symlink_file_times(
+            &full,
+            FileTime::from_unix_time(t, 0),
+            FileTime::from_unix_time(t, 0),
+        )
+        .unwrap();
     }
 }
 
@@ -89,9 +96,13 @@ async fn volume_round_trip_preserves_contents_modes_mtimes_links() {
         exclude: vec!["*.tmp".into(), "cache/**".into()],
         ..Default::default()
     };
-    let report = backup(&t.repo, vec![Box::new(VolumeSource::new("data", &src, opts))], &BackupOptions::default())
-        .await
-        .unwrap();
+    let report = backup(
+        &t.repo,
+        vec![Box::new(VolumeSource::new("data", &src, opts))],
+        &BackupOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.items[0].kind, ItemKind::Volume);
     let snap = t.repo.find_snapshot("latest").await.unwrap();
     let facts = &snap.item("data").unwrap().facts;
@@ -106,7 +117,9 @@ async fn volume_round_trip_preserves_contents_modes_mtimes_links() {
     };
     let p = plan(&snap, &ropts).unwrap();
     assert_eq!(p.items[0].target_state, TargetState::Missing);
-    apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap();
+    apply(&t.repo, &snap, &p, &ApplyOptions::default())
+        .await
+        .unwrap();
     let restored = out.join("data");
 
     let mut want = describe(&src);
@@ -119,13 +132,31 @@ async fn volume_round_trip_preserves_contents_modes_mtimes_links() {
     let h = fs::metadata(restored.join("hard")).unwrap();
     assert_eq!(a.ino(), h.ino(), "hard link restored as a link");
     let root_mode = fs::metadata(&restored).unwrap().mode() & 0o7777;
-    assert_eq!(root_mode, fs::metadata(&src).unwrap().mode() & 0o7777, "volume root mode");
+    assert_eq!(
+        root_mode,
+        fs::metadata(&src).unwrap().mode() & 0o7777,
+        "volume root mode"
+    );
 
     // Second backup of the unchanged tree: same stream, nothing new.
-    let again = backup(&t.repo, vec![Box::new(VolumeSource::new("data", &src, VolumeOptions { exclude: vec!["*.tmp".into(), "cache/**".into()], ..Default::default() }))], &BackupOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(again.chunks_new, 0, "deterministic tar of an unchanged tree dedups fully");
+    let again = backup(
+        &t.repo,
+        vec![Box::new(VolumeSource::new(
+            "data",
+            &src,
+            VolumeOptions {
+                exclude: vec!["*.tmp".into(), "cache/**".into()],
+                ..Default::default()
+            },
+        ))],
+        &BackupOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.chunks_new, 0,
+        "deterministic tar of an unchanged tree dedups fully"
+    );
     fs::set_permissions(src.join("readonly"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(restored.join("readonly"), fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -136,25 +167,67 @@ async fn occupied_target_is_refused_unless_forced() {
     let src = t.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("new"), "new").unwrap();
-    backup(&t.repo, vec![Box::new(VolumeSource::new("v", &src, VolumeOptions::default()))], &BackupOptions::default())
-        .await
-        .unwrap();
+    backup(
+        &t.repo,
+        vec![Box::new(VolumeSource::new(
+            "v",
+            &src,
+            VolumeOptions::default(),
+        ))],
+        &BackupOptions::default(),
+    )
+    .await
+    .unwrap();
     let snap = t.repo.find_snapshot("latest").await.unwrap();
     let out = t.dir.path().join("out");
     fs::create_dir_all(out.join("v")).unwrap();
     fs::write(out.join("v/old"), "old").unwrap();
-    let p = plan(&snap, &RestoreOptions { to: Some(out.clone()), ..Default::default() }).unwrap();
+    let p = plan(
+        &snap,
+        &RestoreOptions {
+            to: Some(out.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(p.conflicts().len(), 1);
-    let e = apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap_err();
+    let e = apply(&t.repo, &snap, &p, &ApplyOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::TargetNotEmpty { .. }), "{e:?}");
     assert_eq!(e.exit_code(), 7);
-    assert_eq!(fs::read_to_string(out.join("v/old")).unwrap(), "old", "refused restore touched nothing");
-    let p = plan(&snap, &RestoreOptions { to: Some(out.clone()), force: true, ..Default::default() }).unwrap();
-    apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap();
-    assert!(!out.join("v/old").exists(), "forced restore replaces the target");
+    assert_eq!(
+        fs::read_to_string(out.join("v/old")).unwrap(),
+        "old",
+        "refused restore touched nothing"
+    );
+    let p = plan(
+        &snap,
+        &RestoreOptions {
+            to: Some(out.clone()),
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    apply(&t.repo, &snap, &p, &ApplyOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        !out.join("v/old").exists(),
+        "forced restore replaces the target"
+    );
     assert_eq!(fs::read_to_string(out.join("v/new")).unwrap(), "new");
-    let leftovers: Vec<_> = fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(leftovers, ["v"], "no temporary or old directories left behind");
+    let leftovers: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        ["v"],
+        "no temporary or old directories left behind"
+    );
 }
 
 /// A raw tar header with arbitrary name/link bytes (the tar crate refuses to build evil ones).
@@ -193,28 +266,76 @@ async fn archives_that_escape_the_target_are_refused_with_nothing_written_outsid
     let abs_target = format!("{outside_s}/abs-evil");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("absolute", evil_tar(&[(&abs_target, Regular, "", b"x")])),
-        ("dotdot", evil_tar(&[("ok/", Directory, "", b""), ("ok/../../outside/dotdot-evil", Regular, "", b"x")])),
-        ("symlink-then-write", evil_tar(&[("link", Symlink, &outside_s, b""), ("link/through-symlink", Regular, "", b"x")])),
-        ("hardlink-out", evil_tar(&[("h", Link, "../outside/victim", b"")])),
-        ("symlink-replaced", evil_tar(&[("f", Regular, "", b"1"), ("f", Symlink, &outside_s, b"")])),
+        (
+            "dotdot",
+            evil_tar(&[
+                ("ok/", Directory, "", b""),
+                ("ok/../../outside/dotdot-evil", Regular, "", b"x"),
+            ]),
+        ),
+        (
+            "symlink-then-write",
+            evil_tar(&[
+                ("link", Symlink, &outside_s, b""),
+                ("link/through-symlink", Regular, "", b"x"),
+            ]),
+        ),
+        (
+            "hardlink-out",
+            evil_tar(&[("h", Link, "../outside/victim", b"")]),
+        ),
+        (
+            "symlink-replaced",
+            evil_tar(&[("f", Regular, "", b"1"), ("f", Symlink, &outside_s, b"")]),
+        ),
     ];
     fs::write(outside.join("victim"), "keep").unwrap();
     for (name, tarball) in cases {
-        let src = ReaderSource::new(name, Box::new(std::io::Cursor::new(tarball))).with_kind(ItemKind::Volume, "tar");
-        backup(&t.repo, vec![Box::new(src)], &BackupOptions::default()).await.unwrap();
+        let src = ReaderSource::new(name, Box::new(std::io::Cursor::new(tarball)))
+            .with_kind(ItemKind::Volume, "tar");
+        backup(&t.repo, vec![Box::new(src)], &BackupOptions::default())
+            .await
+            .unwrap();
         let snap = t.repo.find_snapshot("latest").await.unwrap();
         let dest = t.dir.path().join("restore");
-        let p = plan(&snap, &RestoreOptions { to: Some(dest.clone()), ..Default::default() }).unwrap();
-        let e = apply(&t.repo, &snap, &p, &ApplyOptions::default()).await.unwrap_err();
-        assert!(matches!(e, Error::UnsafeArchive { .. }), "{name}: expected UnsafeArchive, got {e:?}");
+        let p = plan(
+            &snap,
+            &RestoreOptions {
+                to: Some(dest.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let e = apply(&t.repo, &snap, &p, &ApplyOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::UnsafeArchive { .. }),
+            "{name}: expected UnsafeArchive, got {e:?}"
+        );
         assert_eq!(e.exit_code(), 7);
-        let mut names: Vec<_> = fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         names.sort();
-        assert_eq!(names, ["victim"], "{name}: something was written outside the target");
+        assert_eq!(
+            names,
+            ["victim"],
+            "{name}: something was written outside the target"
+        );
         assert_eq!(fs::read_to_string(outside.join("victim")).unwrap(), "keep");
-        assert!(!dest.join(name).exists(), "{name}: a refused restore puts nothing in place");
+        assert!(
+            !dest.join(name).exists(),
+            "{name}: a refused restore puts nothing in place"
+        );
         if dest.exists() {
-            assert_eq!(fs::read_dir(&dest).unwrap().count(), 0, "{name}: temporary directory removed");
+            assert_eq!(
+                fs::read_dir(&dest).unwrap().count(),
+                0,
+                "{name}: temporary directory removed"
+            );
         }
     }
 }

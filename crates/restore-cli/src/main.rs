@@ -12,7 +12,10 @@ use backup_core::config::ConfigFile;
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::restore::sink::{FileSink, Sink, StdoutSink};
-use backup_core::restore::{ApplyOptions, RestoreOptions, RestorePlan, Target, TargetState, plan, preflight, restore_item, restore_planned};
+use backup_core::restore::{
+    ApplyOptions, RestoreOptions, RestorePlan, Target, TargetState, plan, preflight, restore_item,
+    restore_planned,
+};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 
@@ -89,7 +92,10 @@ struct Selection {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => report_error("lifeboat-restore", e.as_ref()),
@@ -118,7 +124,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else if snaps.is_empty() {
                 println!("no snapshots in {}", repo.location());
             } else {
-                println!("{:<10} {:<20} {:>8} {:<16} {:>10}  ITEMS", "ID", "TIME (UTC)", "AGE", "HOST", "SIZE");
+                println!(
+                    "{:<10} {:<20} {:>8} {:<16} {:>10}  ITEMS",
+                    "ID", "TIME (UTC)", "AGE", "HOST", "SIZE"
+                );
                 for s in &snaps {
                     println!(
                         "{:<10} {:<20} {:>8} {:<16} {:>10}  {}",
@@ -187,7 +196,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print_plan(&p, &out)?;
             }
             preflight(&p)?;
-            if p.force && !p.conflicts().is_empty() && !yes && std::io::stdin().is_terminal() && !confirm(&p)? {
+            if p.force
+                && !p.conflicts().is_empty()
+                && !yes
+                && std::io::stdin().is_terminal()
+                && !confirm(&p)?
+            {
                 bail!("restore cancelled; nothing was touched");
             }
             return restore(&repo, &snap, &p, &out).await;
@@ -199,11 +213,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             force,
         } => {
             let snap = repo.find_snapshot(&snapshot).await?;
-            let it = snap.item(&item).ok_or_else(|| backup_core::Error::ItemNotFound {
-                snapshot: snap.id,
-                item: item.clone(),
-                available: snap.source_set().join(", "),
-            })?;
+            let it = snap
+                .item(&item)
+                .ok_or_else(|| backup_core::Error::ItemNotFound {
+                    snapshot: snap.id,
+                    item: item.clone(),
+                    available: snap.source_set().join(", "),
+                })?;
             let to_stdout = output.as_os_str() == "-";
             let sink: Box<dyn Sink> = if to_stdout {
                 Box::new(StdoutSink::new())
@@ -221,7 +237,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             drop(ticker);
             if let Err(e) = r {
                 if to_stdout {
-                    eprintln!("lifeboat-restore: the data already written to stdout is incomplete or unverified: discard it");
+                    eprintln!(
+                        "lifeboat-restore: the data already written to stdout is incomplete or unverified: discard it"
+                    );
                 }
                 return Err(e.into());
             }
@@ -278,20 +296,34 @@ fn print_plan(p: &RestorePlan, out: &Output) -> Result<()> {
             TargetState::Occupied => "NOT EMPTY: refused without --force",
             TargetState::NotApplicable => "piped",
         };
-        println!("  {:<20} {:<8} {:>10}  -> {} [{state}]", i.name, i.kind.to_string(), human_bytes(i.size), i.target);
+        println!(
+            "  {:<20} {:<8} {:>10}  -> {} [{state}]",
+            i.name,
+            i.kind.to_string(),
+            human_bytes(i.size),
+            i.target
+        );
     }
     Ok(())
 }
 
 fn confirm(p: &RestorePlan) -> Result<bool> {
-    eprint!("replace {} occupied target(s)? type 'yes' to continue: ", p.conflicts().len());
+    eprint!(
+        "replace {} occupied target(s)? type 'yes' to continue: ",
+        p.conflicts().len()
+    );
     std::io::stderr().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim() == "yes")
 }
 
-async fn restore(repo: &backup_core::Repository, snap: &Snapshot, p: &RestorePlan, out: &Output) -> Result<ExitCode> {
+async fn restore(
+    repo: &backup_core::Repository,
+    snap: &Snapshot,
+    p: &RestorePlan,
+    out: &Output,
+) -> Result<ExitCode> {
     let progress = Arc::new(Progress::default());
     let show = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let opts = ApplyOptions {
@@ -330,7 +362,10 @@ async fn restore(repo: &backup_core::Repository, snap: &Snapshot, p: &RestorePla
                 if !done.is_empty() {
                     eprintln!(
                         "lifeboat-restore: already restored: {}",
-                        done.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                        done.iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                 }
                 return Err(e.into());
@@ -338,7 +373,10 @@ async fn restore(repo: &backup_core::Repository, snap: &Snapshot, p: &RestorePla
         }
     }
     if out.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"snapshot": snap.id, "items": done}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"snapshot": snap.id, "items": done}))?
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -65,10 +65,16 @@ async fn setup() -> Env {
     .await
     .unwrap();
     let sources: Vec<Box<dyn Source>> = vec![
-        Box::new(VolumeSource::new("site", e.p("site"), VolumeOptions::default())),
+        Box::new(VolumeSource::new(
+            "site",
+            e.p("site"),
+            VolumeOptions::default(),
+        )),
         Box::new(CommandSource::new("dump", "printf 'CREATE TABLE t;\\n'")),
     ];
-    backup(&repo, sources, &BackupOptions::default()).await.unwrap();
+    backup(&repo, sources, &BackupOptions::default())
+        .await
+        .unwrap();
     e
 }
 
@@ -86,14 +92,27 @@ async fn list_show_and_plan() {
     let s: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(s["items"][0]["name"], "site");
     assert_eq!(s["items"][0]["facts"]["files"], 2, "volume facts are shown");
-    assert_eq!(s["items"][0]["chunks"], 1, "chunk lists are summarised as counts");
-    let plan = e.run(&["plan", "latest", "--to", e.p("out").to_str().unwrap(), "--json"]);
+    assert_eq!(
+        s["items"][0]["chunks"], 1,
+        "chunk lists are summarised as counts"
+    );
+    let plan = e.run(&[
+        "plan",
+        "latest",
+        "--to",
+        e.p("out").to_str().unwrap(),
+        "--json",
+    ]);
     let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     assert_eq!(p["items"][0]["target_state"], "missing");
     assert!(!e.p("out").exists(), "plan touches nothing");
     let bad = e.run(&["show", "ffffffffff"]);
     assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
-    assert!(stderr(&bad).contains("lifeboat-restore list"), "hint names the next step: {}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("lifeboat-restore list"),
+        "hint names the next step: {}",
+        stderr(&bad)
+    );
 }
 
 #[tokio::test]
@@ -106,16 +125,29 @@ async fn run_restores_selected_items_and_refuses_occupied_targets() {
     assert!(!out.exists(), "--dry-run touches nothing");
     let r = e.run(&["run", "latest", "--to", outs, "--only", "site"]);
     assert!(r.status.success(), "{}", stderr(&r));
-    assert_eq!(std::fs::read_to_string(out.join("site/img/logo.svg")).unwrap(), "<svg/>");
-    assert!(!out.join("dump").exists(), "--only restores only the named item");
+    assert_eq!(
+        std::fs::read_to_string(out.join("site/img/logo.svg")).unwrap(),
+        "<svg/>"
+    );
+    assert!(
+        !out.join("dump").exists(),
+        "--only restores only the named item"
+    );
     let again = e.run(&["run", "latest", "--to", outs, "--skip", "dump"]);
     assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
     let forced = e.run(&["run", "latest", "--to", outs, "--force"]);
     assert!(forced.status.success(), "{}", stderr(&forced));
-    assert_eq!(std::fs::read_to_string(out.join("dump")).unwrap(), "CREATE TABLE t;\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("dump")).unwrap(),
+        "CREATE TABLE t;\n"
+    );
     let unknown = e.run(&["run", "latest", "--only", "nope", "--to", outs]);
     assert_ne!(unknown.status.code(), Some(0));
-    assert!(stderr(&unknown).contains("dump, site"), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("dump, site"),
+        "{}",
+        stderr(&unknown)
+    );
 }
 
 #[tokio::test]
@@ -144,8 +176,21 @@ async fn export_to_stdout_and_file_and_corruption_exit_code() {
         b[n] ^= 0xff;
         std::fs::write(c, b).unwrap();
     }
-    let bad = e.run(&["export", "latest", "dump", "-o", e.p("dump.sql").to_str().unwrap()]);
+    let bad = e.run(&[
+        "export",
+        "latest",
+        "dump",
+        "-o",
+        e.p("dump.sql").to_str().unwrap(),
+    ]);
     assert_eq!(bad.status.code(), Some(6), "{}", stderr(&bad));
-    assert!(stderr(&bad).contains("chunk") && stderr(&bad).contains("dump"), "{}", stderr(&bad));
-    assert!(!e.p("dump.sql").exists(), "no unverified output file is left");
+    assert!(
+        stderr(&bad).contains("chunk") && stderr(&bad).contains("dump"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(
+        !e.p("dump.sql").exists(),
+        "no unverified output file is left"
+    );
 }

@@ -74,7 +74,12 @@ impl KeySlot {
     }
 
     /// Wraps `master` for `secret` in a new slot.
-    pub fn create(master: &[u8; 64], secret: &Secret, params: KdfParams, label: Option<String>) -> Result<KeySlot> {
+    pub fn create(
+        master: &[u8; 64],
+        secret: &Secret,
+        params: KdfParams,
+        label: Option<String>,
+    ) -> Result<KeySlot> {
         let id = SlotId::random();
         let salt: [u8; 16] = rand::random();
         let kdf = match secret {
@@ -84,7 +89,9 @@ impl KeySlot {
                 params,
                 salt: B64.encode(salt),
             },
-            Secret::KeyFile(_) => SlotKdf::KeyFile { salt: B64.encode(salt) },
+            Secret::KeyFile(_) => SlotKdf::KeyFile {
+                salt: B64.encode(salt),
+            },
         };
         let kek = derive_kek(&kdf, secret)?.ok_or_else(|| Error::KeySlot {
             detail: "secret kind does not match slot kind".into(),
@@ -109,7 +116,9 @@ impl KeySlot {
             return Ok(None);
         };
         let nonce: [u8; 12] = decode_fixed(&self.nonce, "nonce", &self.id)?;
-        let ct = B64.decode(&self.wrapped).map_err(|e| bad_slot(&self.id, e))?;
+        let ct = B64
+            .decode(&self.wrapped)
+            .map_err(|e| bad_slot(&self.id, e))?;
         let Some(plain) = Keys::unwrap(&kek, &nonce, &slot_aad(&self.id), &ct) else {
             return Ok(None);
         };
@@ -136,7 +145,9 @@ fn bad_slot(id: &SlotId, e: impl std::fmt::Display) -> Error {
 }
 
 fn decode_fixed<const N: usize>(s: &str, what: &str, id: &SlotId) -> Result<[u8; N]> {
-    let v = B64.decode(s).map_err(|e| bad_slot(id, format!("{what}: {e}")))?;
+    let v = B64
+        .decode(s)
+        .map_err(|e| bad_slot(id, format!("{what}: {e}")))?;
     v.try_into()
         .map_err(|_| bad_slot(id, format!("{what} is not {N} bytes")))
 }
@@ -162,10 +173,15 @@ fn derive_kek(kdf: &SlotKdf, secret: &Secret) -> Result<Option<Zeroizing<[u8; 32
             let salt = B64.decode(salt).map_err(|e| Error::KeySlot {
                 detail: format!("salt: {e}"),
             })?;
-            let p = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
-                .map_err(|e| Error::KeySlot {
-                    detail: format!("argon2 parameters: {e}"),
-                })?;
+            let p = argon2::Params::new(
+                params.memory_kib,
+                params.iterations,
+                params.parallelism,
+                Some(32),
+            )
+            .map_err(|e| Error::KeySlot {
+                detail: format!("argon2 parameters: {e}"),
+            })?;
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p)
                 .hash_password_into(pw, &salt, kek.as_mut())
                 .map_err(|e| Error::KeySlot {
@@ -202,7 +218,10 @@ mod tests {
         assert_eq!(*slot.unlock(&good).unwrap().unwrap(), master);
         assert!(slot.unlock(&bad).unwrap().is_none());
         let kf = Secret::KeyFile(Zeroizing::new(vec![1u8; 32]));
-        assert!(slot.unlock(&kf).unwrap().is_none(), "a key file never opens a passphrase slot");
+        assert!(
+            slot.unlock(&kf).unwrap().is_none(),
+            "a key file never opens a passphrase slot"
+        );
     }
 
     #[test]

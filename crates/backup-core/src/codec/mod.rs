@@ -43,7 +43,9 @@ pub enum OpenError {
     Type { found: u8, expected: u8 },
     #[error("sealed with key {0}, which this repository key does not have")]
     UnknownKey(KeyId),
-    #[error("authentication failed: the object was altered, truncated or stored under the wrong name")]
+    #[error(
+        "authentication failed: the object was altered, truncated or stored under the wrong name"
+    )]
     Auth,
     #[error("decompression failed: {0}")]
     Decompress(String),
@@ -109,8 +111,8 @@ impl Keys {
 
     /// Compresses and seals `plaintext` as an object of `ty` named `name`.
     pub fn seal(&self, ty: ObjectType, name: &[u8], plaintext: &[u8], level: i32) -> Vec<u8> {
-        let compressed =
-            zstd::bulk::compress(plaintext, level).expect("zstd compression of an in-memory buffer");
+        let compressed = zstd::bulk::compress(plaintext, level)
+            .expect("zstd compression of an in-memory buffer");
         self.seal_raw(ty, name, &compressed)
     }
 
@@ -184,7 +186,12 @@ impl Keys {
     }
 
     /// Opens a chunk object and proves its content matches `id`.
-    pub fn open_chunk(&self, id: &ChunkId, object: &[u8], max_len: usize) -> Result<Vec<u8>, OpenError> {
+    pub fn open_chunk(
+        &self,
+        id: &ChunkId,
+        object: &[u8],
+        max_len: usize,
+    ) -> Result<Vec<u8>, OpenError> {
         let plain = self.open(ObjectType::Chunk, &id.0, object, max_len)?;
         let actual = self.chunk_id(&plain);
         if &actual != id {
@@ -202,7 +209,12 @@ impl Keys {
     }
 
     /// Inverse of [`Keys::wrap`]; `None` when authentication fails.
-    pub(crate) fn unwrap(kek: &[u8; 32], nonce: &[u8; 12], aad: &[u8], ct: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn unwrap(
+        kek: &[u8; 32],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Option<Zeroizing<Vec<u8>>> {
         Aes256Gcm::new_from_slice(kek)
             .expect("32-byte key")
             .decrypt(&Nonce::from(*nonce), Payload { msg: ct, aad })
@@ -222,7 +234,9 @@ fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>, OpenError> {
         .read_to_end(&mut out)
         .map_err(err)?;
     if out.len() > max_len {
-        return Err(OpenError::Decompress(format!("content exceeds {max_len} bytes")));
+        return Err(OpenError::Decompress(format!(
+            "content exceeds {max_len} bytes"
+        )));
     }
     Ok(out)
 }
@@ -238,7 +252,8 @@ fn aad(version: u8, ty: u8, key_id: &KeyId, name: &[u8]) -> Vec<u8> {
 }
 
 pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut m =
+        <HmacSha256 as hmac::KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
         m.update(p);
     }
@@ -280,17 +295,29 @@ mod tests {
         for pos in [0, 1, 5, HEADER_LEN, obj.len() - 1] {
             let mut bad = obj.clone();
             bad[pos] ^= 0x01;
-            assert!(k.open_chunk(&id, &bad, 1 << 20).is_err(), "flip at {pos} undetected");
+            assert!(
+                k.open_chunk(&id, &bad, 1 << 20).is_err(),
+                "flip at {pos} undetected"
+            );
         }
-        assert_eq!(k.open_chunk(&id, &obj[..obj.len() - 3], 1 << 20), Err(OpenError::Auth));
+        assert_eq!(
+            k.open_chunk(&id, &obj[..obj.len() - 3], 1 << 20),
+            Err(OpenError::Auth)
+        );
         // Stored under another chunk's name: the AAD binds the id.
         let other = k.chunk_id(b"other");
         assert_eq!(k.open_chunk(&other, &obj, 1 << 20), Err(OpenError::Auth));
         // A snapshot object cannot pass for a chunk.
         let snap = k.seal(ObjectType::Snapshot, &id.0, &data, 3);
-        assert!(matches!(k.open_chunk(&id, &snap, 1 << 20), Err(OpenError::Type { .. })));
+        assert!(matches!(
+            k.open_chunk(&id, &snap, 1 << 20),
+            Err(OpenError::Type { .. })
+        ));
         // Another repository's key.
         let foreign = Keys::from_master(&[9u8; 64]);
-        assert!(matches!(foreign.open_chunk(&id, &obj, 1 << 20), Err(OpenError::UnknownKey(_))));
+        assert!(matches!(
+            foreign.open_chunk(&id, &obj, 1 << 20),
+            Err(OpenError::UnknownKey(_))
+        ));
     }
 }

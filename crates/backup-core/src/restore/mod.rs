@@ -22,7 +22,9 @@ use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{Item, ItemKind, Snapshot};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use sink::{CommandSink, DirectorySink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty};
+use sink::{
+    CommandSink, DirectorySink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty,
+};
 
 /// Where an item is restored to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,12 +125,16 @@ pub fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
     }
     let mut items = Vec::new();
     for item in &snapshot.items {
-        if (!opts.only.is_empty() && !opts.only.contains(&item.name)) || opts.skip.contains(&item.name) {
+        if (!opts.only.is_empty() && !opts.only.contains(&item.name))
+            || opts.skip.contains(&item.name)
+        {
             continue;
         }
         let target = default_target(item, opts)?;
         let target_state = match &target {
-            Target::Directory(p) if !p.exists() && std::fs::symlink_metadata(p).is_err() => TargetState::Missing,
+            Target::Directory(p) if !p.exists() && std::fs::symlink_metadata(p).is_err() => {
+                TargetState::Missing
+            }
             Target::Directory(p) if is_missing_or_empty(p) => TargetState::Empty,
             Target::File(p) if std::fs::symlink_metadata(p).is_err() => TargetState::Missing,
             Target::Directory(_) | Target::File(_) => TargetState::Occupied,
@@ -145,7 +151,9 @@ pub fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
         });
     }
     if items.is_empty() {
-        return Err(Error::Usage("nothing to restore: every item was filtered out".into()));
+        return Err(Error::Usage(
+            "nothing to restore: every item was filtered out".into(),
+        ));
     }
     Ok(RestorePlan {
         snapshot: snapshot.id,
@@ -169,10 +177,10 @@ fn default_target(item: &Item, opts: &RestoreOptions) -> Result<Target> {
     if let Some(cmd) = opts.restore_commands.get(&item.name) {
         return Ok(Target::Command(cmd.clone()));
     }
-    if item.kind == ItemKind::Volume {
-        if let Some(path) = item.facts.get("path").and_then(|v| v.as_str()) {
-            return Ok(Target::Directory(PathBuf::from(path)));
-        }
+    if item.kind == ItemKind::Volume
+        && let Some(path) = item.facts.get("path").and_then(|v| v.as_str())
+    {
+        return Ok(Target::Directory(PathBuf::from(path)));
     }
     Err(Error::Usage(format!(
         "item {} ({}) has no default restore target: give --to DIR, a restore_command in the config, or use `lifeboat-restore export`",
@@ -218,20 +226,25 @@ pub struct RestoreReport {
 
 /// Checks the plan's targets are free (or forced) before anything is touched.
 pub fn preflight(plan: &RestorePlan) -> Result<()> {
-    if !plan.force {
-        if let Some(c) = plan.conflicts().first() {
-            let path = match &c.target {
-                Target::Directory(p) | Target::File(p) => p.clone(),
-                _ => PathBuf::new(),
-            };
-            return Err(Error::TargetNotEmpty { path });
-        }
+    if !plan.force
+        && let Some(c) = plan.conflicts().first()
+    {
+        let path = match &c.target {
+            Target::Directory(p) | Target::File(p) => p.clone(),
+            _ => PathBuf::new(),
+        };
+        return Err(Error::TargetNotEmpty { path });
     }
     Ok(())
 }
 
 /// Restores every planned item, in order; stops at the first failure.
-pub async fn apply(repo: &Repository, snapshot: &Snapshot, plan: &RestorePlan, opts: &ApplyOptions) -> Result<RestoreReport> {
+pub async fn apply(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    plan: &RestorePlan,
+    opts: &ApplyOptions,
+) -> Result<RestoreReport> {
     preflight(plan)?;
     let t0 = std::time::Instant::now();
     let mut items = Vec::new();
@@ -254,11 +267,13 @@ pub async fn restore_planned(
     force: bool,
     opts: &ApplyOptions,
 ) -> Result<RestoredItem> {
-    let item = snapshot.item(&planned.name).ok_or_else(|| Error::ItemNotFound {
-        snapshot: snapshot.id,
-        item: planned.name.clone(),
-        available: snapshot.source_set().join(", "),
-    })?;
+    let item = snapshot
+        .item(&planned.name)
+        .ok_or_else(|| Error::ItemNotFound {
+            snapshot: snapshot.id,
+            item: planned.name.clone(),
+            available: snapshot.source_set().join(", "),
+        })?;
     let sink: Box<dyn Sink> = match &planned.target {
         Target::Directory(p) => Box::new(DirectorySink::create(&item.name, p, force).await?),
         Target::File(p) => Box::new(FileSink::create(&item.name, p, force).await?),
@@ -347,7 +362,12 @@ pub async fn stream_item(
 }
 
 /// Reads one chunk and proves it is the chunk named `id`.
-pub async fn fetch_chunk(repo: &Repository, snapshot: SnapshotId, item: &str, id: ChunkId) -> Result<Vec<u8>> {
+pub async fn fetch_chunk(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &str,
+    id: ChunkId,
+) -> Result<Vec<u8>> {
     let object = match repo.store().get(&id.object_key()).await {
         Ok(o) => o,
         Err(Error::NotFound { .. }) => {

@@ -40,8 +40,14 @@ pub struct SinkReport {
 }
 
 fn sibling(target: &Path, tag: &str) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    target.with_file_name(format!(".{name}.lifeboat-{tag}-{:08x}", rand::random::<u32>()))
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(
+        ".{name}.lifeboat-{tag}-{:08x}",
+        rand::random::<u32>()
+    ))
 }
 
 fn sink_err(item: &str, target: &Path, detail: impl std::fmt::Display) -> Error {
@@ -56,7 +62,9 @@ fn sink_err(item: &str, target: &Path, detail: impl std::fmt::Display) -> Error 
 pub fn is_missing_or_empty(p: &Path) -> bool {
     match std::fs::symlink_metadata(p) {
         Err(_) => true,
-        Ok(m) if m.is_dir() => std::fs::read_dir(p).map(|mut r| r.next().is_none()).unwrap_or(false),
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|mut r| r.next().is_none())
+            .unwrap_or(false),
         Ok(_) => false,
     }
 }
@@ -75,12 +83,21 @@ impl DirectorySink {
     /// Prepares the temporary directory. Refuses a non-empty target unless `force`.
     pub async fn create(item: &str, target: &Path, force: bool) -> Result<Self> {
         if !force && !is_missing_or_empty(target) {
-            return Err(Error::TargetNotEmpty { path: target.to_path_buf() });
+            return Err(Error::TargetNotEmpty {
+                path: target.to_path_buf(),
+            });
         }
-        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        tokio::fs::create_dir_all(parent).await.map_err(|e| sink_err(item, target, e))?;
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| sink_err(item, target, e))?;
         let tmp = sibling(target, "restore");
-        tokio::fs::create_dir(&tmp).await.map_err(|e| sink_err(item, target, e))?;
+        tokio::fs::create_dir(&tmp)
+            .await
+            .map_err(|e| sink_err(item, target, e))?;
         let (w, r) = tokio::io::duplex(1 << 20);
         let bridge = SyncIoBridge::new(r);
         let (t, it) = (tmp.clone(), item.to_string());
@@ -99,7 +116,11 @@ impl DirectorySink {
         drop(self.writer.take());
         match self.task.take() {
             Some(t) => t.await.map_err(|e| sink_err(&self.item, &self.target, e))?,
-            None => Err(sink_err(&self.item, &self.target, "extraction already joined")),
+            None => Err(sink_err(
+                &self.item,
+                &self.target,
+                "extraction already joined",
+            )),
         }
     }
 }
@@ -111,7 +132,9 @@ impl Sink for DirectorySink {
     }
 
     fn writer(&mut self) -> &mut (dyn AsyncWrite + Send + Unpin) {
-        self.writer.as_mut().expect("writer present until commit/abort")
+        self.writer
+            .as_mut()
+            .expect("writer present until commit/abort")
     }
 
     async fn commit(mut self: Box<Self>) -> Result<SinkReport> {
@@ -122,7 +145,12 @@ impl Sink for DirectorySink {
                 return Err(e);
             }
         };
-        let (item, target, tmp, force) = (self.item.clone(), self.target.clone(), self.tmp.clone(), self.force);
+        let (item, target, tmp, force) = (
+            self.item.clone(),
+            self.target.clone(),
+            self.tmp.clone(),
+            self.force,
+        );
         let placed = tokio::task::spawn_blocking(move || place_dir(&item, &target, &tmp, force))
             .await
             .map_err(|e| Error::io("placing restored directory", std::io::Error::other(e)))?;
@@ -169,13 +197,17 @@ fn place_dir(item: &str, target: &Path, tmp: &Path, force: bool) -> Result<()> {
         }
         Ok(_) => {
             let _ = std::fs::remove_dir_all(tmp);
-            Err(Error::TargetNotEmpty { path: target.to_path_buf() })
+            Err(Error::TargetNotEmpty {
+                path: target.to_path_buf(),
+            })
         }
     }
 }
 
 fn m_is_dir(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false)
+    std::fs::symlink_metadata(p)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
 }
 
 /// Writes a file next to the target, fsyncs and renames it into place on commit.
@@ -190,10 +222,14 @@ impl FileSink {
     /// Refuses an existing target unless `force`.
     pub async fn create(item: &str, target: &Path, force: bool) -> Result<Self> {
         if !force && std::fs::symlink_metadata(target).is_ok() {
-            return Err(Error::TargetNotEmpty { path: target.to_path_buf() });
+            return Err(Error::TargetNotEmpty {
+                path: target.to_path_buf(),
+            });
         }
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| sink_err(item, target, e))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| sink_err(item, target, e))?;
         }
         let tmp = sibling(target, "restore");
         let file = tokio::fs::OpenOptions::new()
@@ -249,7 +285,9 @@ pub struct StdoutSink {
 impl StdoutSink {
     /// Writes to this process's stdout.
     pub fn new() -> Self {
-        StdoutSink { out: tokio::io::stdout() }
+        StdoutSink {
+            out: tokio::io::stdout(),
+        }
     }
 }
 
@@ -268,7 +306,10 @@ impl Sink for StdoutSink {
         &mut self.out
     }
     async fn commit(mut self: Box<Self>) -> Result<SinkReport> {
-        self.out.flush().await.map_err(|e| Error::io("flushing stdout", e))?;
+        self.out
+            .flush()
+            .await
+            .map_err(|e| Error::io("flushing stdout", e))?;
         Ok(SinkReport {
             target: "-".into(),
             untar: None,
@@ -311,11 +352,19 @@ impl CommandSink {
 
     async fn wait(&mut self) -> Result<()> {
         drop(self.stdin.take());
-        let status = self.child.wait().await.map_err(|e| sink_err(&self.item, Path::new(&self.command), e))?;
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|e| sink_err(&self.item, Path::new(&self.command), e))?;
         if status.success() {
             Ok(())
         } else {
-            Err(sink_err(&self.item, Path::new(&self.command), format!("restore command exited with {status}")))
+            Err(sink_err(
+                &self.item,
+                Path::new(&self.command),
+                format!("restore command exited with {status}"),
+            ))
         }
     }
 }
@@ -326,7 +375,9 @@ impl Sink for CommandSink {
         format!("command `{}`", self.command)
     }
     fn writer(&mut self) -> &mut (dyn AsyncWrite + Send + Unpin) {
-        self.stdin.as_mut().expect("stdin present until commit/abort")
+        self.stdin
+            .as_mut()
+            .expect("stdin present until commit/abort")
     }
     async fn commit(mut self: Box<Self>) -> Result<SinkReport> {
         self.wait().await?;

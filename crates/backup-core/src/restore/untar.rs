@@ -34,7 +34,9 @@ struct DirAttrs {
 
 /// Extracts `reader` into `dst` (an existing, empty directory), then drains the reader.
 pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
-    let is_root = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    let is_root = fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
@@ -48,17 +50,22 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
         detail: format!("{what}: {e}"),
     };
     {
-        let entries = archive.entries().map_err(|e| io_err("reading archive", e))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| io_err("reading archive", e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| io_err("reading archive", e))?;
-            let raw = entry.path().map_err(|e| io_err("entry name", e))?.into_owned();
+            let raw = entry
+                .path()
+                .map_err(|e| io_err("entry name", e))?
+                .into_owned();
             let shown = raw.display().to_string();
             let refuse = |reason: &str| Error::UnsafeArchive {
                 item: item.to_string(),
                 entry: shown.clone(),
                 reason: reason.to_string(),
             };
-            let rel = safe_relative(&raw).map_err(|r| refuse(r))?;
+            let rel = safe_relative(&raw).map_err(&refuse)?;
             let target = dst.join(&rel);
             check_parents(dst, &rel).map_err(|r| refuse(&r))?;
             let ty = entry.header().entry_type();
@@ -80,10 +87,10 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
                 }
                 continue;
             }
-            if let Ok(existing) = fs::symlink_metadata(&target) {
-                if !(ty.is_dir() && existing.is_dir()) {
-                    return Err(refuse("duplicate entry"));
-                }
+            if let Ok(existing) = fs::symlink_metadata(&target)
+                && !(ty.is_dir() && existing.is_dir())
+            {
+                return Err(refuse("duplicate entry"));
             }
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_err(&shown, e))?;
@@ -116,12 +123,18 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
                         .map_err(|e| io_err(&shown, e))?
                         .ok_or_else(|| refuse("hard link without a target"))?
                         .into_owned();
-                    let lrel = safe_relative(&link).map_err(|r| refuse(&format!("hard link target: {r}")))?;
-                    check_parents(dst, &lrel).map_err(|r| refuse(&format!("hard link target: {r}")))?;
+                    let lrel = safe_relative(&link)
+                        .map_err(|r| refuse(&format!("hard link target: {r}")))?;
+                    check_parents(dst, &lrel)
+                        .map_err(|r| refuse(&format!("hard link target: {r}")))?;
                     let src = dst.join(&lrel);
                     match fs::symlink_metadata(&src) {
                         Ok(m) if m.is_file() => {}
-                        _ => return Err(refuse("hard link target is not an earlier regular file of the archive")),
+                        _ => {
+                            return Err(refuse(
+                                "hard link target is not an earlier regular file of the archive",
+                            ));
+                        }
                     }
                     fs::hard_link(&src, &target).map_err(|e| io_err(&shown, e))?;
                     st.hardlinks += 1;
@@ -135,12 +148,14 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
     // Deepest first, so setting a parent's mtime is not undone by work in a child.
     for d in dirs.iter().rev() {
         if let Some((u, g)) = d.owner {
-            lchown(&d.path, Some(u as u32), Some(g as u32)).map_err(|e| io_err(&d.path.display().to_string(), e))?;
+            lchown(&d.path, Some(u as u32), Some(g as u32))
+                .map_err(|e| io_err(&d.path.display().to_string(), e))?;
         }
         fs::set_permissions(&d.path, fs::Permissions::from_mode(d.mode & 0o7777))
             .map_err(|e| io_err(&d.path.display().to_string(), e))?;
         let t = filetime::FileTime::from_unix_time(d.mtime as i64, 0);
-        filetime::set_file_mtime(&d.path, t).map_err(|e| io_err(&d.path.display().to_string(), e))?;
+        filetime::set_file_mtime(&d.path, t)
+            .map_err(|e| io_err(&d.path.display().to_string(), e))?;
     }
     // Read to the end, so the writer is not cut off by a reader that stopped at the end marker.
     let mut rest = archive.into_inner();
@@ -173,9 +188,14 @@ fn check_parents(dst: &Path, rel: &Path) -> std::result::Result<(), String> {
         cur.push(c);
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!("parent {} is a symlink: writing through it could escape the target", cur.strip_prefix(dst).unwrap_or(&cur).display()));
+                return Err(format!(
+                    "parent {} is a symlink: writing through it could escape the target",
+                    cur.strip_prefix(dst).unwrap_or(&cur).display()
+                ));
             }
-            Ok(m) if !m.is_dir() => return Err(format!("parent {} is not a directory", cur.display())),
+            Ok(m) if !m.is_dir() => {
+                return Err(format!("parent {} is not a directory", cur.display()));
+            }
             _ => {}
         }
     }

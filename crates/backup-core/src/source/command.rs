@@ -95,12 +95,17 @@ impl Source for CommandSource {
     }
 
     async fn finish(&mut self) -> Result<Facts> {
-        let mut child = self.child.take().ok_or_else(|| self.fail("finish before open".into()))?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| self.fail("finish before open".into()))?;
         let status = child.wait().await.map_err(|e| self.fail(e.to_string()))?;
         if let Some(t) = self.stderr_task.take() {
             let _ = t.await;
         }
-        let stderr = String::from_utf8_lossy(&self.stderr.lock().unwrap()).trim().to_string();
+        let stderr = String::from_utf8_lossy(&self.stderr.lock().unwrap())
+            .trim()
+            .to_string();
         if !status.success() {
             let what = match status.code() {
                 Some(c) => format!("exited with status {c}"),

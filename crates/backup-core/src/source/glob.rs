@@ -48,7 +48,9 @@ fn matches(p: &[u8], s: &[u8]) -> bool {
         if let Some(rest) = after.strip_prefix(b"/") {
             // `**/` stands for zero or more whole leading segments.
             return matches(rest, s)
-                || s.iter().enumerate().any(|(i, &c)| c == b'/' && matches(rest, &s[i + 1..]));
+                || s.iter()
+                    .enumerate()
+                    .any(|(i, &c)| c == b'/' && matches(rest, &s[i + 1..]));
         }
         return (0..=s.len()).any(|i| matches(after, &s[i..]));
     }
@@ -85,7 +87,11 @@ mod tests {
         ];
         for (pat, rel, want) in cases {
             let name = rel.rsplit('/').next().unwrap();
-            assert_eq!(Excludes::new(&[pat]).is_excluded(rel, name), *want, "{pat} vs {rel}");
+            assert_eq!(
+                Excludes::new(&[pat]).is_excluded(rel, name),
+                *want,
+                "{pat} vs {rel}"
+            );
         }
     }
 }

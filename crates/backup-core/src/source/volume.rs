@@ -70,16 +70,23 @@ impl Source for VolumeSource {
             item: self.name.clone(),
             detail: d,
         };
-        let root = fs::canonicalize(&self.path).map_err(|e| fail(format!("volume path {}: {e}", self.path.display())))?;
+        let root = fs::canonicalize(&self.path)
+            .map_err(|e| fail(format!("volume path {}: {e}", self.path.display())))?;
         if !root.is_dir() {
-            return Err(fail(format!("volume path {} is not a directory", root.display())));
+            return Err(fail(format!(
+                "volume path {} is not a directory",
+                root.display()
+            )));
         }
         let (w, r) = tokio::io::duplex(1 << 20);
         let bridge = SyncIoBridge::new(w);
         let (name, opts) = (self.name.clone(), self.opts.clone());
         self.task = Some(tokio::task::spawn_blocking(move || {
             let mut walker = Walker::new(bridge, &root, &opts);
-            walker.run().map_err(|e| Error::SourceFailed { item: name, detail: e })?;
+            walker.run().map_err(|e| Error::SourceFailed {
+                item: name,
+                detail: e,
+            })?;
             Ok(walker.facts(&root))
         }));
         Ok(Box::new(r))
@@ -137,11 +144,14 @@ impl<'a, W: Write> Walker<'a, W> {
     }
 
     fn run(&mut self) -> Result<(), String> {
-        let md = fs::symlink_metadata(self.root).map_err(|e| format!("{}: {e}", self.root.display()))?;
+        let md =
+            fs::symlink_metadata(self.root).map_err(|e| format!("{}: {e}", self.root.display()))?;
         self.dev = md.dev();
         self.append_dir(Path::new("."), &md)?;
         self.walk(self.root.to_path_buf(), PathBuf::new())?;
-        self.tar.finish().map_err(|e| format!("writing tar stream: {e}"))?;
+        self.tar
+            .finish()
+            .map_err(|e| format!("writing tar stream: {e}"))?;
         let w = self.tar.get_mut();
         w.flush().map_err(|e| format!("writing tar stream: {e}"))
     }
@@ -158,7 +168,10 @@ impl<'a, W: Write> Walker<'a, W> {
         f.insert("excluded".into(), s.excluded.into());
         f.insert("vanished".into(), s.vanished.into());
         f.insert("special_skipped".into(), s.special_skipped.into());
-        f.insert("other_filesystems_skipped".into(), s.other_fs_skipped.into());
+        f.insert(
+            "other_filesystems_skipped".into(),
+            s.other_fs_skipped.into(),
+        );
         if !s.changed.is_empty() {
             f.insert("changed_during_backup".into(), s.changed.clone().into());
         }
@@ -168,7 +181,10 @@ impl<'a, W: Write> Walker<'a, W> {
     fn walk(&mut self, dir: PathBuf, rel: PathBuf) -> Result<(), String> {
         let ioerr = |p: &Path, e: io::Error| format!("{}: {e}", p.display());
         let mut names: Vec<_> = match fs::read_dir(&dir) {
-            Ok(rd) => rd.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>().map_err(|e| ioerr(&dir, e))?,
+            Ok(rd) => rd
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<_>>()
+                .map_err(|e| ioerr(&dir, e))?,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.st.vanished += 1;
                 return Ok(());
@@ -214,7 +230,9 @@ impl<'a, W: Write> Walker<'a, W> {
                 };
                 let mut h = header(&md);
                 h.set_size(0);
-                self.tar.append_link(&mut h, &r, &target).map_err(|e| ioerr(&path, e))?;
+                self.tar
+                    .append_link(&mut h, &r, &target)
+                    .map_err(|e| ioerr(&path, e))?;
                 self.st.symlinks += 1;
             } else if ft.is_file() {
                 self.append_file(&path, &r, &md)?;
@@ -265,10 +283,14 @@ impl<'a, W: Write> Walker<'a, W> {
             left: size,
             short: false,
         };
-        self.tar.append_data(&mut h, rel, &mut reader).map_err(ioerr)?;
+        self.tar
+            .append_data(&mut h, rel, &mut reader)
+            .map_err(ioerr)?;
         let after = fs::symlink_metadata(path).ok();
         let changed = reader.short
-            || after.is_none_or(|a| a.len() != size || a.mtime() != md.mtime() || a.mtime_nsec() != md.mtime_nsec());
+            || after.is_none_or(|a| {
+                a.len() != size || a.mtime() != md.mtime() || a.mtime_nsec() != md.mtime_nsec()
+            });
         if changed {
             self.st.changed.push(rel.display().to_string());
         }
@@ -298,7 +320,11 @@ impl<R: Read> Read for Exact<R> {
             return Ok(0);
         }
         let want = buf.len().min(self.left as usize);
-        let mut n = if self.short { 0 } else { self.inner.read(&mut buf[..want])? };
+        let mut n = if self.short {
+            0
+        } else {
+            self.inner.read(&mut buf[..want])?
+        };
         if n == 0 {
             self.short = true;
             buf[..want].fill(0);

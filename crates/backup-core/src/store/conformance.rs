@@ -30,7 +30,9 @@ pub async fn run_concurrent(store: Arc<dyn Store>) {
         let s = store.clone();
         let k = key.clone();
         tasks.push(tokio::spawn(async move {
-            s.put(&k, vec![i; 1000], PutMode::CreateOnly).await.map(|_| i)
+            s.put(&k, vec![i; 1000], PutMode::CreateOnly)
+                .await
+                .map(|_| i)
         }));
     }
     let mut winners = Vec::new();
@@ -41,36 +43,72 @@ pub async fn run_concurrent(store: Arc<dyn Store>) {
             Err(e) => panic!("concurrent create-only put failed with {e}"),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one create-only put must win, got {winners:?}");
-    assert_eq!(store.get(&key).await.unwrap(), vec![winners[0]; 1000], "the winner's bytes are stored");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one create-only put must win, got {winners:?}"
+    );
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        vec![winners[0]; 1000],
+        "the winner's bytes are stored"
+    );
     store.delete(&key).await.unwrap();
 }
 
 async fn put_get_head(s: &dyn Store) {
     let k = format!("{P}/a/one");
-    s.put(&k, b"hello".to_vec(), PutMode::Overwrite).await.unwrap();
+    s.put(&k, b"hello".to_vec(), PutMode::Overwrite)
+        .await
+        .unwrap();
     assert_eq!(s.get(&k).await.unwrap(), b"hello");
     let m = s.head(&k).await.unwrap();
-    assert_eq!((m.key.as_str(), m.size), (k.as_str(), 5), "head reports key and size");
-    s.put(&k, b"replaced!".to_vec(), PutMode::Overwrite).await.unwrap();
+    assert_eq!(
+        (m.key.as_str(), m.size),
+        (k.as_str(), 5),
+        "head reports key and size"
+    );
+    s.put(&k, b"replaced!".to_vec(), PutMode::Overwrite)
+        .await
+        .unwrap();
     assert_eq!(s.get(&k).await.unwrap(), b"replaced!", "overwrite replaces");
     let empty = format!("{P}/empty");
-    s.put(&empty, Vec::new(), PutMode::CreateOnly).await.unwrap();
+    s.put(&empty, Vec::new(), PutMode::CreateOnly)
+        .await
+        .unwrap();
     assert_eq!(s.get(&empty).await.unwrap(), b"", "empty objects exist");
     assert_eq!(s.head(&empty).await.unwrap().size, 0);
-    for r in [s.get(&format!("{P}/missing")).await.map(|_| ()), s.head(&format!("{P}/missing")).await.map(|_| ())] {
-        assert!(matches!(r, Err(Error::NotFound { .. })), "missing object must be NotFound, got {r:?}");
+    for r in [
+        s.get(&format!("{P}/missing")).await.map(|_| ()),
+        s.head(&format!("{P}/missing")).await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(r, Err(Error::NotFound { .. })),
+            "missing object must be NotFound, got {r:?}"
+        );
     }
     let r = s.get_range(&format!("{P}/missing"), 0..1).await;
-    assert!(matches!(r, Err(Error::NotFound { .. })), "get_range of missing object: {r:?}");
+    assert!(
+        matches!(r, Err(Error::NotFound { .. })),
+        "get_range of missing object: {r:?}"
+    );
 }
 
 async fn create_only(s: &dyn Store) {
     let k = format!("{P}/once");
-    s.put(&k, b"first".to_vec(), PutMode::CreateOnly).await.unwrap();
+    s.put(&k, b"first".to_vec(), PutMode::CreateOnly)
+        .await
+        .unwrap();
     let r = s.put(&k, b"second".to_vec(), PutMode::CreateOnly).await;
-    assert!(matches!(r, Err(Error::AlreadyExists { .. })), "create-only over existing: {r:?}");
-    assert_eq!(s.get(&k).await.unwrap(), b"first", "a refused create-only put changes nothing");
+    assert!(
+        matches!(r, Err(Error::AlreadyExists { .. })),
+        "create-only over existing: {r:?}"
+    );
+    assert_eq!(
+        s.get(&k).await.unwrap(),
+        b"first",
+        "a refused create-only put changes nothing"
+    );
 }
 
 async fn ranges(s: &dyn Store) {
@@ -79,24 +117,56 @@ async fn ranges(s: &dyn Store) {
     s.put(&k, data.clone(), PutMode::Overwrite).await.unwrap();
     assert_eq!(s.get_range(&k, 0..10).await.unwrap(), data[..10]);
     assert_eq!(s.get_range(&k, 4000..6000).await.unwrap(), data[4000..6000]);
-    assert_eq!(s.get_range(&k, 9990..20_000).await.unwrap(), data[9990..], "range clamped at the end");
-    assert_eq!(s.get_range(&k, 20_000..30_000).await.unwrap(), b"", "range past the end is empty");
+    assert_eq!(
+        s.get_range(&k, 9990..20_000).await.unwrap(),
+        data[9990..],
+        "range clamped at the end"
+    );
+    assert_eq!(
+        s.get_range(&k, 20_000..30_000).await.unwrap(),
+        b"",
+        "range past the end is empty"
+    );
 }
 
 async fn listing(s: &dyn Store) {
     for k in ["l/x/1", "l/x/2", "l/y/1", "l/z", "lz"] {
-        s.put(&format!("{P}/{k}"), k.as_bytes().to_vec(), PutMode::Overwrite).await.unwrap();
+        s.put(
+            &format!("{P}/{k}"),
+            k.as_bytes().to_vec(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     }
     let keys = |v: Vec<super::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
     assert_eq!(
         keys(s.list(&format!("{P}/l/")).await.unwrap()),
-        [format!("{P}/l/x/1"), format!("{P}/l/x/2"), format!("{P}/l/y/1"), format!("{P}/l/z")],
+        [
+            format!("{P}/l/x/1"),
+            format!("{P}/l/x/2"),
+            format!("{P}/l/y/1"),
+            format!("{P}/l/z")
+        ],
         "list returns nested keys under the prefix, sorted"
     );
-    assert_eq!(keys(s.list(&format!("{P}/l/x")).await.unwrap()), [format!("{P}/l/x/1"), format!("{P}/l/x/2")]);
-    assert_eq!(keys(s.list(&format!("{P}/l")).await.unwrap()).len(), 5, "prefix is a string prefix");
+    assert_eq!(
+        keys(s.list(&format!("{P}/l/x")).await.unwrap()),
+        [format!("{P}/l/x/1"), format!("{P}/l/x/2")]
+    );
+    assert_eq!(
+        keys(s.list(&format!("{P}/l")).await.unwrap()).len(),
+        5,
+        "prefix is a string prefix"
+    );
     assert!(s.list(&format!("{P}/nothing/")).await.unwrap().is_empty());
-    let sizes: Vec<u64> = s.list(&format!("{P}/l/x/")).await.unwrap().iter().map(|m| m.size).collect();
+    let sizes: Vec<u64> = s
+        .list(&format!("{P}/l/x/"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.size)
+        .collect();
     assert_eq!(sizes, [5, 5], "list reports sizes");
 }
 
@@ -104,20 +174,34 @@ async fn deletes(s: &dyn Store) {
     let k = format!("{P}/del");
     s.put(&k, b"x".to_vec(), PutMode::Overwrite).await.unwrap();
     s.delete(&k).await.unwrap();
-    assert!(matches!(s.get(&k).await, Err(Error::NotFound { .. })), "deleted object is gone");
-    s.delete(&k).await.expect("deleting a missing object succeeds");
-    s.put(&k, b"again".to_vec(), PutMode::CreateOnly).await.expect("a deleted key can be created again");
+    assert!(
+        matches!(s.get(&k).await, Err(Error::NotFound { .. })),
+        "deleted object is gone"
+    );
+    s.delete(&k)
+        .await
+        .expect("deleting a missing object succeeds");
+    s.put(&k, b"again".to_vec(), PutMode::CreateOnly)
+        .await
+        .expect("a deleted key can be created again");
 }
 
 async fn invalid_keys(s: &dyn Store) {
-    for k in ["", "/abs", "a/../b", "a//b", "..", "a/./b", "sp ace", "a/.tmp-1"] {
-        assert!(s.put(k, b"x".to_vec(), PutMode::Overwrite).await.is_err(), "key {k:?} must be refused");
+    for k in [
+        "", "/abs", "a/../b", "a//b", "..", "a/./b", "sp ace", "a/.tmp-1",
+    ] {
+        assert!(
+            s.put(k, b"x".to_vec(), PutMode::Overwrite).await.is_err(),
+            "key {k:?} must be refused"
+        );
     }
 }
 
 async fn large_object(s: &dyn Store) {
     let k = format!("{P}/large");
-    let data: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..9 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     s.put(&k, data.clone(), PutMode::CreateOnly).await.unwrap();
     assert!(s.get(&k).await.unwrap() == data, "9 MiB object round-trips");
     assert_eq!(s.head(&k).await.unwrap().size, data.len() as u64);
@@ -127,5 +211,8 @@ async fn cleanup(s: &dyn Store) {
     for m in s.list(&format!("{P}/")).await.unwrap() {
         s.delete(&m.key).await.unwrap();
     }
-    assert!(s.list(&format!("{P}/")).await.unwrap().is_empty(), "everything deleted");
+    assert!(
+        s.list(&format!("{P}/")).await.unwrap().is_empty(),
+        "everything deleted"
+    );
 }

@@ -114,7 +114,11 @@ impl<S: Store> FaultyStore<S> {
             .unwrap()
             .iter()
             .any(|f| matches!(f, Fault::FailGetsWithPrefix(p) if key.starts_with(p.as_str())));
-        if fail { Err(self.injected("get", key)) } else { Ok(()) }
+        if fail {
+            Err(self.injected("get", key))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -131,7 +135,10 @@ mod tests {
         let before = s.puts();
         s.inject(Fault::FailPutsAfter(before + 1));
         s.put("k/1", vec![1], PutMode::Overwrite).await.unwrap();
-        assert!(matches!(s.put("k/2", vec![2], PutMode::Overwrite).await, Err(Error::Store { .. })));
+        assert!(matches!(
+            s.put("k/2", vec![2], PutMode::Overwrite).await,
+            Err(Error::Store { .. })
+        ));
         s.heal();
         s.put("k/2", vec![2], PutMode::Overwrite).await.unwrap();
         s.inject(Fault::FailGetsWithPrefix("k/".into()));

@@ -66,7 +66,11 @@ impl LocalStore {
         fs::create_dir_all(dir).map_err(e)?;
         let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(e)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(e)?;
             f.write_all(data).map_err(e)?;
             f.sync_all().map_err(e)?;
             drop(f);
@@ -105,7 +109,11 @@ impl LocalStore {
         while let Some((dir, rel)) = stack.pop() {
             let rd = match fs::read_dir(&dir) {
                 Ok(rd) => rd,
-                Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => continue,
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(self.err("list", prefix, e)),
             };
             for entry in rd {
@@ -114,7 +122,11 @@ impl LocalStore {
                 if name.starts_with(".tmp-") {
                     continue;
                 }
-                let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let key = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
                 let md = match entry.metadata() {
                     Ok(md) => md,
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -151,7 +163,9 @@ impl Store for LocalStore {
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
-        tokio::fs::read(&path).await.map_err(|e| self.err("get", key, e))
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| self.err("get", key, e))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
@@ -173,7 +187,9 @@ impl Store for LocalStore {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         let path = self.path(key)?;
-        let md = tokio::fs::metadata(&path).await.map_err(|e| self.err("head", key, e))?;
+        let md = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| self.err("head", key, e))?;
         if md.is_dir() {
             return Err(Error::NotFound {
                 key: key.to_string(),
@@ -218,9 +234,20 @@ mod tests {
     async fn create_only_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        store.put("a/b", b"1".to_vec(), PutMode::CreateOnly).await.unwrap();
-        assert!(store.put("a/b", b"2".to_vec(), PutMode::CreateOnly).await.is_err());
-        let names: Vec<_> = fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        store
+            .put("a/b", b"1".to_vec(), PutMode::CreateOnly)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .put("a/b", b"2".to_vec(), PutMode::CreateOnly)
+                .await
+                .is_err()
+        );
+        let names: Vec<_> = fs::read_dir(dir.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("b")]);
     }
 }

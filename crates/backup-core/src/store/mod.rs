@@ -68,7 +68,9 @@ pub fn validate_key(key: &str) -> Result<()> {
                 && seg != "."
                 && seg != ".."
                 && !seg.starts_with(".tmp-")
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         });
     if ok {
         Ok(())

@@ -42,9 +42,17 @@ impl TestRepo {
 }
 
 pub fn walk_count(dir: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     rd.flatten()
-        .map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 })
+        .map(|e| {
+            if e.path().is_dir() {
+                walk_count(&e.path())
+            } else {
+                1
+            }
+        })
         .sum()
 }
 
@@ -59,7 +67,9 @@ pub async fn new_repo() -> TestRepo {
         },
         ..Default::default()
     };
-    let repo = Repository::init(store, &passphrase("test"), opts).await.unwrap();
+    let repo = Repository::init(store, &passphrase("test"), opts)
+        .await
+        .unwrap();
     TestRepo { dir, repo }
 }
 
@@ -106,7 +116,11 @@ impl GenReader {
 }
 
 impl AsyncRead for GenReader {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let n = (buf.remaining() as u64).min(self.left).min(256 * 1024) as usize;
         let mut tmp = vec![0u8; n];
         self.g.fill(&mut tmp);
@@ -125,7 +139,11 @@ pub struct HashWriter {
 }
 
 impl AsyncWrite for HashWriter {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.sha.update(buf);
         self.len += buf.len() as u64;
         Poll::Ready(Ok(buf.len()))
@@ -139,11 +157,20 @@ impl AsyncWrite for HashWriter {
 }
 
 pub fn bytes_source(name: &str, data: Vec<u8>) -> Box<dyn Source> {
-    Box::new(ReaderSource::new(name, Box::new(std::io::Cursor::new(data))))
+    Box::new(ReaderSource::new(
+        name,
+        Box::new(std::io::Cursor::new(data)),
+    ))
 }
 
 pub async fn backup_bytes(repo: &Repository, name: &str, data: Vec<u8>) -> BackupReport {
-    backup(repo, vec![bytes_source(name, data)], &BackupOptions::default()).await.unwrap()
+    backup(
+        repo,
+        vec![bytes_source(name, data)],
+        &BackupOptions::default(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Restores item `name` of the newest snapshot into memory.
