@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use backup_core::backup::{BackupOptions, backup};
 use backup_core::check::{CheckOptions, check};
-use backup_core::cli::{EXIT_CODES, Output, RepoFlags, report_error};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, report_error};
 use backup_core::codec::keys::KdfParams;
 use backup_core::config::{ConfigFile, ResolvedRepo, split_named};
 use backup_core::lock::RunLock;
@@ -23,16 +23,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "lifeboat-backup", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
-    repo: RepoFlags,
-    /// Configuration file (TOML); see fixtures/lifeboat.toml.
-    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Print nothing on success (for cron).
-    #[arg(long, short, global = true)]
-    quiet: bool,
+    global: GlobalFlags,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -148,12 +139,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let config = cli.config.as_deref().map(ConfigFile::load).transpose()?;
-    let resolved = cli.repo.args().resolve(config.as_ref())?;
-    let out = Output {
-        json: cli.json,
-        quiet: cli.quiet,
-    };
+    let (config, resolved) = cli.global.resolve()?;
+    let out = cli.global.output();
     match cli.cmd {
         Cmd::Init {
             kdf_memory_mib,

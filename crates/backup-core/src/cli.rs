@@ -13,6 +13,48 @@ pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 usage or configurat
 4 another run holds the lock, 5 repository not found, 6 integrity problem (corrupt or missing data), \
 7 restore target refused (not empty, unsafe archive)";
 
+/// Flags every Lifeboat binary takes: repository, config file, output mode.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalFlags {
+    #[command(flatten)]
+    pub repo: RepoFlags,
+    /// Configuration file (TOML); see fixtures/lifeboat.toml.
+    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing on success (for cron); errors still go to stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+impl GlobalFlags {
+    /// The output mode these flags ask for.
+    pub fn output(&self) -> Output {
+        Output {
+            json: self.json,
+            quiet: self.quiet,
+        }
+    }
+
+    /// Loads the config file (if any) and resolves the repository selection.
+    pub fn resolve(
+        &self,
+    ) -> crate::Result<(
+        Option<crate::config::ConfigFile>,
+        crate::config::ResolvedRepo,
+    )> {
+        let config = self
+            .config
+            .as_deref()
+            .map(crate::config::ConfigFile::load)
+            .transpose()?;
+        let resolved = self.repo.args().resolve(config.as_ref())?;
+        Ok((config, resolved))
+    }
+}
+
 /// Repository selection flags; each has an environment fallback (see [`crate::config`]).
 #[derive(Args, Debug, Clone)]
 pub struct RepoFlags {

@@ -84,6 +84,14 @@ async fn missing_repository_and_double_init() {
     assert!(matches!(e, Error::RepositoryExists { .. }));
 }
 
+async fn read_all(repo: &Repository) -> backup_core::check::CheckReport {
+    let opts = CheckOptions {
+        read_data: true,
+        ..Default::default()
+    };
+    check(repo, &opts).await.unwrap()
+}
+
 fn chunk_path(t: &TestRepo, id: &backup_core::ChunkId) -> std::path::PathBuf {
     t.path().join(id.object_key())
 }
@@ -100,15 +108,7 @@ async fn corrupt_missing_and_swapped_chunks_are_named_by_restore_and_check() {
         "need several chunks, got {}",
         chunks.len()
     );
-    let clean = check(
-        &t.repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let clean = read_all(&t.repo).await;
     assert!(clean.ok(), "{:?}", clean.problems);
     assert_eq!(clean.chunks_read, clean.chunks);
 
@@ -142,15 +142,7 @@ async fn corrupt_missing_and_swapped_chunks_are_named_by_restore_and_check() {
     assert_eq!(e.exit_code(), 6);
     let light = check(&t.repo, &CheckOptions::default()).await.unwrap();
     assert!(light.ok(), "presence check cannot see a flipped byte");
-    let r = check(
-        &t.repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let r = read_all(&t.repo).await;
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert_eq!(r.problems[0].chunk, Some(chunks[0]));
     assert_eq!(r.problems[0].item.as_deref(), Some("db"));
@@ -165,15 +157,7 @@ async fn corrupt_missing_and_swapped_chunks_are_named_by_restore_and_check() {
         matches!(&e, Error::ChunkCorrupt { chunk, .. } if *chunk == chunks[1]),
         "{e:?}"
     );
-    let r = check(
-        &t.repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let r = read_all(&t.repo).await;
     assert_eq!(
         r.problems.iter().map(|p| p.chunk).collect::<Vec<_>>(),
         [Some(chunks[1])]
@@ -209,15 +193,7 @@ async fn truncated_manifest_is_reported_with_its_snapshot() {
     let p = t.path().join(snap.id.object_key());
     let raw = std::fs::read(&p).unwrap();
     std::fs::write(&p, &raw[..raw.len() - 10]).unwrap();
-    let r = check(
-        &t.repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let r = read_all(&t.repo).await;
     assert_eq!(r.problems.len(), 1);
     assert_eq!(r.problems[0].snapshot, Some(snap.id));
     // A cold reader (no cache) restoring it fails naming the snapshot.

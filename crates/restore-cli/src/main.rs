@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use backup_core::cli::{EXIT_CODES, Output, RepoFlags, report_error};
-use backup_core::config::ConfigFile;
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, report_error};
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::restore::sink::{FileSink, Sink, StdoutSink};
@@ -24,16 +23,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "lifeboat-restore", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
-    repo: RepoFlags,
-    /// Configuration file (TOML): repository, key and restore commands of sources.
-    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Print nothing but errors.
-    #[arg(long, short, global = true)]
-    quiet: bool,
+    global: GlobalFlags,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -103,12 +93,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let config = cli.config.as_deref().map(ConfigFile::load).transpose()?;
-    let resolved = cli.repo.args().resolve(config.as_ref())?;
-    let out = Output {
-        json: cli.json,
-        quiet: cli.quiet,
-    };
+    let (config, resolved) = cli.global.resolve()?;
+    let out = cli.global.output();
     let repo = resolved.open().await?;
     let restore_commands: HashMap<String, String> = config
         .iter()
