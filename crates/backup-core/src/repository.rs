@@ -379,6 +379,34 @@ impl Repository {
         }
     }
 
+    /// Like [`Repository::find_snapshot`], but `latest` means the newest snapshot holding every
+    /// item in `items` (a run of `--source db` only must not hide the last full run's volume).
+    pub async fn find_snapshot_with(&self, query: &str, items: &[String]) -> Result<Snapshot> {
+        if query != "latest" || items.is_empty() {
+            return self.find_snapshot(query).await;
+        }
+        let snaps = self.snapshots().await?;
+        if let Some(s) = snaps
+            .iter()
+            .rev()
+            .find(|s| items.iter().all(|i| s.item(i).is_some()))
+        {
+            return Ok(s.clone());
+        }
+        // Name what the newest snapshot does have: the usual cause is a typo.
+        match snaps.last() {
+            Some(newest) => Err(Error::ItemNotFound {
+                snapshot: newest.id,
+                item: items.join(", "),
+                available: newest.source_set().join(", "),
+            }),
+            None => Err(Error::SnapshotNotFound {
+                query: query.to_string(),
+                location: self.location(),
+            }),
+        }
+    }
+
     /// Chunks named by the given snapshots.
     pub fn chunks_of(snapshots: &[Snapshot]) -> HashSet<ChunkId> {
         snapshots

@@ -144,3 +144,46 @@ async fn one_snapshot_holds_every_item_of_a_run() {
     .await;
     assert!(dup.is_err(), "duplicate item names are refused");
 }
+
+#[tokio::test]
+async fn latest_with_items_skips_partial_runs() {
+    let t = new_repo().await;
+    let full = backup(
+        &t.repo,
+        vec![
+            bytes_source("db", b"1".to_vec()),
+            bytes_source("files", b"2".to_vec()),
+        ],
+        &BackupOptions::default(),
+    )
+    .await
+    .unwrap();
+    let partial = backup_bytes(&t.repo, "db", b"3".to_vec()).await;
+    let want_files = ["files".to_string()];
+    let s = t
+        .repo
+        .find_snapshot_with("latest", &want_files)
+        .await
+        .unwrap();
+    assert_eq!(s.id, full.snapshot, "newest snapshot that has `files`");
+    let s = t
+        .repo
+        .find_snapshot_with("latest", &["db".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(s.id, partial.snapshot);
+    let none = t
+        .repo
+        .find_snapshot_with("latest", &["nope".to_string()])
+        .await;
+    assert!(matches!(
+        none,
+        Err(backup_core::Error::ItemNotFound { .. })
+    ));
+    let prefix = &full.snapshot.to_hex()[..6];
+    assert_eq!(
+        t.repo.find_snapshot(prefix).await.unwrap().id,
+        full.snapshot,
+        "unique prefix"
+    );
+}

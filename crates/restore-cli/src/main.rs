@@ -80,6 +80,12 @@ struct Selection {
     force: bool,
 }
 
+// glibc's malloc raises its mmap threshold after large frees, so the pipeline's MiB-sized
+// chunk buffers pile up in per-thread arenas and RSS drifts upward with input size; mimalloc
+// returns them and keeps peak RSS flat (docs/ARCHITECTURE.md, "Memory").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -167,12 +173,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Plan(sel) => {
-            let snap = repo.find_snapshot(&sel.snapshot).await?;
+            let snap = repo.find_snapshot_with(&sel.snapshot, &sel.only).await?;
             let p = plan(&snap, &sel.options(restore_commands))?;
             print_plan(&p, &out)?;
         }
         Cmd::Run { sel, dry_run, yes } => {
-            let snap = repo.find_snapshot(&sel.snapshot).await?;
+            let snap = repo.find_snapshot_with(&sel.snapshot, &sel.only).await?;
             let p = plan(&snap, &sel.options(restore_commands))?;
             if dry_run {
                 print_plan(&p, &out)?;
@@ -198,7 +204,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             output,
             force,
         } => {
-            let snap = repo.find_snapshot(&snapshot).await?;
+            let snap = repo
+                .find_snapshot_with(&snapshot, std::slice::from_ref(&item))
+                .await?;
             let it = snap
                 .item(&item)
                 .ok_or_else(|| backup_core::Error::ItemNotFound {

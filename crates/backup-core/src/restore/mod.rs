@@ -382,7 +382,7 @@ pub async fn fetch_chunk(
     };
     let keys = repo.keys().clone();
     let max = repo.config().chunker_params.max_size as usize;
-    blocking(move || keys.open_chunk(&id, &object, max))
+    blocking(move || keys.open_chunk_owned(&id, object, max))
         .await?
         .map_err(|e| Error::ChunkCorrupt {
             snapshot,
