@@ -63,6 +63,11 @@ fn build_tree(root: &Path) {
     let long = "n".repeat(120);
     fs::create_dir_all(root.join(&long)).unwrap();
     fs::write(root.join(&long).join("f".repeat(150)), "long names").unwrap();
+    fs::write(root.join("a/owned"), "chowned").unwrap();
+    if fs::metadata("/proc/self").unwrap().uid() == 0 {
+        std::os::unix::fs::chown(root.join("a/owned"), Some(4321), Some(8765)).unwrap();
+        std::os::unix::fs::chown(root.join("a/deep"), Some(4321), Some(8765)).unwrap();
+    }
     symlink("a/hello.txt", root.join("rel-link")).unwrap();
     symlink("/etc/hostname", root.join("abs-link")).unwrap();
     symlink("does-not-exist", root.join("dangling")).unwrap();
@@ -131,6 +136,12 @@ async fn volume_round_trip_preserves_contents_modes_mtimes_links() {
     let a = fs::metadata(restored.join("a/hello.txt")).unwrap();
     let h = fs::metadata(restored.join("hard")).unwrap();
     assert_eq!(a.ino(), h.ino(), "hard link restored as a link");
+    if fs::metadata("/proc/self").unwrap().uid() == 0 {
+        // As root, numeric ownership round-trips too.
+        assert_eq!(fs::metadata(restored.join("a/owned")).unwrap().uid(), 4321);
+        assert_eq!(fs::metadata(restored.join("a/owned")).unwrap().gid(), 8765);
+        assert_eq!(fs::metadata(restored.join("a/deep")).unwrap().uid(), 4321, "directory owner");
+    }
     let root_mode = fs::metadata(&restored).unwrap().mode() & 0o7777;
     assert_eq!(
         root_mode,
