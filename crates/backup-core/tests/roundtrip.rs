@@ -176,10 +176,7 @@ async fn latest_with_items_skips_partial_runs() {
         .repo
         .find_snapshot_with("latest", &["nope".to_string()])
         .await;
-    assert!(matches!(
-        none,
-        Err(backup_core::Error::ItemNotFound { .. })
-    ));
+    assert!(matches!(none, Err(backup_core::Error::ItemNotFound { .. })));
     let prefix = &full.snapshot.to_hex()[..6];
     assert_eq!(
         t.repo.find_snapshot(prefix).await.unwrap().id,

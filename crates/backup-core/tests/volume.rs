@@ -140,7 +140,11 @@ async fn volume_round_trip_preserves_contents_modes_mtimes_links() {
         // As root, numeric ownership round-trips too.
         assert_eq!(fs::metadata(restored.join("a/owned")).unwrap().uid(), 4321);
         assert_eq!(fs::metadata(restored.join("a/owned")).unwrap().gid(), 8765);
-        assert_eq!(fs::metadata(restored.join("a/deep")).unwrap().uid(), 4321, "directory owner");
+        assert_eq!(
+            fs::metadata(restored.join("a/deep")).unwrap().uid(),
+            4321,
+            "directory owner"
+        );
     }
     let root_mode = fs::metadata(&restored).unwrap().mode() & 0o7777;
     assert_eq!(
