@@ -10,7 +10,7 @@ use backup_core::backup::{BackupOptions, backup};
 use backup_core::check::{CheckOptions, check};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, report_error};
 use backup_core::codec::keys::KdfParams;
-use backup_core::config::{ConfigFile, ResolvedRepo, split_named};
+use backup_core::config::{ConfigFile, PostgresConfig, ResolvedRepo, split_named};
 use backup_core::lock::RunLock;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
@@ -70,6 +70,10 @@ struct RunArgs {
     /// Ad-hoc command whose stdout is backed up: NAME='CMD ARGS' (run with sh -c).
     #[arg(long = "command", value_name = "NAME=CMD")]
     commands: Vec<String>,
+    /// Ad-hoc PostgreSQL database: NAME=URL (the URL names the database; password from
+    /// PGPASSWORD or ~/.pgpass).
+    #[arg(long = "postgres", value_name = "NAME=URL")]
+    postgres: Vec<String>,
     /// Exclude glob for ad-hoc volumes (repeatable).
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
@@ -265,10 +269,11 @@ async fn run_backup(
                 )));
             }
         }
-        let adhoc = !args.volumes.is_empty() || !args.commands.is_empty();
+        let adhoc =
+            !args.volumes.is_empty() || !args.commands.is_empty() || !args.postgres.is_empty();
         for (name, sc) in &cfg.sources {
             if args.sources.contains(name) || (args.sources.is_empty() && !adhoc) {
-                sources.push(sc.build(name));
+                sources.extend(sc.build(name).await?);
             }
         }
     } else if !args.sources.is_empty() {
@@ -285,6 +290,10 @@ async fn run_backup(
     for c in &args.commands {
         let (name, cmd) = split_named(c, "--command")?;
         sources.push(Box::new(CommandSource::new(name, cmd)));
+    }
+    for p in &args.postgres {
+        let (name, url) = split_named(p, "--postgres")?;
+        sources.extend(PostgresConfig::from_url(&url).sources(&name).await?);
     }
     let lock_path = resolved.lock_path();
     let _lock = RunLock::acquire(&lock_path, args.wait)?;

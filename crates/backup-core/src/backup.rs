@@ -19,8 +19,10 @@ use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{Item, ItemKind, Snapshot, validate_item_name};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use crate::source::Source;
+use crate::source::{HEAD_PEEK, Source};
 use crate::store::PutMode;
+use base64::Engine;
+use tokio::io::AsyncReadExt;
 
 /// How to run a backup.
 #[derive(Debug, Clone)]
@@ -146,9 +148,25 @@ async fn backup_item(
     if let Some(p) = &opts.progress {
         p.start_item(&name, 0);
     }
-    let reader = src.open().await?;
+    let mut reader = src.open().await?;
+    let mut head = Vec::new();
+    if src.has_volatile_prefix() {
+        let mut peek = Vec::with_capacity(HEAD_PEEK);
+        (&mut reader)
+            .take(HEAD_PEEK as u64)
+            .read_to_end(&mut peek)
+            .await
+            .map_err(|e| Error::SourceFailed {
+                item: name.clone(),
+                detail: format!("reading the stream: {e}"),
+            })?;
+        let n = src.volatile_prefix(&peek).min(peek.len());
+        head = peek[..n].to_vec();
+        let rest = std::io::Cursor::new(peek[n..].to_vec());
+        reader = Box::new(rest.chain(reader));
+    }
     let concurrency = opts.concurrency.max(1);
-    let (mut rx, chunker) = spawn_chunker(reader, repo.config().chunker_params, 2);
+    let (mut rx, chunker) = spawn_chunker(reader, repo.config().chunker_params, 2, &head);
     let chunk_stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut results = chunk_stream
         .map(|data| store_chunk(repo, data, known.clone(), opts.compression_level))
@@ -202,6 +220,7 @@ async fn backup_item(
         format: src.format().to_string(),
         size: digest.size,
         sha256: hex::encode(digest.sha256),
+        head: (!head.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&head)),
         chunks,
         started,
         finished: Utc::now(),

@@ -23,11 +23,16 @@ pub fn spawn_chunker(
     reader: ByteStream,
     params: ChunkerParams,
     queue: usize,
+    head: &[u8],
 ) -> (
     mpsc::Receiver<Vec<u8>>,
     tokio::task::JoinHandle<std::io::Result<StreamDigest>>,
 ) {
     let (tx, rx) = mpsc::channel(queue.max(1));
+    // The stream digest covers an inline head (see `Source::volatile_prefix`) and the chunks.
+    let mut sha = Sha256::new();
+    sha.update(head);
+    let mut size = head.len() as u64;
     let task = tokio::spawn(async move {
         let mut cdc = AsyncStreamCDC::new(
             reader,
@@ -37,8 +42,6 @@ pub fn spawn_chunker(
         );
         let stream = cdc.as_stream();
         futures::pin_mut!(stream);
-        let mut sha = Sha256::new();
-        let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| match e {
                 fastcdc::v2020::Error::IoError(e) => e,

@@ -14,8 +14,10 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::repository::{CacheOptions, Repository};
 use crate::secret::SecretSource;
+use crate::source::postgres::{PgTools, PostgresSource, RowCounts, conninfo, globals_source};
 use crate::source::{CommandSource, Source, VolumeOptions, VolumeSource};
 use crate::store::{LocalStore, Store};
+use zeroize::Zeroizing;
 
 /// A whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +72,160 @@ pub enum SourceConfig {
         restore_command: Option<String>,
         format: Option<String>,
     },
+    Postgres(PostgresConfig),
+}
+
+/// `type = "postgres"`: one item per database, plus `NAME.globals` when `globals = true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq connection URL or `key=value` string; sslmode and friends are honoured.
+    pub url: String,
+    /// File holding the password (else `.pgpass`, `PGPASSWORD`, or `password_env`).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// `"all"` (every non-template database) or a list; default: the URL's database.
+    pub databases: Option<Databases>,
+    /// Also back up roles and tablespaces (`pg_dumpall --globals-only`).
+    #[serde(default)]
+    pub globals: bool,
+    /// `"exact"` (count(*), default) or `"estimate"` (planner statistics, for huge databases).
+    #[serde(default)]
+    pub row_counts: RowCountsConfig,
+    /// Directory of the client programs (pg_dump, psql, pg_restore) to use.
+    pub bin_dir: Option<PathBuf>,
+    /// Default restore target for `lifeboat-restore run` (else `--to-postgres`).
+    pub restore_url: Option<String>,
+}
+
+/// `databases = "all"` or `databases = ["app", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Databases {
+    List(Vec<String>),
+    Word(String),
+}
+
+/// Row count mode in the config file.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RowCountsConfig {
+    #[default]
+    Exact,
+    Estimate,
+}
+
+impl PostgresConfig {
+    /// A config for an ad-hoc `--postgres NAME=URL`.
+    pub fn from_url(url: &str) -> Self {
+        PostgresConfig {
+            url: url.to_string(),
+            password_file: None,
+            password_env: None,
+            databases: None,
+            globals: false,
+            row_counts: RowCountsConfig::Exact,
+            bin_dir: None,
+            restore_url: None,
+        }
+    }
+
+    /// Client programs and password.
+    pub fn tools(&self) -> Result<PgTools> {
+        let password = match (&self.password_file, &self.password_env) {
+            (Some(f), _) => Some(Zeroizing::new(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::Secret {
+                        from: format!("password file {}", f.display()),
+                        detail: e.to_string(),
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            )),
+            (None, Some(var)) => Some(Zeroizing::new(std::env::var(var).map_err(|e| {
+                Error::Secret {
+                    from: format!("environment variable {var}"),
+                    detail: e.to_string(),
+                }
+            })?)),
+            (None, None) => None,
+        };
+        Ok(PgTools {
+            bin_dir: self.bin_dir.clone(),
+            password,
+        })
+    }
+
+    /// The sources of this config, named `NAME` (single database from the URL) or `NAME.DB`.
+    pub async fn sources(&self, name: &str) -> Result<Vec<Box<dyn Source>>> {
+        let tools = self.tools()?;
+        let counts = match self.row_counts {
+            RowCountsConfig::Exact => RowCounts::Exact,
+            RowCountsConfig::Estimate => RowCounts::Estimate,
+        };
+        let dbs: Vec<(String, String)> = match &self.databases {
+            None => {
+                let db = conninfo::database(&self.url).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "postgres source {name}: the URL names no database; add one (…/app) or set databases = [..] or \"all\""
+                    ))
+                })?;
+                vec![(name.to_string(), db)]
+            }
+            Some(Databases::Word(w)) if w == "all" => tools
+                .list_databases(&self.url)
+                .await?
+                .into_iter()
+                .map(|db| (format!("{name}.{}", sanitize(&db)), db))
+                .collect(),
+            Some(Databases::Word(w)) => {
+                return Err(Error::Usage(format!(
+                    "postgres source {name}: databases = {w:?}: use \"all\" or a list"
+                )));
+            }
+            Some(Databases::List(l)) => l
+                .iter()
+                .map(|db| (format!("{name}.{}", sanitize(db)), db.clone()))
+                .collect(),
+        };
+        let mut out: Vec<Box<dyn Source>> = Vec::new();
+        for (item, db) in dbs {
+            let url = conninfo::with_database(&self.url, &db);
+            out.push(Box::new(PostgresSource::new(
+                item,
+                url,
+                tools.clone(),
+                counts,
+            )));
+        }
+        if self.globals {
+            out.push(Box::new(globals_source(
+                &format!("{name}.globals"),
+                &self.url,
+                &tools,
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Whether item `item` comes from the source called `name`.
+    pub fn owns_item(name: &str, item: &str) -> bool {
+        item == name || item.strip_prefix(name).is_some_and(|r| r.starts_with('.'))
+    }
+}
+
+/// A database name as an item-name suffix.
+fn sanitize(db: &str) -> String {
+    db.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn yes() -> bool {
@@ -77,8 +233,15 @@ fn yes() -> bool {
 }
 
 impl SourceConfig {
-    /// Builds the source for item `name`.
-    pub fn build(&self, name: &str) -> Box<dyn Source> {
+    /// Builds the sources of the config entry `name` (a PostgreSQL entry may yield several).
+    pub async fn build(&self, name: &str) -> Result<Vec<Box<dyn Source>>> {
+        if let SourceConfig::Postgres(pg) = self {
+            return pg.sources(name).await;
+        }
+        Ok(vec![self.build_one(name)])
+    }
+
+    fn build_one(&self, name: &str) -> Box<dyn Source> {
         match self {
             SourceConfig::Volume {
                 path,
@@ -101,6 +264,7 @@ impl SourceConfig {
                 }
                 Box::new(s)
             }
+            SourceConfig::Postgres(_) => unreachable!("built by PostgresConfig::sources"),
         }
     }
 
@@ -110,7 +274,7 @@ impl SourceConfig {
             SourceConfig::Command {
                 restore_command, ..
             } => restore_command.as_deref(),
-            SourceConfig::Volume { .. } => None,
+            SourceConfig::Volume { .. } | SourceConfig::Postgres(_) => None,
         }
     }
 }

@@ -81,6 +81,12 @@ pub enum Error {
         detail: String,
     },
 
+    #[error("item {item} restored, but verification failed: {detail}")]
+    Verification { item: String, detail: String },
+
+    #[error("item {item} cannot be restored there: {detail}")]
+    Incompatible { item: String, detail: String },
+
     #[error("source {item} failed: {detail}")]
     SourceFailed { item: String, detail: String },
 
@@ -153,8 +159,11 @@ impl Error {
             | Error::ChunkCorrupt { .. }
             | Error::SnapshotCorrupt { .. }
             | Error::StreamMismatch { .. }
+            | Error::Verification { .. }
             | Error::Format { .. } => 6,
-            Error::TargetNotEmpty { .. } | Error::UnsafeArchive { .. } => 7,
+            Error::TargetNotEmpty { .. }
+            | Error::UnsafeArchive { .. }
+            | Error::Incompatible { .. } => 7,
             _ => 1,
         }
     }
@@ -194,7 +203,13 @@ impl Error {
                 "the archive tried to write outside the target; nothing was put in place. Inspect it with `lifeboat-restore export`"
             }
             Error::TargetNotEmpty { .. } => {
-                "restore elsewhere with --to DIR, empty the target, or pass --force to replace it"
+                "restore elsewhere (--to DIR, another database), empty the target, or pass --force (databases: --clean) to replace it"
+            }
+            Error::Verification { .. } => {
+                "the restored data does not match what was recorded at backup time: do not put it in service; inspect it, or restore an older snapshot"
+            }
+            Error::Incompatible { .. } => {
+                "nothing was touched; use matching client tools (--pg-bin-dir) or another target"
             }
             Error::Store { .. } => "check that the storage is reachable and writable, then retry",
             Error::Config { .. } => {

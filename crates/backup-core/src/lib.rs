@@ -34,6 +34,7 @@ pub mod manifest;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod scratch;
 pub mod secret;
 pub mod source;
 pub mod store;

@@ -49,6 +49,9 @@ pub struct Item {
     pub size: u64,
     /// SHA-256 of the plaintext stream, hex.
     pub sha256: String,
+    /// Volatile stream header stored inline (base64), before the chunks; see FORMAT.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
     pub chunks: Vec<ChunkId>,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
@@ -71,6 +74,19 @@ pub struct Snapshot {
     /// Lifeboat version that wrote it.
     pub program: String,
     pub items: Vec<Item>,
+}
+
+impl Item {
+    /// The inline head bytes (empty when there are none).
+    pub fn head_bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine;
+        match &self.head {
+            None => Ok(Vec::new()),
+            Some(h) => base64::engine::general_purpose::STANDARD
+                .decode(h)
+                .map_err(|e| format!("inline head of item {}: {e}", self.name)),
+        }
+    }
 }
 
 impl Snapshot {

@@ -120,7 +120,7 @@ async fn volume_round_trip_preserves_contents_modes_mtimes_links() {
         to: Some(out.clone()),
         ..Default::default()
     };
-    let p = plan(&snap, &ropts).unwrap();
+    let p = plan(&snap, &ropts).await.unwrap();
     assert_eq!(p.items[0].target_state, TargetState::Missing);
     apply(&t.repo, &snap, &p, &ApplyOptions::default())
         .await
@@ -204,6 +204,7 @@ async fn occupied_target_is_refused_unless_forced() {
             ..Default::default()
         },
     )
+    .await
     .unwrap();
     assert_eq!(p.conflicts().len(), 1);
     let e = apply(&t.repo, &snap, &p, &ApplyOptions::default())
@@ -224,6 +225,7 @@ async fn occupied_target_is_refused_unless_forced() {
             ..Default::default()
         },
     )
+    .await
     .unwrap();
     apply(&t.repo, &snap, &p, &ApplyOptions::default())
         .await
@@ -320,6 +322,7 @@ async fn archives_that_escape_the_target_are_refused_with_nothing_written_outsid
                 ..Default::default()
             },
         )
+        .await
         .unwrap();
         let e = apply(&t.repo, &snap, &p, &ApplyOptions::default())
             .await

@@ -1,6 +1,6 @@
 //! `lifeboat-restore`: list and inspect snapshots, plan and run restores, export raw streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, report_error};
+use backup_core::config::{ConfigFile, PostgresConfig, SourceConfig};
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
+use backup_core::restore::postgres::PgRestoreOptions;
 use backup_core::restore::sink::{FileSink, Sink, StdoutSink};
 use backup_core::restore::{
     ApplyOptions, RestoreOptions, RestorePlan, Target, TargetState, plan, preflight, restore_item,
@@ -78,6 +80,40 @@ struct Selection {
     /// Replace targets that are not empty.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    pg: PgFlags,
+}
+
+#[derive(Args)]
+struct PgFlags {
+    /// Restore PostgreSQL items into this server/database (libpq URL; without a database each
+    /// item goes to its original database name).
+    #[arg(long, value_name = "URL")]
+    to_postgres: Option<String>,
+    /// Drop and recreate the target database's objects (pg_restore --clean --if-exists).
+    #[arg(long)]
+    clean: bool,
+    /// Parallel pg_restore; spools the dump to a temporary file first.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Restore only this table (repeatable; pg_restore --table).
+    #[arg(long = "table", value_name = "TABLE")]
+    tables: Vec<String>,
+    /// Restore only this schema (repeatable; pg_restore --schema).
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    schemas: Vec<String>,
+    /// Do not restore object ownership.
+    #[arg(long)]
+    no_owner: bool,
+    /// Also restore roles and tablespaces (pg_dumpall --globals-only items).
+    #[arg(long)]
+    globals: bool,
+    /// Directory of pg_restore/psql to use.
+    #[arg(long, value_name = "DIR")]
+    pg_bin_dir: Option<PathBuf>,
+    /// File holding the target's password (else PGPASSWORD or ~/.pgpass).
+    #[arg(long, value_name = "FILE")]
+    pg_password_file: Option<PathBuf>,
 }
 
 // glibc's malloc raises its mmap threshold after large frees, so the pipeline's MiB-sized
@@ -174,12 +210,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Plan(sel) => {
             let snap = repo.find_snapshot_with(&sel.snapshot, &sel.only).await?;
-            let p = plan(&snap, &sel.options(restore_commands))?;
+            let mut opts = sel.options(restore_commands, config.as_ref())?;
+            expand_item_urls(&mut opts, &snap);
+            let p = plan(&snap, &opts).await?;
             print_plan(&p, &out)?;
         }
         Cmd::Run { sel, dry_run, yes } => {
             let snap = repo.find_snapshot_with(&sel.snapshot, &sel.only).await?;
-            let p = plan(&snap, &sel.options(restore_commands))?;
+            let mut opts = sel.options(restore_commands, config.as_ref())?;
+            expand_item_urls(&mut opts, &snap);
+            let p = plan(&snap, &opts).await?;
             if dry_run {
                 print_plan(&p, &out)?;
                 return Ok(ExitCode::SUCCESS);
@@ -248,13 +288,61 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 impl Selection {
-    fn options(&self, restore_commands: HashMap<String, String>) -> RestoreOptions {
-        RestoreOptions {
+    fn options(
+        &self,
+        restore_commands: HashMap<String, String>,
+        config: Option<&ConfigFile>,
+    ) -> Result<RestoreOptions> {
+        let mut item_urls = BTreeMap::new();
+        let mut tools = None;
+        for (name, sc) in config.iter().flat_map(|c| c.sources.iter()) {
+            if let SourceConfig::Postgres(pg) = sc {
+                tools.get_or_insert(pg.tools()?);
+                if let Some(url) = &pg.restore_url {
+                    item_urls.insert(name.clone(), url.clone());
+                }
+            }
+        }
+        let mut tools = tools.unwrap_or_default();
+        if let Some(d) = &self.pg.pg_bin_dir {
+            tools.bin_dir = Some(d.clone());
+        }
+        if let Some(f) = &self.pg.pg_password_file {
+            let mut cfg = PostgresConfig::from_url("");
+            cfg.password_file = Some(f.clone());
+            tools.password = cfg.tools()?.password;
+        }
+        Ok(RestoreOptions {
             only: self.only.clone(),
             skip: self.skip.clone(),
             to: self.to.clone(),
             force: self.force,
             restore_commands,
+            postgres: PgRestoreOptions {
+                url: self.pg.to_postgres.clone(),
+                item_urls,
+                clean: self.pg.clean,
+                jobs: self.pg.jobs,
+                tables: self.pg.tables.clone(),
+                schemas: self.pg.schemas.clone(),
+                no_owner: self.pg.no_owner,
+                globals: self.pg.globals,
+                tools,
+            },
+        })
+    }
+}
+
+/// Config `restore_url`s are per source; items are named SOURCE or SOURCE.DB.
+fn expand_item_urls(opts: &mut RestoreOptions, snap: &Snapshot) {
+    let by_source = std::mem::take(&mut opts.postgres.item_urls);
+    for item in &snap.items {
+        for (source, url) in &by_source {
+            if PostgresConfig::owns_item(source, &item.name) {
+                opts.postgres
+                    .item_urls
+                    .insert(item.name.clone(), url.clone());
+            }
         }
     }
 }
@@ -290,6 +378,28 @@ fn print_plan(p: &RestorePlan, out: &Output) -> Result<()> {
             TargetState::Occupied => "NOT EMPTY: refused without --force",
             TargetState::NotApplicable => "piped",
         };
+        let state = match (&i.postgres, i.target_state) {
+            (Some(pg), TargetState::Occupied) if p.postgres.clean => {
+                format!(
+                    "{} user tables, objects REPLACED (--clean); server {}",
+                    pg.user_tables, pg.server_version
+                )
+            }
+            (Some(pg), TargetState::Occupied) => format!(
+                "NOT EMPTY ({} user tables): refused without --clean or --force; server {}",
+                pg.user_tables, pg.server_version
+            ),
+            (Some(pg), s) => format!(
+                "{}; server {}",
+                if s == TargetState::Missing {
+                    "database will be created"
+                } else {
+                    "empty database"
+                },
+                pg.server_version
+            ),
+            _ => state.to_string(),
+        };
         println!(
             "  {:<20} {:<8} {:>10}  -> {} [{state}]",
             i.name,
@@ -297,6 +407,9 @@ fn print_plan(p: &RestorePlan, out: &Output) -> Result<()> {
             human_bytes(i.size),
             i.target
         );
+        if let Some(why) = i.postgres.as_ref().and_then(|pg| pg.incompatible.as_ref()) {
+            println!("  {:<20} REFUSED: {why}", "");
+        }
     }
     Ok(())
 }
@@ -327,13 +440,31 @@ async fn restore(
     let mut done = Vec::new();
     for item in &p.items {
         let ticker = show.then(|| spawn_ticker(progress.clone()));
-        let r = restore_planned(repo, snap, item, p.force, &opts).await;
+        if p.postgres.jobs > 1
+            && matches!(item.target, Target::Postgres(_))
+            && !out.quiet
+            && !out.json
+        {
+            eprintln!(
+                "note: --jobs {} spools {} of {} to a temporary file in {} before pg_restore runs",
+                p.postgres.jobs,
+                human_bytes(item.size),
+                item.name,
+                std::env::temp_dir().display()
+            );
+        }
+        let r = restore_planned(repo, snap, p, item, &opts).await;
         drop(ticker);
         match r {
             Ok(r) => {
                 if !out.quiet && !out.json {
+                    let rows = r
+                        .sink
+                        .verified_tables
+                        .map(|n| format!(", row counts of {n} tables match the backup"))
+                        .unwrap_or_default();
                     println!(
-                        "restored {} ({}) to {} in {}, sha256 verified",
+                        "restored {} ({}) to {} in {}, sha256 verified{rows}",
                         r.name,
                         human_bytes(r.size),
                         item.target,

@@ -4,6 +4,7 @@
 //! before a sink commits. [`plan`] says what would go where and touches nothing; [`apply`]
 //! refuses to start if any target is in the way (unless forced).
 
+pub mod postgres;
 pub mod sink;
 pub mod untar;
 
@@ -22,6 +23,10 @@ use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{Item, ItemKind, Snapshot};
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::source::postgres::conninfo;
+use postgres::{
+    GlobalsSink, PgRestoreOptions, PgRestoreSink, PgTargetInfo, inspect as pg_inspect, is_globals,
+};
 use sink::{
     CommandSink, DirectorySink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty,
 };
@@ -38,6 +43,10 @@ pub enum Target {
     Command(String),
     /// Write the raw stream to standard output.
     Stdout,
+    /// `pg_restore` into this database (libpq connection string).
+    Postgres(String),
+    /// Roles and tablespaces (`pg_dumpall --globals-only`) into this server.
+    PostgresGlobals(String),
 }
 
 impl std::fmt::Display for Target {
@@ -47,6 +56,8 @@ impl std::fmt::Display for Target {
             Target::File(p) => write!(f, "file {}", p.display()),
             Target::Command(c) => write!(f, "command `{c}`"),
             Target::Stdout => f.write_str("standard output"),
+            Target::Postgres(c) => write!(f, "database {}", conninfo::redact(c)),
+            Target::PostgresGlobals(c) => write!(f, "globals of server {}", conninfo::redact(c)),
         }
     }
 }
@@ -76,6 +87,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Restore commands by item name (from the config's sources).
     pub restore_commands: HashMap<String, String>,
+    /// PostgreSQL targets and pg_restore options.
+    pub postgres: PgRestoreOptions,
 }
 
 /// One item of a plan.
@@ -88,6 +101,9 @@ pub struct PlannedItem {
     pub chunks: usize,
     pub target: Target,
     pub target_state: TargetState,
+    /// What a PostgreSQL target looks like (server version, tables, compatibility).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgTargetInfo>,
 }
 
 /// What a restore would do, computed without touching anything.
@@ -100,20 +116,24 @@ pub struct RestorePlan {
     /// Plaintext bytes to restore.
     pub bytes: u64,
     pub force: bool,
+    /// pg_restore options the plan was made with (connection strings may hold secrets).
+    #[serde(skip)]
+    pub postgres: PgRestoreOptions,
 }
 
 impl RestorePlan {
-    /// Items whose target is occupied.
+    /// Items whose target is occupied (a database target with `clean` is not a conflict).
     pub fn conflicts(&self) -> Vec<&PlannedItem> {
         self.items
             .iter()
             .filter(|i| i.target_state == TargetState::Occupied)
+            .filter(|i| !(self.postgres.clean && matches!(i.target, Target::Postgres(_))))
             .collect()
     }
 }
 
-/// Plans a restore of `snapshot`.
-pub fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
+/// Plans a restore of `snapshot`. Database targets are inspected (read-only).
+pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
     for n in opts.only.iter().chain(&opts.skip) {
         if snapshot.item(n).is_none() {
             return Err(Error::ItemNotFound {
@@ -123,22 +143,43 @@ pub fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
             });
         }
     }
+    let selected: Vec<&Item> = snapshot
+        .items
+        .iter()
+        .filter(|i| {
+            (opts.only.is_empty() || opts.only.contains(&i.name)) && !opts.skip.contains(&i.name)
+        })
+        // Roles are restored only on request, and only into a server (files are always fine).
+        .filter(|i| {
+            !is_globals(i)
+                || opts.postgres.globals
+                || opts.to.is_some()
+                || opts.only.contains(&i.name)
+        })
+        .collect();
+    let pg_databases = selected
+        .iter()
+        .filter(|i| i.kind == ItemKind::Postgres && !is_globals(i))
+        .count();
     let mut items = Vec::new();
-    for item in &snapshot.items {
-        if (!opts.only.is_empty() && !opts.only.contains(&item.name))
-            || opts.skip.contains(&item.name)
-        {
-            continue;
-        }
-        let target = default_target(item, opts)?;
-        let target_state = match &target {
-            Target::Directory(p) if !p.exists() && std::fs::symlink_metadata(p).is_err() => {
-                TargetState::Missing
+    for item in selected {
+        let target = default_target(item, opts, pg_databases)?;
+        let (target_state, postgres) = match &target {
+            Target::Directory(p) if std::fs::symlink_metadata(p).is_err() => {
+                (TargetState::Missing, None)
             }
-            Target::Directory(p) if is_missing_or_empty(p) => TargetState::Empty,
-            Target::File(p) if std::fs::symlink_metadata(p).is_err() => TargetState::Missing,
-            Target::Directory(_) | Target::File(_) => TargetState::Occupied,
-            Target::Command(_) | Target::Stdout => TargetState::NotApplicable,
+            Target::Directory(p) if is_missing_or_empty(p) => (TargetState::Empty, None),
+            Target::File(p) if std::fs::symlink_metadata(p).is_err() => {
+                (TargetState::Missing, None)
+            }
+            Target::Directory(_) | Target::File(_) => (TargetState::Occupied, None),
+            Target::Postgres(url) => {
+                let (state, info) = pg_inspect(item, url, &opts.postgres.tools).await?;
+                (state, Some(info))
+            }
+            Target::Command(_) | Target::Stdout | Target::PostgresGlobals(_) => {
+                (TargetState::NotApplicable, None)
+            }
         };
         items.push(PlannedItem {
             name: item.name.clone(),
@@ -148,6 +189,7 @@ pub fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
             chunks: item.chunks.len(),
             target,
             target_state,
+            postgres,
         });
     }
     if items.is_empty() {
@@ -162,10 +204,11 @@ pub fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
         bytes: items.iter().map(|i| i.size).sum(),
         items,
         force: opts.force,
+        postgres: opts.postgres.clone(),
     })
 }
 
-fn default_target(item: &Item, opts: &RestoreOptions) -> Result<Target> {
+fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Result<Target> {
     if let Some(dir) = &opts.to {
         let p = dir.join(&item.name);
         return Ok(if item.kind == ItemKind::Volume {
@@ -173,6 +216,33 @@ fn default_target(item: &Item, opts: &RestoreOptions) -> Result<Target> {
         } else {
             Target::File(p)
         });
+    }
+    if item.kind == ItemKind::Postgres {
+        let url = opts
+            .postgres
+            .url
+            .clone()
+            .or_else(|| opts.postgres.item_urls.get(&item.name).cloned());
+        if let Some(url) = url {
+            if is_globals(item) {
+                return Ok(Target::PostgresGlobals(url));
+            }
+            let db = match conninfo::database(&url) {
+                Some(db) if pg_databases > 1 && opts.postgres.url.is_some() => {
+                    return Err(Error::Usage(format!(
+                        "--to-postgres names database {db}, but {pg_databases} databases are selected: give a URL without a database (each restores under its own name) or pick one with --only"
+                    )));
+                }
+                Some(db) => db,
+                None => item
+                    .facts
+                    .get("database")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(&item.name)
+                    .to_string(),
+            };
+            return Ok(Target::Postgres(conninfo::with_database(&url, &db)));
+        }
     }
     if let Some(cmd) = opts.restore_commands.get(&item.name) {
         return Ok(Target::Command(cmd.clone()));
@@ -182,8 +252,13 @@ fn default_target(item: &Item, opts: &RestoreOptions) -> Result<Target> {
     {
         return Ok(Target::Directory(PathBuf::from(path)));
     }
+    let how = if item.kind == ItemKind::Postgres {
+        "give --to-postgres URL (or restore_url in the config), --to DIR for the dump file, or use `lifeboat-restore export`"
+    } else {
+        "give --to DIR, a restore_command in the config, or use `lifeboat-restore export`"
+    };
     Err(Error::Usage(format!(
-        "item {} ({}) has no default restore target: give --to DIR, a restore_command in the config, or use `lifeboat-restore export`",
+        "item {} ({}) has no default restore target: {how}",
         item.name, item.kind
     )))
 }
@@ -224,13 +299,22 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
-/// Checks the plan's targets are free (or forced) before anything is touched.
+/// Checks the plan's targets are free (or forced) and compatible before anything is touched.
 pub fn preflight(plan: &RestorePlan) -> Result<()> {
+    for i in &plan.items {
+        if let Some(why) = i.postgres.as_ref().and_then(|p| p.incompatible.clone()) {
+            return Err(Error::Incompatible {
+                item: i.name.clone(),
+                detail: why,
+            });
+        }
+    }
     if !plan.force
         && let Some(c) = plan.conflicts().first()
     {
         let path = match &c.target {
             Target::Directory(p) | Target::File(p) => p.clone(),
+            Target::Postgres(url) => PathBuf::from(format!("database {}", conninfo::redact(url))),
             _ => PathBuf::new(),
         };
         return Err(Error::TargetNotEmpty { path });
@@ -249,7 +333,7 @@ pub async fn apply(
     let t0 = std::time::Instant::now();
     let mut items = Vec::new();
     for p in &plan.items {
-        items.push(restore_planned(repo, snapshot, p, plan.force, opts).await?);
+        items.push(restore_planned(repo, snapshot, plan, p, opts).await?);
     }
     Ok(RestoreReport {
         snapshot: snapshot.id,
@@ -263,10 +347,11 @@ pub async fn apply(
 pub async fn restore_planned(
     repo: &Repository,
     snapshot: &Snapshot,
+    plan: &RestorePlan,
     planned: &PlannedItem,
-    force: bool,
     opts: &ApplyOptions,
 ) -> Result<RestoredItem> {
+    let force = plan.force;
     let item = snapshot
         .item(&planned.name)
         .ok_or_else(|| Error::ItemNotFound {
@@ -279,6 +364,8 @@ pub async fn restore_planned(
         Target::File(p) => Box::new(FileSink::create(&item.name, p, force).await?),
         Target::Command(c) => Box::new(CommandSink::spawn(&item.name, c)?),
         Target::Stdout => Box::new(StdoutSink::new()),
+        Target::Postgres(url) => Box::new(PgRestoreSink::create(item, url, &plan.postgres).await?),
+        Target::PostgresGlobals(url) => Box::new(GlobalsSink::new(item, url, &plan.postgres.tools)),
     };
     let t0 = std::time::Instant::now();
     let report = restore_item(repo, snapshot.id, item, sink, opts).await?;
@@ -328,7 +415,16 @@ pub async fn stream_item(
         .map(|id| fetch_chunk(repo, snapshot, &item.name, id))
         .buffered(opts.concurrency.max(1));
     let mut sha = Sha256::new();
-    let mut size = 0u64;
+    let head = item
+        .head_bytes()
+        .map_err(|reason| Error::SnapshotCorrupt { snapshot, reason })?;
+    sha.update(&head);
+    let mut size = head.len() as u64;
+    w.write_all(&head).await.map_err(|e| Error::Sink {
+        item: item.name.clone(),
+        target: "restore target".into(),
+        detail: format!("write failed: {e}"),
+    })?;
     while let Some(chunk) = fetches.next().await {
         let chunk = chunk?;
         sha.update(&chunk);

@@ -37,6 +37,9 @@ pub struct SinkReport {
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub untar: Option<UntarStats>,
+    /// Tables whose restored row count was checked against the backup's facts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_tables: Option<usize>,
 }
 
 fn sibling(target: &Path, tag: &str) -> PathBuf {
@@ -158,6 +161,7 @@ impl Sink for DirectorySink {
         Ok(SinkReport {
             target: self.target.display().to_string(),
             untar: Some(stats),
+            verified_tables: None,
         })
     }
 
@@ -269,6 +273,7 @@ impl Sink for FileSink {
         Ok(SinkReport {
             target: self.target.display().to_string(),
             untar: None,
+            verified_tables: None,
         })
     }
     async fn abort(self: Box<Self>) -> Option<Error> {
@@ -313,6 +318,7 @@ impl Sink for StdoutSink {
         Ok(SinkReport {
             target: "-".into(),
             untar: None,
+            verified_tables: None,
         })
     }
     async fn abort(self: Box<Self>) -> Option<Error> {
@@ -384,6 +390,7 @@ impl Sink for CommandSink {
         Ok(SinkReport {
             target: format!("command `{}`", self.command),
             untar: None,
+            verified_tables: None,
         })
     }
     async fn abort(mut self: Box<Self>) -> Option<Error> {

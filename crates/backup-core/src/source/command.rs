@@ -13,10 +13,14 @@ use crate::manifest::{Facts, ItemKind};
 
 const STDERR_TAIL: usize = 4096;
 
-/// Runs `sh -c COMMAND` and backs up its stdout; a non-zero exit fails the backup.
+/// Runs a program (by default `sh -c COMMAND`) and backs up its stdout; a non-zero exit fails
+/// the backup with the tail of its stderr.
 pub struct CommandSource {
     name: String,
-    command: String,
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    kind: ItemKind,
     format: String,
     child: Option<Child>,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -26,14 +30,41 @@ pub struct CommandSource {
 impl CommandSource {
     /// A command item; `format` defaults to `raw`.
     pub fn new(name: impl Into<String>, command: impl Into<String>) -> Self {
+        Self::argv(name, "sh", vec!["-c".to_string(), command.into()])
+    }
+
+    /// Runs `program` with `args` directly, no shell (arguments need no quoting).
+    pub fn argv(name: impl Into<String>, program: impl Into<String>, args: Vec<String>) -> Self {
         CommandSource {
             name: name.into(),
-            command: command.into(),
+            program: program.into(),
+            args,
+            env: Vec::new(),
+            kind: ItemKind::Command,
             format: "raw".into(),
             child: None,
             stderr: Arc::default(),
             stderr_task: None,
         }
+    }
+
+    /// Adds an environment variable for the child (e.g. `PGPASSWORD`).
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Records another item kind (a `pg_dump` run is a `postgres` item).
+    pub fn with_kind(mut self, kind: ItemKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The last 4 KiB of stderr seen so far.
+    pub fn stderr_tail(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap())
+            .trim()
+            .to_string()
     }
 
     /// Records a stream format (`sql`, `tar`…).
@@ -56,22 +87,22 @@ impl Source for CommandSource {
         &self.name
     }
     fn kind(&self) -> ItemKind {
-        ItemKind::Command
+        self.kind
     }
     fn format(&self) -> &str {
         &self.format
     }
 
     async fn open(&mut self) -> Result<ByteStream> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&self.command)
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| self.fail(format!("cannot start `sh -c {}`: {e}", self.command)))?;
+            .map_err(|e| self.fail(format!("cannot start {}: {e}", self.program)))?;
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let tail = self.stderr.clone();

@@ -2,6 +2,7 @@
 
 pub mod command;
 pub mod glob;
+pub mod postgres;
 pub mod reader;
 pub mod volume;
 
@@ -14,6 +15,9 @@ use crate::manifest::{Facts, ItemKind};
 pub use command::CommandSource;
 pub use reader::ReaderSource;
 pub use volume::{VolumeOptions, VolumeSource};
+
+/// How many bytes the pipeline shows [`Source::volatile_prefix`].
+pub const HEAD_PEEK: usize = 64 * 1024;
 
 /// A boxed byte stream.
 pub type ByteStream = Box<dyn AsyncRead + Send + Unpin>;
@@ -38,4 +42,17 @@ pub trait Source: Send {
     async fn open(&mut self) -> Result<ByteStream>;
     /// Waits for the producer to end; `Err` if it failed. Returns facts for the manifest.
     async fn finish(&mut self) -> Result<Facts>;
+
+    /// Length of a volatile header at the start of the stream (a dump's creation time, an RDB's
+    /// aux fields), given its first bytes (up to [`HEAD_PEEK`], fewer at end of stream). Those
+    /// bytes are stored inline in the manifest instead of in the first chunk, so that unchanged
+    /// data still deduplicates completely. The default, 0, chunks everything.
+    fn volatile_prefix(&self, _head: &[u8]) -> usize {
+        0
+    }
+
+    /// Whether [`Source::volatile_prefix`] may return more than 0 (saves peeking otherwise).
+    fn has_volatile_prefix(&self) -> bool {
+        false
+    }
 }

@@ -1,0 +1,631 @@
+//! Restoring PostgreSQL items: inspect the target, `pg_restore` (streamed in one transaction,
+//! or spooled for `--jobs`), then prove the restored row counts equal the recorded facts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+
+use super::TargetState;
+use super::sink::{Sink, SinkReport};
+use crate::error::{Error, Result};
+use crate::manifest::Item;
+use crate::source::postgres::session::PsqlSession;
+use crate::source::postgres::{
+    PgTools, TABLES_SQL, conninfo, exact_counts, major_of, parse_tables,
+};
+
+/// How to restore PostgreSQL items.
+#[derive(Debug, Clone, Default)]
+pub struct PgRestoreOptions {
+    /// Target server (and database, for a single item); `None`: per-item URLs or no target.
+    pub url: Option<String>,
+    /// Targets by item name (from the config's `restore_url`), used when `url` is unset.
+    pub item_urls: BTreeMap<String, String>,
+    /// Drop and recreate the target's objects (`pg_restore --clean --if-exists`).
+    pub clean: bool,
+    /// Parallel `pg_restore -j N` through a spooled temporary file (N > 1).
+    pub jobs: usize,
+    /// Only these tables (`pg_restore --table`).
+    pub tables: Vec<String>,
+    /// Only these schemas (`pg_restore --schema`).
+    pub schemas: Vec<String>,
+    /// Do not restore ownership (`--no-owner`), for targets without the original roles.
+    pub no_owner: bool,
+    /// Restore `pg_dumpall --globals-only` items (roles, tablespaces) too.
+    pub globals: bool,
+    /// Client programs and password for the target.
+    pub tools: PgTools,
+}
+
+/// What the plan found at a PostgreSQL target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgTargetInfo {
+    pub server_version: String,
+    pub database_exists: bool,
+    pub user_tables: u64,
+    pub pg_restore_version: String,
+    /// Why the restore cannot work (a dump newer than pg_restore), checked before anything runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incompatible: Option<String>,
+}
+
+/// pg_restore's stdin. pg_restore stops reading once it has what it needs (a `--table`
+/// restore) or when it fails; then later writes are discarded, so the stream still runs to
+/// its end (every chunk verified) and pg_restore's exit status decides.
+pub struct TolerantStdin {
+    inner: ChildStdin,
+    closed: bool,
+}
+
+impl TolerantStdin {
+    fn new(inner: ChildStdin) -> Self {
+        TolerantStdin {
+            inner,
+            closed: false,
+        }
+    }
+}
+
+impl AsyncWrite for TolerantStdin {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.closed {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.closed {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.closed {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether an item is a `pg_dumpall --globals-only` stream.
+pub fn is_globals(item: &Item) -> bool {
+    item.format == "pg_dumpall-globals"
+}
+
+fn pg_err(item: &str, target: &str, detail: impl Into<String>) -> Error {
+    Error::Sink {
+        item: item.to_string(),
+        target: target.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Connects to the target's `postgres` database and inspects the target database.
+pub async fn inspect(
+    item: &Item,
+    target: &str,
+    tools: &PgTools,
+) -> Result<(TargetState, PgTargetInfo)> {
+    let shown = conninfo::redact(target);
+    let db = conninfo::database(target).unwrap_or_default();
+    let maint = conninfo::with_database(target, "postgres");
+    let mut s = PsqlSession::connect(tools, &maint)
+        .await
+        .map_err(|e| pg_err(&item.name, &shown, format!("cannot connect: {e}")))?;
+    let info = s
+        .json(&format!(
+            "SELECT json_build_object('version', current_setting('server_version'), 'exists', EXISTS (SELECT 1 FROM pg_database WHERE datname = {}))",
+            sql_literal(&db)
+        ))
+        .await
+        .map_err(|e| pg_err(&item.name, &shown, e))?;
+    s.close().await;
+    let exists = info["exists"].as_bool().unwrap_or(false);
+    let mut tables = 0;
+    if exists {
+        let mut t = PsqlSession::connect(tools, target)
+            .await
+            .map_err(|e| pg_err(&item.name, &shown, format!("cannot connect: {e}")))?;
+        tables = parse_tables(
+            &t.json(TABLES_SQL)
+                .await
+                .map_err(|e| pg_err(&item.name, &shown, e))?,
+        )
+        .len() as u64;
+        t.close().await;
+    }
+    let (restore_version, restore_major) = tools.version("pg_restore").await?;
+    let dump_major = item
+        .facts
+        .get("pg_dump_major")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let dump_version = item
+        .facts
+        .get("pg_dump_version")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    let incompatible = (!is_globals(item) && dump_major > u64::from(restore_major)).then(|| {
+        format!("the dump was written by {dump_version}, which {restore_version} cannot read; use pg_restore {dump_major} or newer (bin_dir / --pg-bin-dir)")
+    });
+    let state = match (exists, tables) {
+        (false, _) => TargetState::Missing,
+        (true, 0) => TargetState::Empty,
+        (true, _) => TargetState::Occupied,
+    };
+    Ok((
+        state,
+        PgTargetInfo {
+            server_version: info["version"].as_str().unwrap_or_default().to_string(),
+            database_exists: exists,
+            user_tables: tables,
+            pg_restore_version: restore_version,
+            incompatible,
+        },
+    ))
+}
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn sql_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+enum Mode {
+    Stream {
+        child: Child,
+        stdin: Option<TolerantStdin>,
+    },
+    Spool {
+        file: Option<tokio::fs::File>,
+        path: PathBuf,
+    },
+}
+
+/// Feeds a dump to `pg_restore` and verifies the result.
+pub struct PgRestoreSink {
+    item: String,
+    target: String,
+    tools: PgTools,
+    opts: PgRestoreOptions,
+    created: bool,
+    mode: Mode,
+    stderr: Arc<Mutex<String>>,
+    expected: BTreeMap<String, u64>,
+}
+
+impl PgRestoreSink {
+    /// Creates the database if missing, then starts `pg_restore` (or opens the spool file).
+    pub async fn create(item: &Item, target: &str, opts: &PgRestoreOptions) -> Result<Self> {
+        let shown = conninfo::redact(target);
+        let db = conninfo::database(target)
+            .ok_or_else(|| pg_err(&item.name, &shown, "the target names no database"))?;
+        let tools = opts.tools.clone();
+        let (state, _) = inspect(item, target, &tools).await?;
+        let mut created = false;
+        if state == TargetState::Missing {
+            let mut s = PsqlSession::connect(&tools, &conninfo::with_database(target, "postgres"))
+                .await
+                .map_err(|e| pg_err(&item.name, &shown, e))?;
+            s.exec(&format!("CREATE DATABASE {}", sql_ident(&db)))
+                .await
+                .map_err(|e| pg_err(&item.name, &shown, format!("creating database {db}: {e}")))?;
+            s.close().await;
+            created = true;
+        }
+        let expected = expected_counts(item, opts);
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mode = if opts.jobs > 1 {
+            let path = std::env::temp_dir().join(format!(
+                "lifeboat-spool-{}-{:08x}.dump",
+                item.name,
+                rand::random::<u32>()
+            ));
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await
+                .map_err(|e| {
+                    pg_err(
+                        &item.name,
+                        &shown,
+                        format!("spool file {}: {e}", path.display()),
+                    )
+                })?;
+            Mode::Spool {
+                file: Some(file),
+                path,
+            }
+        } else {
+            let mut child = restore_command(&tools, target, opts, None)
+                .stdin(Stdio::piped())
+                .spawn()
+                .map_err(|e| pg_err(&item.name, &shown, format!("cannot start pg_restore: {e}")))?;
+            collect_stderr(&mut child, stderr.clone());
+            let stdin = child.stdin.take().map(TolerantStdin::new);
+            Mode::Stream { child, stdin }
+        };
+        Ok(PgRestoreSink {
+            item: item.name.clone(),
+            target: target.to_string(),
+            tools,
+            opts: opts.clone(),
+            created,
+            mode,
+            stderr,
+            expected,
+        })
+    }
+
+    fn err(&self, detail: impl Into<String>) -> Error {
+        pg_err(&self.item, &conninfo::redact(&self.target), detail)
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().trim().to_string()
+    }
+
+    async fn drop_created(&self) {
+        if !self.created {
+            return;
+        }
+        if let Ok(mut s) = PsqlSession::connect(
+            &self.tools,
+            &conninfo::with_database(&self.target, "postgres"),
+        )
+        .await
+        {
+            let db = conninfo::database(&self.target).unwrap_or_default();
+            let _ = s
+                .exec(&format!("DROP DATABASE IF EXISTS {}", sql_ident(&db)))
+                .await;
+            s.close().await;
+        }
+    }
+
+    async fn verify(&self) -> Result<usize> {
+        let mut s = PsqlSession::connect(&self.tools, &self.target)
+            .await
+            .map_err(|e| self.err(e))?;
+        let tables: Vec<(String, String)> = self
+            .expected
+            .keys()
+            .filter_map(|k| {
+                k.split_once('.')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+            .collect();
+        let got = exact_counts(&mut s, &tables)
+            .await
+            .map_err(|e| self.err(format!("counting restored rows: {e}")))?;
+        s.close().await;
+        let mut diffs = Vec::new();
+        for (table, want) in &self.expected {
+            let have = got.get(table).and_then(|v| v.as_u64());
+            if have != Some(*want) {
+                diffs.push(format!(
+                    "{table}: recorded {want}, restored {}",
+                    have.map_or("nothing".to_string(), |h| h.to_string())
+                ));
+            }
+        }
+        if !diffs.is_empty() {
+            return Err(Error::Verification {
+                item: self.item.clone(),
+                detail: format!(
+                    "row counts differ from the backup's facts: {}",
+                    diffs.join("; ")
+                ),
+            });
+        }
+        Ok(self.expected.len())
+    }
+}
+
+/// The row counts a restore with these options must reproduce (exact counts only).
+fn expected_counts(item: &Item, opts: &PgRestoreOptions) -> BTreeMap<String, u64> {
+    let exact = item
+        .facts
+        .get("row_counts_exact")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let Some(counts) = item
+        .facts
+        .get("row_counts")
+        .and_then(|v| v.as_object())
+        .filter(|_| exact)
+    else {
+        return BTreeMap::new();
+    };
+    counts
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+        .filter(|(k, _)| {
+            let (schema, table) = k.split_once('.').unwrap_or(("", k));
+            (opts.tables.is_empty() || opts.tables.iter().any(|t| t == table || t == k))
+                && (opts.schemas.is_empty() || opts.schemas.iter().any(|s| s == schema))
+        })
+        .collect()
+}
+
+fn restore_command(
+    tools: &PgTools,
+    target: &str,
+    opts: &PgRestoreOptions,
+    file: Option<&PathBuf>,
+) -> Command {
+    let mut cmd = Command::new(tools.program("pg_restore"));
+    tools.apply_env(&mut cmd);
+    cmd.args(["--no-password", "--exit-on-error"]);
+    cmd.arg(format!("--dbname={target}"));
+    if opts.clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    if opts.no_owner {
+        cmd.arg("--no-owner");
+    }
+    for t in &opts.tables {
+        cmd.arg(format!("--table={t}"));
+    }
+    for s in &opts.schemas {
+        cmd.arg(format!("--schema={s}"));
+    }
+    match file {
+        // One transaction: a restore that fails, or is cut off, leaves the target as it was.
+        None => {
+            cmd.arg("--single-transaction");
+        }
+        Some(f) => {
+            cmd.arg(format!("--jobs={}", opts.jobs)).arg(f);
+        }
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn collect_stderr(child: &mut Child, into: Arc<Mutex<String>>) {
+    if let Some(mut e) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut buf = String::new();
+            let _ = e.read_to_string(&mut buf).await;
+            into.lock().unwrap().push_str(&buf);
+        });
+    }
+}
+
+async fn settle_stderr(s: &Arc<Mutex<String>>) {
+    // The reader task finishes right after the process closes stderr.
+    for _ in 0..50 {
+        if !s.lock().unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[async_trait]
+impl Sink for PgRestoreSink {
+    fn describe(&self) -> String {
+        format!("database {}", conninfo::redact(&self.target))
+    }
+
+    fn writer(&mut self) -> &mut (dyn AsyncWrite + Send + Unpin) {
+        match &mut self.mode {
+            Mode::Stream { stdin, .. } => stdin.as_mut().expect("stdin open until commit/abort"),
+            Mode::Spool { file, .. } => file.as_mut().expect("spool open until commit/abort"),
+        }
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<SinkReport> {
+        let status = match &mut self.mode {
+            Mode::Stream { child, stdin } => {
+                drop(stdin.take());
+                child
+                    .wait()
+                    .await
+                    .map_err(|e| pg_err(&self.item, &self.target, e.to_string()))?
+            }
+            Mode::Spool { file, path } => {
+                let mut f = file.take().expect("spool open");
+                f.flush()
+                    .await
+                    .map_err(|e| pg_err(&self.item, &self.target, e.to_string()))?;
+                drop(f);
+                let path = path.clone();
+                let mut child = restore_command(&self.tools, &self.target, &self.opts, Some(&path))
+                    .spawn()
+                    .map_err(|e| {
+                        pg_err(
+                            &self.item,
+                            &self.target,
+                            format!("cannot start pg_restore: {e}"),
+                        )
+                    })?;
+                collect_stderr(&mut child, self.stderr.clone());
+                let st = child.wait().await;
+                let _ = tokio::fs::remove_file(&path).await;
+                st.map_err(|e| pg_err(&self.item, &self.target, e.to_string()))?
+            }
+        };
+        if !status.success() {
+            settle_stderr(&self.stderr).await;
+            let msg = self.stderr_text();
+            self.drop_created().await;
+            return Err(self.err(format!("pg_restore exited with {status}: {msg}")));
+        }
+        let verified = self.verify().await?;
+        Ok(SinkReport {
+            target: self.describe(),
+            untar: None,
+            verified_tables: Some(verified),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Option<Error> {
+        let own = match &mut self.mode {
+            Mode::Stream { child, stdin } => {
+                drop(stdin.take());
+                // Killing it before it sees end-of-input rolls its single transaction back.
+                let _ = child.kill().await;
+                None
+            }
+            Mode::Spool { file, path } => {
+                drop(file.take());
+                let _ = tokio::fs::remove_file(&*path).await;
+                None
+            }
+        };
+        self.drop_created().await;
+        own
+    }
+}
+
+/// Restores a `pg_dumpall --globals-only` stream with psql. Globals are small (roles and
+/// tablespaces), so they are collected in memory and filtered: `\restrict` / `\unrestrict`
+/// lines from recent pg_dumpall are removed for older psql (the stream's integrity is already
+/// proven by our own verification). Errors such as "role already exists" do not stop it.
+pub struct GlobalsSink {
+    item: String,
+    target: String,
+    tools: PgTools,
+    buf: Vec<u8>,
+}
+
+const GLOBALS_LIMIT: usize = 256 << 20;
+
+impl GlobalsSink {
+    /// Targets the server of `target` (its `postgres` database).
+    pub fn new(item: &Item, target: &str, tools: &PgTools) -> Self {
+        GlobalsSink {
+            item: item.name.clone(),
+            target: conninfo::with_database(target, "postgres"),
+            tools: tools.clone(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Removes psql `\restrict KEY` / `\unrestrict KEY` lines.
+pub fn strip_restrict(sql: &[u8]) -> Vec<u8> {
+    sql.split_inclusive(|b| *b == b'\n')
+        .filter(|l| !(l.starts_with(b"\\restrict ") || l.starts_with(b"\\unrestrict ")))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+#[async_trait]
+impl Sink for GlobalsSink {
+    fn describe(&self) -> String {
+        format!("globals of {}", conninfo::redact(&self.target))
+    }
+
+    fn writer(&mut self) -> &mut (dyn AsyncWrite + Send + Unpin) {
+        &mut self.buf
+    }
+
+    async fn commit(self: Box<Self>) -> Result<SinkReport> {
+        if self.buf.len() > GLOBALS_LIMIT {
+            return Err(pg_err(
+                &self.item,
+                &self.target,
+                "globals stream larger than 256 MiB; restore it with export | psql",
+            ));
+        }
+        let sql = strip_restrict(&self.buf);
+        let mut cmd = Command::new(self.tools.program("psql"));
+        self.tools.apply_env(&mut cmd);
+        let mut child = cmd
+            .args([
+                "-X",
+                "-q",
+                "-w",
+                "-v",
+                "ON_ERROR_STOP=0",
+                "-d",
+                &self.target,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| pg_err(&self.item, &self.target, format!("cannot start psql: {e}")))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(&sql)
+            .await
+            .map_err(|e| pg_err(&self.item, &self.target, e.to_string()))?;
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| pg_err(&self.item, &self.target, e.to_string()))?;
+        if !out.status.success() {
+            return Err(pg_err(
+                &self.item,
+                &self.target,
+                format!("psql: {}", String::from_utf8_lossy(&out.stderr)),
+            ));
+        }
+        Ok(SinkReport {
+            target: self.describe(),
+            untar: None,
+            verified_tables: None,
+        })
+    }
+
+    async fn abort(self: Box<Self>) -> Option<Error> {
+        None
+    }
+}
+
+/// Major version of the local pg_restore.
+pub async fn pg_restore_major(tools: &PgTools) -> Result<u32> {
+    Ok(major_of(&tools.version("pg_restore").await?.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restrict_lines_are_removed() {
+        let sql = b"\\restrict abc123\nCREATE ROLE app;\n\\unrestrict abc123\n";
+        assert_eq!(strip_restrict(sql), b"CREATE ROLE app;\n");
+    }
+}

@@ -1,0 +1,283 @@
+//! A throw-away PostgreSQL cluster: `initdb` + `pg_ctl` on a free port, run as the `postgres`
+//! user when we are root (initdb and postgres refuse to run as root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{free_port, is_root, temp_dir};
+use crate::error::{Error, Result};
+
+/// Server binaries directory: the newest `/usr/lib/postgresql/*/bin` with `initdb`, or PATH.
+pub fn server_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    dirs.sort();
+    if let Some((_, d)) = dirs.pop() {
+        return Some(d);
+    }
+    super::find_program("initdb", &[]).and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// A running scratch cluster. Stopped (immediately) and deleted on drop unless [`keep`](Self::keep).
+#[derive(Debug)]
+pub struct ScratchPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    keep: bool,
+    stopped: bool,
+}
+
+/// Role with a password, accepted only with scram-sha-256 (for tests of password handling).
+pub const PASSWORD_ROLE: &str = "lifeboat_pw";
+
+impl ScratchPostgres {
+    /// Initialises and starts a cluster on a free port.
+    pub fn start() -> Result<ScratchPostgres> {
+        let bin = server_bin_dir().ok_or_else(|| Error::Usage(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: install the postgresql package".into(),
+        ))?;
+        let dir = temp_dir("lifeboat-pg")?;
+        let mut pg = ScratchPostgres {
+            dir,
+            bin,
+            port: 0,
+            keep: false,
+            stopped: true,
+        };
+        let data = pg.data_dir();
+        let run = |args: &[&str], what: &str| -> Result<()> {
+            let mut cmd = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]);
+                c.arg(args[0]);
+                c.args(&args[1..]);
+                c
+            } else {
+                let mut c = Command::new(args[0]);
+                c.args(&args[1..]);
+                c
+            };
+            let out = cmd
+                .output()
+                .map_err(|e| Error::io(format!("running {what}"), e))?;
+            if !out.status.success() {
+                return Err(Error::SourceFailed {
+                    item: "scratch postgres".into(),
+                    detail: format!(
+                        "{what} failed: {}{}",
+                        String::from_utf8_lossy(&out.stderr),
+                        String::from_utf8_lossy(&out.stdout)
+                    ),
+                });
+            }
+            Ok(())
+        };
+        if is_root() {
+            chown_postgres(&pg.dir)?;
+        }
+        let initdb = pg.bin.join("initdb").display().to_string();
+        run(
+            &[
+                &initdb,
+                "-D",
+                &data.display().to_string(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+            ],
+            "initdb",
+        )?;
+        // A role with a password only accepted over scram, so tests can exercise auth failures.
+        let hba = format!(
+            "local all all trust\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
+        );
+        std::fs::write(data.join("pg_hba.conf"), hba)
+            .map_err(|e| Error::io("writing pg_hba.conf", e))?;
+        for attempt in 0..5 {
+            pg.port = free_port()?;
+            let conf = format!(
+                "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_wal_senders = 4\nwal_level = replica\n",
+                pg.port,
+                pg.dir.display()
+            );
+            let conf_path = data.join("postgresql.auto.conf");
+            std::fs::write(&conf_path, conf)
+                .map_err(|e| Error::io("writing postgresql.auto.conf", e))?;
+            if is_root() {
+                chown_postgres(&conf_path)?;
+            }
+            let pg_ctl = pg.bin.join("pg_ctl").display().to_string();
+            let log = pg.dir.join("server.log").display().to_string();
+            match run(
+                &[
+                    &pg_ctl,
+                    "-D",
+                    &data.display().to_string(),
+                    "-l",
+                    &log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+                "pg_ctl start",
+            ) {
+                Ok(()) => {
+                    pg.stopped = false;
+                    pg.verify_ours()?;
+                    return Ok(pg);
+                }
+                Err(e) if attempt == 4 => return Err(e),
+                Err(_) => continue,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Confirms the server on our port is the one we started (its data directory is ours).
+    fn verify_ours(&self) -> Result<()> {
+        let out = self.psql("postgres", "SHOW data_directory")?;
+        let got = std::fs::canonicalize(out.trim()).unwrap_or_default();
+        let want = std::fs::canonicalize(self.data_dir()).unwrap_or_default();
+        if got != want {
+            return Err(Error::Usage(format!(
+                "port {} answered with data directory {}, not ours",
+                self.port,
+                out.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Server binaries in use.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// `postgresql://postgres@127.0.0.1:PORT/DB`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL with psql as the superuser and returns stdout (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new(
+            super::find_program("psql", std::slice::from_ref(&self.bin)).unwrap_or_else(|| "psql".into()),
+        )
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &self.url(db),
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|e| Error::io("running psql", e))?;
+        if !out.status.success() {
+            return Err(Error::SourceFailed {
+                item: "scratch postgres".into(),
+                detail: format!("psql: {}", String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Leaves the server running and its files in place after drop (drills' `--keep`).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`), like a crash.
+    pub fn kill(&mut self) -> Result<()> {
+        self.stop_mode("immediate")
+    }
+
+    /// Stops the server cleanly.
+    pub fn stop(&mut self) -> Result<()> {
+        self.stop_mode("fast")
+    }
+
+    fn stop_mode(&mut self, mode: &str) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.data_dir();
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let out = cmd
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", mode, "-w", "stop"])
+            .output()
+            .map_err(|e| Error::io("running pg_ctl stop", e))?;
+        self.stopped = true;
+        if !out.status.success() {
+            return Err(Error::io(
+                "pg_ctl stop",
+                std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ScratchPostgres {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let _ = self.stop_mode("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn chown_postgres(p: &Path) -> Result<()> {
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(p)
+        .output()
+        .map_err(|e| Error::io("chown postgres", e))?;
+    if !out.status.success() {
+        return Err(Error::io(
+            format!("chown postgres {}", p.display()),
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        ));
+    }
+    Ok(())
+}
