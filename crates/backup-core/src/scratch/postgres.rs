@@ -187,7 +187,8 @@ impl ScratchPostgres {
     /// Runs SQL with psql as the superuser and returns stdout (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         let out = Command::new(
-            super::find_program("psql", std::slice::from_ref(&self.bin)).unwrap_or_else(|| "psql".into()),
+            super::find_program("psql", std::slice::from_ref(&self.bin))
+                .unwrap_or_else(|| "psql".into()),
         )
         .args([
             "-X",

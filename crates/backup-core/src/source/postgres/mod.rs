@@ -360,6 +360,11 @@ impl Source for PostgresSource {
             None => Err("row counts never started".into()),
         };
         let (session, counts) = match (dumped, counted) {
+            // When counting failed first (permissions, say), psql's exit ended the exported
+            // snapshot and pg_dump's own error ("invalid snapshot identifier") hides the cause.
+            (Err(e), Err(count_err)) => {
+                return Err(self.fail(format!("{}; counting rows: {count_err}", strip_item(&e))));
+            }
             (Err(e), _) => return Err(e),
             (Ok(_), Err(e)) => {
                 return Err(self.fail(format!("counting rows in the dump's snapshot: {e}")));
@@ -377,6 +382,13 @@ impl Source for PostgresSource {
             facts.insert("pg_dump_stderr".into(), stderr.into());
         }
         Ok(facts)
+    }
+}
+
+fn strip_item(e: &Error) -> String {
+    match e {
+        Error::SourceFailed { detail, .. } => detail.clone(),
+        other => other.to_string(),
     }
 }
 
