@@ -143,7 +143,7 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
             });
         }
     }
-    let selected: Vec<&Item> = snapshot
+    let mut selected: Vec<&Item> = snapshot
         .items
         .iter()
         .filter(|i| {
@@ -157,6 +157,8 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
                 || opts.only.contains(&i.name)
         })
         .collect();
+    // Roles first: restored databases refer to their owners.
+    selected.sort_by_key(|i| !is_globals(i));
     let pg_databases = selected
         .iter()
         .filter(|i| i.kind == ItemKind::Postgres && !is_globals(i))
