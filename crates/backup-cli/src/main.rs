@@ -10,7 +10,7 @@ use backup_core::backup::{BackupOptions, backup};
 use backup_core::check::{CheckOptions, check};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, report_error};
 use backup_core::codec::keys::KdfParams;
-use backup_core::config::{ConfigFile, PostgresConfig, ResolvedRepo, split_named};
+use backup_core::config::{ConfigFile, PostgresConfig, RedisConfig, ResolvedRepo, split_named};
 use backup_core::lock::RunLock;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
@@ -74,6 +74,9 @@ struct RunArgs {
     /// PGPASSWORD or ~/.pgpass).
     #[arg(long = "postgres", value_name = "NAME=URL")]
     postgres: Vec<String>,
+    /// Ad-hoc Redis server: NAME=redis://[user:pass@]host:port (password also from REDISCLI_AUTH).
+    #[arg(long = "redis", value_name = "NAME=URL")]
+    redis: Vec<String>,
     /// Exclude glob for ad-hoc volumes (repeatable).
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
@@ -269,8 +272,10 @@ async fn run_backup(
                 )));
             }
         }
-        let adhoc =
-            !args.volumes.is_empty() || !args.commands.is_empty() || !args.postgres.is_empty();
+        let adhoc = !args.volumes.is_empty()
+            || !args.commands.is_empty()
+            || !args.postgres.is_empty()
+            || !args.redis.is_empty();
         for (name, sc) in &cfg.sources {
             if args.sources.contains(name) || (args.sources.is_empty() && !adhoc) {
                 sources.extend(sc.build(name).await?);
@@ -290,6 +295,10 @@ async fn run_backup(
     for c in &args.commands {
         let (name, cmd) = split_named(c, "--command")?;
         sources.push(Box::new(CommandSource::new(name, cmd)));
+    }
+    for r in &args.redis {
+        let (name, url) = split_named(r, "--redis")?;
+        sources.push(Box::new(RedisConfig::from_url(&url).source(&name)?));
     }
     for p in &args.postgres {
         let (name, url) = split_named(p, "--postgres")?;

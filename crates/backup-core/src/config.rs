@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::repository::{CacheOptions, Repository};
 use crate::secret::SecretSource;
 use crate::source::postgres::{PgTools, PostgresSource, RowCounts, conninfo, globals_source};
+use crate::source::redis::{RedisMode, RedisOptions, RedisSource};
 use crate::source::{CommandSource, Source, VolumeOptions, VolumeSource};
 use crate::store::{LocalStore, Store};
 use zeroize::Zeroizing;
@@ -73,6 +74,90 @@ pub enum SourceConfig {
         format: Option<String>,
     },
     Postgres(PostgresConfig),
+    Redis(RedisConfig),
+}
+
+/// `type = "redis"`: one RDB item.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user[:password]@]host:port`.
+    pub url: String,
+    /// File holding the password (replaces one in the URL); else `password_env` or `REDISCLI_AUTH`.
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// `"replication"` (default: SYNC over the network) or `"bgsave"` (needs `rdb_path`).
+    #[serde(default)]
+    pub mode: RedisModeConfig,
+    /// The server's dump file, for `mode = "bgsave"` (same host).
+    pub rdb_path: Option<PathBuf>,
+    /// Seconds of silence from the server before giving up (default 60).
+    pub timeout_secs: Option<u64>,
+}
+
+/// Redis mode in the config file.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisModeConfig {
+    #[default]
+    Replication,
+    Bgsave,
+}
+
+impl RedisConfig {
+    /// A config for an ad-hoc `--redis NAME=URL`.
+    pub fn from_url(url: &str) -> Self {
+        RedisConfig {
+            url: url.to_string(),
+            password_file: None,
+            password_env: None,
+            mode: RedisModeConfig::Replication,
+            rdb_path: None,
+            timeout_secs: None,
+        }
+    }
+
+    /// The source for item `name`.
+    pub fn source(&self, name: &str) -> Result<RedisSource> {
+        let mode = match (self.mode, &self.rdb_path) {
+            (RedisModeConfig::Replication, _) => RedisMode::Replication,
+            (RedisModeConfig::Bgsave, Some(p)) => RedisMode::Bgsave {
+                rdb_path: p.clone(),
+            },
+            (RedisModeConfig::Bgsave, None) => {
+                return Err(Error::Usage(format!(
+                    "redis source {name}: mode = \"bgsave\" needs rdb_path"
+                )));
+            }
+        };
+        let opts = RedisOptions {
+            mode,
+            timeout: std::time::Duration::from_secs(self.timeout_secs.unwrap_or(60)),
+        };
+        let password = match (&self.password_file, &self.password_env) {
+            (Some(f), _) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::Secret {
+                        from: format!("password file {}", f.display()),
+                        detail: e.to_string(),
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|e| Error::Secret {
+                from: format!("environment variable {var}"),
+                detail: e.to_string(),
+            })?),
+            (None, None) => std::env::var("REDISCLI_AUTH")
+                .ok()
+                .filter(|p| !p.is_empty()),
+        };
+        let mut s = RedisSource::new(name, &self.url, opts)?;
+        if let Some(pw) = password {
+            s = s.with_password(pw);
+        }
+        Ok(s)
+    }
 }
 
 /// `type = "postgres"`: one item per database, plus `NAME.globals` when `globals = true`.
@@ -235,8 +320,10 @@ fn yes() -> bool {
 impl SourceConfig {
     /// Builds the sources of the config entry `name` (a PostgreSQL entry may yield several).
     pub async fn build(&self, name: &str) -> Result<Vec<Box<dyn Source>>> {
-        if let SourceConfig::Postgres(pg) = self {
-            return pg.sources(name).await;
+        match self {
+            SourceConfig::Postgres(pg) => return pg.sources(name).await,
+            SourceConfig::Redis(r) => return Ok(vec![Box::new(r.source(name)?)]),
+            _ => {}
         }
         Ok(vec![self.build_one(name)])
     }
@@ -264,7 +351,7 @@ impl SourceConfig {
                 }
                 Box::new(s)
             }
-            SourceConfig::Postgres(_) => unreachable!("built by PostgresConfig::sources"),
+            SourceConfig::Postgres(_) | SourceConfig::Redis(_) => unreachable!("built by build()"),
         }
     }
 
@@ -274,7 +361,9 @@ impl SourceConfig {
             SourceConfig::Command {
                 restore_command, ..
             } => restore_command.as_deref(),
-            SourceConfig::Volume { .. } | SourceConfig::Postgres(_) => None,
+            SourceConfig::Volume { .. } | SourceConfig::Postgres(_) | SourceConfig::Redis(_) => {
+                None
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use backup_core::config::{ConfigFile, PostgresConfig, SourceConfig};
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::restore::postgres::PgRestoreOptions;
+use backup_core::restore::redis::RedisRestoreOptions;
 use backup_core::restore::sink::{FileSink, Sink, StdoutSink};
 use backup_core::restore::{
     ApplyOptions, RestoreOptions, RestorePlan, Target, TargetState, plan, preflight, restore_item,
@@ -82,6 +83,15 @@ struct Selection {
     force: bool,
     #[command(flatten)]
     pg: PgFlags,
+    /// Write Redis items as dump.rdb into this data directory (prints the steps for AOF).
+    #[arg(long, value_name = "DIR")]
+    to_redis_dir: Option<PathBuf>,
+    /// Load Redis items into a scratch redis-server of ours and check the key counts.
+    #[arg(long)]
+    to_scratch: bool,
+    /// With --to-scratch: leave the scratch server running and print its address.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Args)]
@@ -329,6 +339,11 @@ impl Selection {
                 globals: self.pg.globals,
                 tools,
             },
+            redis: RedisRestoreOptions {
+                dir: self.to_redis_dir.clone(),
+                scratch: self.to_scratch,
+                keep: self.keep,
+            },
         })
     }
 }
@@ -470,6 +485,9 @@ async fn restore(
                         item.target,
                         human_duration(r.seconds)
                     );
+                    if let Some(note) = &r.sink.note {
+                        println!("  next: {}", note.replace('\n', "\n  "));
+                    }
                 }
                 done.push(r);
             }

@@ -5,6 +5,7 @@
 //! refuses to start if any target is in the way (unless forced).
 
 pub mod postgres;
+pub mod redis;
 pub mod sink;
 pub mod untar;
 
@@ -27,6 +28,7 @@ use crate::source::postgres::conninfo;
 use postgres::{
     GlobalsSink, PgRestoreOptions, PgRestoreSink, PgTargetInfo, inspect as pg_inspect, is_globals,
 };
+use redis::{RedisDirSink, RedisRestoreOptions, RedisScratchSink};
 use sink::{
     CommandSink, DirectorySink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty,
 };
@@ -47,6 +49,10 @@ pub enum Target {
     Postgres(String),
     /// Roles and tablespaces (`pg_dumpall --globals-only`) into this server.
     PostgresGlobals(String),
+    /// `dump.rdb` into a Redis data directory.
+    RedisDir(PathBuf),
+    /// A scratch redis-server that loads the RDB and is checked.
+    RedisScratch,
 }
 
 impl std::fmt::Display for Target {
@@ -58,6 +64,8 @@ impl std::fmt::Display for Target {
             Target::Stdout => f.write_str("standard output"),
             Target::Postgres(c) => write!(f, "database {}", conninfo::redact(c)),
             Target::PostgresGlobals(c) => write!(f, "globals of server {}", conninfo::redact(c)),
+            Target::RedisDir(d) => write!(f, "redis data directory {}", d.display()),
+            Target::RedisScratch => f.write_str("scratch redis-server"),
         }
     }
 }
@@ -89,6 +97,8 @@ pub struct RestoreOptions {
     pub restore_commands: HashMap<String, String>,
     /// PostgreSQL targets and pg_restore options.
     pub postgres: PgRestoreOptions,
+    /// Redis targets.
+    pub redis: RedisRestoreOptions,
 }
 
 /// One item of a plan.
@@ -119,6 +129,8 @@ pub struct RestorePlan {
     /// pg_restore options the plan was made with (connection strings may hold secrets).
     #[serde(skip)]
     pub postgres: PgRestoreOptions,
+    #[serde(skip)]
+    pub redis: RedisRestoreOptions,
 }
 
 impl RestorePlan {
@@ -179,9 +191,12 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
                 let (state, info) = pg_inspect(item, url, &opts.postgres.tools).await?;
                 (state, Some(info))
             }
-            Target::Command(_) | Target::Stdout | Target::PostgresGlobals(_) => {
-                (TargetState::NotApplicable, None)
-            }
+            Target::RedisDir(d) if d.join("dump.rdb").exists() => (TargetState::Occupied, None),
+            Target::RedisDir(_) => (TargetState::Missing, None),
+            Target::Command(_)
+            | Target::Stdout
+            | Target::PostgresGlobals(_)
+            | Target::RedisScratch => (TargetState::NotApplicable, None),
         };
         items.push(PlannedItem {
             name: item.name.clone(),
@@ -207,6 +222,7 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
         items,
         force: opts.force,
         postgres: opts.postgres.clone(),
+        redis: opts.redis.clone(),
     })
 }
 
@@ -246,6 +262,14 @@ fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Re
             return Ok(Target::Postgres(conninfo::with_database(&url, &db)));
         }
     }
+    if item.kind == ItemKind::Redis {
+        if opts.redis.scratch {
+            return Ok(Target::RedisScratch);
+        }
+        if let Some(dir) = &opts.redis.dir {
+            return Ok(Target::RedisDir(dir.clone()));
+        }
+    }
     if let Some(cmd) = opts.restore_commands.get(&item.name) {
         return Ok(Target::Command(cmd.clone()));
     }
@@ -254,7 +278,9 @@ fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Re
     {
         return Ok(Target::Directory(PathBuf::from(path)));
     }
-    let how = if item.kind == ItemKind::Postgres {
+    let how = if item.kind == ItemKind::Redis {
+        "give --to-redis-dir DIR, --to-scratch, or --to DIR for the RDB file"
+    } else if item.kind == ItemKind::Postgres {
         "give --to-postgres URL (or restore_url in the config), --to DIR for the dump file, or use `lifeboat-restore export`"
     } else {
         "give --to DIR, a restore_command in the config, or use `lifeboat-restore export`"
@@ -317,6 +343,7 @@ pub fn preflight(plan: &RestorePlan) -> Result<()> {
         let path = match &c.target {
             Target::Directory(p) | Target::File(p) => p.clone(),
             Target::Postgres(url) => PathBuf::from(format!("database {}", conninfo::redact(url))),
+            Target::RedisDir(d) => d.join("dump.rdb"),
             _ => PathBuf::new(),
         };
         return Err(Error::TargetNotEmpty { path });
@@ -368,6 +395,8 @@ pub async fn restore_planned(
         Target::Stdout => Box::new(StdoutSink::new()),
         Target::Postgres(url) => Box::new(PgRestoreSink::create(item, url, &plan.postgres).await?),
         Target::PostgresGlobals(url) => Box::new(GlobalsSink::new(item, url, &plan.postgres.tools)),
+        Target::RedisDir(d) => Box::new(RedisDirSink::create(item, d, force).await?),
+        Target::RedisScratch => Box::new(RedisScratchSink::create(item, plan.redis.keep).await?),
     };
     let t0 = std::time::Instant::now();
     let report = restore_item(repo, snapshot.id, item, sink, opts).await?;

@@ -493,6 +493,7 @@ impl Sink for PgRestoreSink {
             target: self.describe(),
             untar: None,
             verified_tables: Some(verified),
+            note: None,
         })
     }
 
@@ -606,6 +607,7 @@ impl Sink for GlobalsSink {
             target: self.describe(),
             untar: None,
             verified_tables: None,
+            note: None,
         })
     }
 

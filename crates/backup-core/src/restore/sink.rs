@@ -40,6 +40,9 @@ pub struct SinkReport {
     /// Tables whose restored row count was checked against the backup's facts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_tables: Option<usize>,
+    /// What the operator should do or know next (persistence steps, a running server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 fn sibling(target: &Path, tag: &str) -> PathBuf {
@@ -162,6 +165,7 @@ impl Sink for DirectorySink {
             target: self.target.display().to_string(),
             untar: Some(stats),
             verified_tables: None,
+            note: None,
         })
     }
 
@@ -274,6 +278,7 @@ impl Sink for FileSink {
             target: self.target.display().to_string(),
             untar: None,
             verified_tables: None,
+            note: None,
         })
     }
     async fn abort(self: Box<Self>) -> Option<Error> {
@@ -319,6 +324,7 @@ impl Sink for StdoutSink {
             target: "-".into(),
             untar: None,
             verified_tables: None,
+            note: None,
         })
     }
     async fn abort(self: Box<Self>) -> Option<Error> {
@@ -391,6 +397,7 @@ impl Sink for CommandSink {
             target: format!("command `{}`", self.command),
             untar: None,
             verified_tables: None,
+            note: None,
         })
     }
     async fn abort(mut self: Box<Self>) -> Option<Error> {

@@ -2,6 +2,7 @@
 //! and the integration tests. Each is stopped and its directory removed on drop.
 
 pub mod postgres;
+pub mod redis;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@ pub mod command;
 pub mod glob;
 pub mod postgres;
 pub mod reader;
+pub mod redis;
 pub mod volume;
 
 use async_trait::async_trait;
