@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use backup_core::backup::{BackupOptions, backup};
 use backup_core::check::{CheckOptions, check};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, report_error};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, run_main};
 use backup_core::codec::keys::KdfParams;
 use backup_core::config::{ConfigFile, PostgresConfig, RedisConfig, ResolvedRepo, split_named};
 use backup_core::lock::RunLock;
@@ -140,15 +140,7 @@ fn parse_chunker(s: &str) -> Result<ChunkerParams, String> {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => report_error("lifeboat-backup", e.as_ref()),
-    }
+    run_main("lifeboat-backup", run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

@@ -110,6 +110,22 @@ impl Output {
     }
 }
 
+/// Runs a binary's async main on a multi-threaded runtime and maps its error to an exit code.
+pub fn run_main<F, E>(prog: &str, fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<ExitCode, E>>,
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(fut) {
+        Ok(code) => code,
+        Err(e) => report_error(prog, e.as_ref()),
+    }
+}
+
 /// Prints `prog: error: ...` (with the cause chain) and a `hint:`, and returns the exit code.
 pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
     let mut msg = e.to_string();

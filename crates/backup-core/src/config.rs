@@ -134,24 +134,13 @@ impl RedisConfig {
             mode,
             timeout: std::time::Duration::from_secs(self.timeout_secs.unwrap_or(60)),
         };
-        let password = match (&self.password_file, &self.password_env) {
-            (Some(f), _) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| Error::Secret {
-                        from: format!("password file {}", f.display()),
-                        detail: e.to_string(),
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-            (None, Some(var)) => Some(std::env::var(var).map_err(|e| Error::Secret {
-                from: format!("environment variable {var}"),
-                detail: e.to_string(),
-            })?),
-            (None, None) => std::env::var("REDISCLI_AUTH")
-                .ok()
-                .filter(|p| !p.is_empty()),
-        };
+        let password =
+            match read_password(self.password_file.as_deref(), self.password_env.as_deref())? {
+                Some(p) => Some(p),
+                None => std::env::var("REDISCLI_AUTH")
+                    .ok()
+                    .filter(|p| !p.is_empty()),
+            };
         let mut s = RedisSource::new(name, &self.url, opts)?;
         if let Some(pw) = password {
             s = s.with_password(pw);
@@ -218,24 +207,8 @@ impl PostgresConfig {
 
     /// Client programs and password.
     pub fn tools(&self) -> Result<PgTools> {
-        let password = match (&self.password_file, &self.password_env) {
-            (Some(f), _) => Some(Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .map_err(|e| Error::Secret {
-                        from: format!("password file {}", f.display()),
-                        detail: e.to_string(),
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            )),
-            (None, Some(var)) => Some(Zeroizing::new(std::env::var(var).map_err(|e| {
-                Error::Secret {
-                    from: format!("environment variable {var}"),
-                    detail: e.to_string(),
-                }
-            })?)),
-            (None, None) => None,
-        };
+        let password = read_password(self.password_file.as_deref(), self.password_env.as_deref())?
+            .map(Zeroizing::new);
         Ok(PgTools {
             bin_dir: self.bin_dir.clone(),
             password,
@@ -297,6 +270,23 @@ impl PostgresConfig {
     /// Whether item `item` comes from the source called `name`.
     pub fn owns_item(name: &str, item: &str) -> bool {
         item == name || item.strip_prefix(name).is_some_and(|r| r.starts_with('.'))
+    }
+}
+
+/// A service password from `password_file` (one trailing newline dropped) or `password_env`.
+fn read_password(file: Option<&Path>, env: Option<&str>) -> Result<Option<String>> {
+    match (file, env) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| Error::Secret {
+                from: format!("password file {}", f.display()),
+                detail: e.to_string(),
+            }),
+        (None, Some(var)) => std::env::var(var).map(Some).map_err(|e| Error::Secret {
+            from: format!("environment variable {var}"),
+            detail: e.to_string(),
+        }),
+        (None, None) => Ok(None),
     }
 }
 

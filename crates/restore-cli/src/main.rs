@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, report_error};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, run_main};
 use backup_core::config::{ConfigFile, PostgresConfig, SourceConfig};
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
@@ -133,15 +133,7 @@ struct PgFlags {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => report_error("lifeboat-restore", e.as_ref()),
-    }
+    run_main("lifeboat-restore", run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
