@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::chunk::spawn_chunker;
 use crate::error::{Error, Result};
+use crate::gc::RunMarker;
 use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{Item, ItemKind, Snapshot, validate_item_name};
 use crate::progress::Progress;
@@ -35,6 +36,21 @@ pub struct BackupOptions {
     /// Chunks in flight per item (default: 2 × cores + 2).
     pub concurrency: usize,
     pub progress: Option<Arc<Progress>>,
+    /// Awaited after every chunk is stored and before the snapshot is written (tests use it
+    /// to pause a backup at its most delicate point).
+    pub before_commit: Option<CommitHook>,
+    /// Markers older than this are a dead process's (see [`crate::gc`]).
+    pub stale_after: std::time::Duration,
+}
+
+/// An async callback; see [`BackupOptions::before_commit`].
+#[derive(Clone)]
+pub struct CommitHook(pub Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>);
+
+impl std::fmt::Debug for CommitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
 }
 
 impl Default for BackupOptions {
@@ -45,6 +61,8 @@ impl Default for BackupOptions {
             compression_level: 3,
             concurrency: default_concurrency(),
             progress: None,
+            before_commit: None,
+            stale_after: crate::gc::STALE_AFTER,
         }
     }
 }
@@ -102,6 +120,28 @@ pub async fn backup(
     if sources.is_empty() {
         return Err(Error::Usage("nothing to back up: no sources given".into()));
     }
+    // Announce the run before reading anything, so a concurrent GC keeps every chunk we may
+    // rely on; wait for a running GC to finish first.
+    let marker = RunMarker::start(repo, opts.stale_after).await?;
+    let result = run_items(repo, sources, opts, time).await;
+    marker.finish().await;
+    let (snapshot, reports) = result?;
+    Ok(BackupReport {
+        snapshot: snapshot.id,
+        size: reports.iter().map(|r| r.size).sum(),
+        chunks_new: reports.iter().map(|r| r.chunks_new).sum(),
+        stored_bytes: reports.iter().map(|r| r.stored_bytes).sum(),
+        items: reports,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+async fn run_items(
+    repo: &Repository,
+    sources: Vec<Box<dyn Source>>,
+    opts: &BackupOptions,
+    time: chrono::DateTime<Utc>,
+) -> Result<(Snapshot, Vec<ItemReport>)> {
     let known = Arc::new(Mutex::new(Repository::chunks_of(&repo.snapshots().await?)));
     let mut items = Vec::new();
     let mut reports = Vec::new();
@@ -109,6 +149,9 @@ pub async fn backup(
         let (item, report) = backup_item(repo, &mut *src, &known, opts).await?;
         items.push(item);
         reports.push(report);
+    }
+    if let Some(hook) = &opts.before_commit {
+        (hook.0)().await;
     }
     let snapshot = Snapshot {
         version: 1,
@@ -121,14 +164,7 @@ pub async fn backup(
         items,
     };
     repo.save_snapshot(&snapshot).await?;
-    Ok(BackupReport {
-        snapshot: snapshot.id,
-        size: reports.iter().map(|r| r.size).sum(),
-        chunks_new: reports.iter().map(|r| r.chunks_new).sum(),
-        stored_bytes: reports.iter().map(|r| r.stored_bytes).sum(),
-        items: reports,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok((snapshot, reports))
 }
 
 enum Stored {

@@ -110,6 +110,11 @@ pub enum Error {
     #[error("object {key} not found in {location}")]
     NotFound { key: String, location: String },
 
+    #[error(
+        "object {key} in {location} is under retention (Object Lock) and cannot be deleted yet"
+    )]
+    Retained { key: String, location: String },
+
     #[error("object {key} already exists in {location}")]
     AlreadyExists { key: String, location: String },
 

@@ -14,6 +14,7 @@
 //! | [`backup`] | the pipeline and the all-or-nothing snapshot |
 //! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command) |
 //! | [`check`] | repository verification |
+//! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection |
 //! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
 //! | [`error`] | the one error enum, with exit codes and hints |
 //! | `cli` (feature `cli`) | flags and error reporting shared by the binaries |
@@ -28,12 +29,14 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod id;
 pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod scratch;
 pub mod secret;
 pub mod source;

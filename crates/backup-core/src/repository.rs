@@ -415,6 +415,46 @@ impl Repository {
             .collect()
     }
 
+    /// Snapshots marked protected (`protect/<id>`): never removed by a retention policy.
+    pub async fn protected(&self) -> Result<std::collections::BTreeSet<SnapshotId>> {
+        Ok(self
+            .store
+            .list("protect/")
+            .await?
+            .iter()
+            .filter_map(|m| m.key.trim_start_matches("protect/").parse().ok())
+            .collect())
+    }
+
+    /// Marks a snapshot protected, or removes the mark.
+    pub async fn set_protected(&self, id: &SnapshotId, protected: bool) -> Result<()> {
+        let key = format!("protect/{id}");
+        if protected {
+            self.store.put(&key, Vec::new(), PutMode::Overwrite).await
+        } else {
+            self.store.delete(&key).await
+        }
+    }
+
+    /// Removes snapshot manifests (their chunks stay until garbage collection). Protected
+    /// snapshots are refused.
+    pub async fn forget(&self, ids: &[SnapshotId]) -> Result<usize> {
+        let protected = self.protected().await?;
+        if let Some(p) = ids.iter().find(|i| protected.contains(i)) {
+            return Err(Error::Usage(format!(
+                "snapshot {} is protected; `lifeboat-backup unprotect` it first",
+                p.short()
+            )));
+        }
+        for id in ids {
+            self.store.delete(&id.object_key()).await?;
+            if let Some(p) = self.cache_path(id) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(ids.len())
+    }
+
     /// Key slots of the repository.
     pub async fn key_slots(&self) -> Result<Vec<KeySlot>> {
         read_slots(&*self.store).await

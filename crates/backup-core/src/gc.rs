@@ -1,0 +1,225 @@
+//! Garbage collection without an exclusive lock: delete chunks no snapshot names, once they are
+//! older than a grace period, and never while a backup is running.
+//!
+//! Protocol (docs/FORMAT.md, "Garbage collection"):
+//! - a backup writes `markers/run-<id>` before it reads anything, refreshes it every minute,
+//!   waits while a live `markers/gc-<id>` exists, and deletes its marker after its snapshot;
+//! - GC writes `markers/gc-<id>`, defers (deletes nothing) if a live run marker exists, lists
+//!   snapshots and chunks, checks the run markers again, then deletes unreferenced chunks older
+//!   than the grace period, and removes its marker.
+//!
+//! A marker not refreshed for `stale_after` belongs to a dead process and is ignored (and
+//! removed by GC). No marker is exclusive: two GCs may run together (both only delete
+//! unreferenced chunks), and a crashed holder never blocks the next cron run for long.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::repository::Repository;
+use crate::store::{ObjectMeta, PutMode, Store};
+
+/// How often a running backup refreshes its marker.
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+/// A marker older than this is a dead process's.
+pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Options of a GC run.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Unreferenced chunks younger than this are kept (a crashed run's rerun reuses them).
+    pub grace: Duration,
+    /// Markers not refreshed for this long are ignored.
+    pub stale_after: Duration,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: Duration::from_secs(24 * 3600),
+            stale_after: STALE_AFTER,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a GC run did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Set when GC deleted nothing because a backup was running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
+    pub chunks_total: usize,
+    pub chunks_referenced: usize,
+    /// Unreferenced but younger than the grace period.
+    pub chunks_in_grace: usize,
+    pub chunks_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Objects the store refused to delete because of retention (Object Lock).
+    pub skipped_retained: Vec<String>,
+    pub stale_markers_removed: usize,
+    pub dry_run: bool,
+}
+
+fn age(m: &ObjectMeta) -> Duration {
+    m.modified
+        .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Live markers with `prefix` (`markers/run-`, `markers/gc-`); stale ones are returned apart.
+async fn markers(
+    store: &dyn Store,
+    prefix: &str,
+    stale_after: Duration,
+) -> Result<(Vec<ObjectMeta>, Vec<ObjectMeta>)> {
+    let all = store.list(prefix).await?;
+    Ok(all.into_iter().partition(|m| age(m) < stale_after))
+}
+
+/// A running backup's marker; refreshed in the background until finished or dropped.
+#[derive(Debug)]
+pub struct RunMarker {
+    store: Arc<dyn Store>,
+    key: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl RunMarker {
+    /// Writes the marker, then waits while a GC is running (up to `stale_after`).
+    pub async fn start(repo: &Repository, stale_after: Duration) -> Result<RunMarker> {
+        let store = repo.store().clone();
+        let key = format!("markers/run-{}", hex::encode(rand::random::<[u8; 8]>()));
+        store.put(&key, Vec::new(), PutMode::CreateOnly).await?;
+        let (s, k) = (store.clone(), key.clone());
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT.min(stale_after / 4)).await;
+                let _ = s.put(&k, Vec::new(), PutMode::Overwrite).await;
+            }
+        });
+        let marker = RunMarker {
+            store,
+            key,
+            heartbeat,
+        };
+        let waited = std::time::Instant::now();
+        loop {
+            let (live, _) = markers(&*marker.store, "markers/gc-", stale_after).await?;
+            if live.is_empty() {
+                break;
+            }
+            if waited.elapsed() > stale_after {
+                return Err(Error::Store {
+                    location: marker.store.location(),
+                    op: "wait for",
+                    key: live[0].key.clone(),
+                    source: std::io::Error::other("garbage collection still running"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(marker)
+    }
+
+    /// Removes the marker (after the snapshot is written, or after a failure).
+    pub async fn finish(self) {
+        self.heartbeat.abort();
+        let _ = self.store.delete(&self.key).await;
+    }
+}
+
+impl Drop for RunMarker {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// Deletes chunks no snapshot names, older than the grace period, unless a backup is running.
+pub async fn collect(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    let store = repo.store().clone();
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let gc_key = format!("markers/gc-{}", hex::encode(rand::random::<[u8; 8]>()));
+    if !opts.dry_run {
+        store.put(&gc_key, Vec::new(), PutMode::CreateOnly).await?;
+    }
+    let result = collect_marked(repo, opts, &mut report).await;
+    if !opts.dry_run {
+        let _ = store.delete(&gc_key).await;
+    }
+    result.map(|()| report)
+}
+
+async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+    let store = repo.store().clone();
+    let (live, stale) = markers(&*store, "markers/run-", opts.stale_after).await?;
+    if let Some(m) = live.first() {
+        report.deferred = Some(format!(
+            "a backup is running ({}); nothing deleted, run prune again later",
+            m.key
+        ));
+        return Ok(());
+    }
+    let referenced: HashSet<ChunkId> = Repository::chunks_of(&repo.snapshots().await?);
+    let chunks = store.list("chunks/").await?;
+    report.chunks_total = chunks.len();
+    let mut doomed = Vec::new();
+    for m in &chunks {
+        let Some(id) = m
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<ChunkId>().ok())
+        else {
+            continue;
+        };
+        if referenced.contains(&id) {
+            report.chunks_referenced += 1;
+        } else if age(m) < opts.grace {
+            report.chunks_in_grace += 1;
+        } else {
+            doomed.push(m.clone());
+        }
+    }
+    // A backup that started while we listed may rely on any of these: check again.
+    let (live, _) = markers(&*store, "markers/run-", opts.stale_after).await?;
+    if let Some(m) = live.first() {
+        report.deferred = Some(format!(
+            "a backup started during collection ({}); nothing deleted",
+            m.key
+        ));
+        return Ok(());
+    }
+    for m in doomed {
+        if opts.dry_run {
+            report.chunks_deleted += 1;
+            report.bytes_deleted += m.size;
+            continue;
+        }
+        match store.delete(&m.key).await {
+            Ok(()) => {
+                report.chunks_deleted += 1;
+                report.bytes_deleted += m.size;
+            }
+            Err(Error::Retained { key, .. }) => report.skipped_retained.push(key),
+            Err(e) => return Err(e),
+        }
+    }
+    for m in stale {
+        if !opts.dry_run {
+            store.delete(&m.key).await?;
+        }
+        report.stale_markers_removed += 1;
+    }
+    Ok(())
+}
