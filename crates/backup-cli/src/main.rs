@@ -10,12 +10,16 @@ use backup_core::backup::{BackupOptions, backup};
 use backup_core::check::{CheckOptions, check};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, run_main};
 use backup_core::codec::keys::KdfParams;
-use backup_core::config::{ConfigFile, PostgresConfig, RedisConfig, ResolvedRepo, split_named};
+use backup_core::config::{
+    ConfigFile, PostgresConfig, RedisConfig, ResolvedRepo, RetentionConfig, split_named,
+};
 use backup_core::lock::RunLock;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
 use backup_core::secret::SecretSource;
 use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use backup_core::{gc, retention};
+use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 
 /// Back up PostgreSQL, Redis, volumes and command output into an encrypted, deduplicated repository.
@@ -57,6 +61,82 @@ enum Cmd {
     /// Manage key slots.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Remove snapshots by policy (--keep-* flags or the config's [retention]) or by id.
+    Forget {
+        #[command(flatten)]
+        keep: KeepFlags,
+        /// Show the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Forget exactly these snapshots instead of applying a policy.
+        snapshots: Vec<String>,
+    },
+    /// Forget by policy (if one is given or configured), then delete unreferenced chunks.
+    Prune {
+        #[command(flatten)]
+        keep: KeepFlags,
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced chunks younger than this (default 24h): a rerun of an
+        /// interrupted backup reuses them.
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Never let a retention policy remove this snapshot.
+    Protect { snapshot: String },
+    /// Undo `protect`.
+    Unprotect { snapshot: String },
+}
+
+#[derive(Args, Default)]
+struct KeepFlags {
+    #[arg(long)]
+    keep_last: Option<u32>,
+    #[arg(long)]
+    keep_hourly: Option<u32>,
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+    #[arg(long)]
+    keep_yearly: Option<u32>,
+    /// Keep everything newer than this (30d, 48h, 2w, 1y).
+    #[arg(long)]
+    keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable).
+    #[arg(long = "keep-tag")]
+    keep_tags: Vec<String>,
+    /// Group snapshots by these keys before applying the policy (default host,sources).
+    #[arg(long, value_delimiter = ',')]
+    group_by: Option<Vec<String>>,
+}
+
+impl KeepFlags {
+    /// The flags as a retention config, or `None` when no rule was given.
+    fn to_config(&self) -> Option<RetentionConfig> {
+        let any = self.keep_last.is_some()
+            || self.keep_hourly.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+            || self.keep_yearly.is_some()
+            || self.keep_within.is_some()
+            || !self.keep_tags.is_empty();
+        any.then(|| RetentionConfig {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.clone(),
+            keep_tags: self.keep_tags.clone(),
+            group_by: self.group_by.clone(),
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -237,6 +317,66 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Key(k) => key_cmd(&resolved, k, &out).await?,
+        Cmd::Forget {
+            keep,
+            dry_run,
+            snapshots,
+        } => {
+            let repo = resolved.open().await?;
+            if !snapshots.is_empty() {
+                let mut ids = Vec::new();
+                for q in &snapshots {
+                    ids.push(repo.find_snapshot(q).await?.id);
+                }
+                if !dry_run {
+                    repo.forget(&ids).await?;
+                }
+                out.result(
+                    &serde_json::json!({"forgotten": ids, "dry_run": dry_run}),
+                    || {
+                        format!(
+                            "{} {} snapshot(s)",
+                            if dry_run { "would forget" } else { "forgot" },
+                            ids.len()
+                        )
+                    },
+                );
+            } else {
+                let rc = policy_from(&keep, config.as_ref())?;
+                retention_run(&repo, &rc, dry_run, false, &out).await?;
+            }
+        }
+        Cmd::Prune {
+            keep,
+            dry_run,
+            grace,
+        } => {
+            let repo = resolved.open().await?;
+            let mut rc = keep
+                .to_config()
+                .or_else(|| config.as_ref().and_then(|c| c.retention.clone()))
+                .unwrap_or_default();
+            if grace.is_some() {
+                rc.grace = grace;
+            }
+            retention_run(&repo, &rc, dry_run, true, &out).await?;
+        }
+        Cmd::Protect { snapshot } => {
+            let repo = resolved.open().await?;
+            let s = repo.find_snapshot(&snapshot).await?;
+            repo.set_protected(&s.id, true).await?;
+            out.result(&serde_json::json!({"protected": s.id}), || {
+                format!("snapshot {} is protected", s.id.short())
+            });
+        }
+        Cmd::Unprotect { snapshot } => {
+            let repo = resolved.open().await?;
+            let s = repo.find_snapshot(&snapshot).await?;
+            repo.set_protected(&s.id, false).await?;
+            out.result(&serde_json::json!({"unprotected": s.id}), || {
+                format!("snapshot {} is no longer protected", s.id.short())
+            });
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -314,6 +454,7 @@ async fn run_backup(
             .concurrency
             .unwrap_or_else(backup_core::backup::default_concurrency),
         progress: show_progress.then(|| progress.clone()),
+        ..Default::default()
     };
     let ticker = show_progress.then(|| spawn_ticker(progress.clone()));
     // On SIGINT/SIGTERM the backup future is dropped: sources kill their producers and, as the
@@ -326,7 +467,8 @@ async fn run_backup(
         }
     };
     drop(ticker);
-    let report = result.context("backup failed, no snapshot was written")?;
+    let report =
+        result.context("backup failed, no snapshot was written; retention was not applied")?;
     out.result(&serde_json::to_value(&report)?, || {
         let mut s = format!(
             "snapshot {} saved: {} item(s), {} in {} ({} new chunks, {} stored)",
@@ -349,7 +491,121 @@ async fn run_backup(
         }
         s
     });
+    // Retention only after a fully successful backup (a failed run returned above).
+    if let Some(rc) = config.and_then(|c| c.retention.as_ref()) {
+        let quiet = Output {
+            json: false,
+            quiet: out.quiet || out.json,
+        };
+        retention_run(&repo, rc, false, rc.prune.unwrap_or(true), &quiet)
+            .await
+            .context("the backup succeeded, but applying the retention policy failed")?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy_from(keep: &KeepFlags, config: Option<&ConfigFile>) -> Result<RetentionConfig> {
+    keep.to_config()
+        .or_else(|| config.and_then(|c| c.retention.clone()))
+        .ok_or_else(|| {
+            backup_core::Error::Usage("no retention policy: give --keep-* flags, snapshot ids, or a [retention] section in the config".into())
+                .into()
+        })
+}
+
+/// Applies a retention config: plan, forget (unless dry run), then GC when `gc`.
+async fn retention_run(
+    repo: &backup_core::Repository,
+    rc: &RetentionConfig,
+    dry_run: bool,
+    gc: bool,
+    out: &Output,
+) -> Result<()> {
+    let mut json = serde_json::json!({"dry_run": dry_run});
+    let has_policy = rc.keep_last.is_some()
+        || rc.keep_hourly.is_some()
+        || rc.keep_daily.is_some()
+        || rc.keep_weekly.is_some()
+        || rc.keep_monthly.is_some()
+        || rc.keep_yearly.is_some()
+        || rc.keep_within.is_some()
+        || !rc.keep_tags.is_empty();
+    if has_policy {
+        let plan = retention::plan(
+            &rc.policy()?,
+            &repo.snapshots().await?,
+            &repo.protected().await?,
+            Utc::now(),
+        )?;
+        let remove = plan.remove();
+        if !out.json && !out.quiet {
+            print_retention(&plan, dry_run);
+        }
+        if !dry_run {
+            repo.forget(&remove).await?;
+        }
+        json["plan"] = serde_json::to_value(&plan)?;
+        json["forgotten"] = remove.len().into();
+    }
+    if gc {
+        let mut opts = rc.gc_options()?;
+        opts.dry_run = dry_run;
+        let r = gc::collect(repo, &opts).await?;
+        if !out.json && !out.quiet {
+            match &r.deferred {
+                Some(why) => println!("garbage collection deferred: {why}"),
+                None => println!(
+                    "garbage collection{}: {} of {} chunk objects unreferenced and past the grace period, {} reclaimed; {} kept in grace{}",
+                    if dry_run { " (dry run)" } else { "" },
+                    r.chunks_deleted,
+                    r.chunks_total,
+                    human_bytes(r.bytes_deleted),
+                    r.chunks_in_grace,
+                    if r.skipped_retained.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} still under retention (skipped)",
+                            r.skipped_retained.len()
+                        )
+                    }
+                ),
+            }
+        }
+        json["gc"] = serde_json::to_value(&r)?;
+    }
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    Ok(())
+}
+
+fn print_retention(plan: &retention::RetentionPlan, dry_run: bool) {
+    for g in &plan.groups {
+        let keep = g.snapshots.iter().filter(|d| d.keep).count();
+        println!(
+            "host {} / sources {}: keep {keep}, {} {}",
+            g.host.as_deref().unwrap_or("*"),
+            g.sources
+                .as_ref()
+                .map(|s| s.join(","))
+                .unwrap_or_else(|| "*".into()),
+            if dry_run { "would remove" } else { "remove" },
+            g.snapshots.len() - keep
+        );
+        for d in &g.snapshots {
+            println!(
+                "  {:<10} {:<20} {}",
+                d.id.short(),
+                d.time.format("%Y-%m-%d %H:%M:%S"),
+                if d.keep {
+                    format!("keep: {}", d.reasons.join(", "))
+                } else {
+                    "REMOVE".into()
+                }
+            );
+        }
+    }
 }
 
 async fn interrupted() -> &'static str {

@@ -359,3 +359,121 @@ fn sigterm_stops_the_run_and_its_producer_without_a_snapshot() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!marker.exists(), "the producer was stopped with the run");
 }
+
+fn random_file(path: &Path, seed: u64, len: usize) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, &buf[..len]).unwrap();
+}
+
+#[test]
+fn retention_runs_only_after_success_and_reclaims_space() {
+    let e = Env::new();
+    random_file(&e.p("data.bin"), 1, 3 << 20);
+    let cfg = format!(
+        "[repository]\nurl = \"{}\"\npassword_file = \"{}\"\n\n[retention]\nkeep_last = 1\ngrace = \"0s\"\n\n[sources.dump]\ntype = \"command\"\ncommand = \"cat {}\"\n",
+        e.p("repo").display(),
+        e.p("pw").display(),
+        e.p("data.bin").display()
+    );
+    std::fs::write(e.p("lifeboat.toml"), cfg).unwrap();
+    let c = e.p("lifeboat.toml");
+    let c = c.to_str().unwrap();
+    assert!(e.run(&["-c", c, "run", "-q"]).status.success());
+    let first_chunks = e.chunk_count();
+    random_file(&e.p("data.bin"), 2, 3 << 20);
+    let second = e.run(&["-c", c, "run", "-q"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let snaps = e.snapshots();
+    assert_eq!(
+        snaps.len(),
+        1,
+        "keep_last = 1 applied after the successful run"
+    );
+    assert!(
+        e.chunk_count() <= first_chunks + 1,
+        "the first run's chunks were collected: {} objects",
+        e.chunk_count()
+    );
+    let check = e.run(&["check", "--read-data"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+
+    // A failing run removes nothing, whatever the policy says.
+    std::fs::remove_file(e.p("data.bin")).unwrap();
+    let failed = e.run(&["-c", c, "run", "-q"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        stderr(&failed).contains("retention was not applied"),
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(
+        e.snapshots(),
+        snaps,
+        "the last good snapshot is still there"
+    );
+}
+
+#[test]
+fn forget_dry_run_shows_what_apply_does_and_protect_holds() {
+    let e = Env::new();
+    for i in 0..4 {
+        let out = e.run(&["run", "-q", "--command", &format!("db=echo {i}")]);
+        assert!(out.status.success());
+    }
+    let snaps = e.snapshots();
+    let oldest = snaps[0]["id"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let refuse = e.run(&["forget", "--keep-within", "1s"]);
+    assert_eq!(
+        refuse.status.code(),
+        Some(2),
+        "a policy that removes a whole group is refused: {}",
+        stderr(&refuse)
+    );
+    assert_eq!(e.snapshots().len(), 4);
+    assert!(e.run(&["protect", &oldest[..8]]).status.success());
+    let dry = e.run(&["forget", "--keep-last", "2", "--dry-run", "--json"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        plan["forgotten"], 1,
+        "newest two kept, the oldest protected, one removed"
+    );
+    let decisions = plan["plan"]["groups"][0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(e.snapshots().len(), 4, "dry run changed nothing");
+    let applied = e.run(&["forget", "--keep-last", "2", "--json"]);
+    let applied: serde_json::Value = serde_json::from_slice(&applied.stdout).unwrap();
+    assert_eq!(
+        applied["plan"]["groups"][0]["snapshots"]
+            .as_array()
+            .unwrap(),
+        &decisions,
+        "apply did what the dry run showed"
+    );
+    let left: Vec<String> = e
+        .snapshots()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left.len(), 3);
+    assert!(left.contains(&oldest), "protected snapshot kept");
+    let direct = e.run(&["forget", &oldest[..8]]);
+    assert_ne!(
+        direct.status.code(),
+        Some(0),
+        "protected snapshots cannot be forgotten by id either"
+    );
+    assert!(e.run(&["unprotect", &oldest[..8]]).status.success());
+    assert!(e.run(&["forget", &oldest[..8]]).status.success());
+    assert_eq!(e.snapshots().len(), 2);
+}

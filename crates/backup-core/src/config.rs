@@ -12,7 +12,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::gc::GcOptions;
 use crate::repository::{CacheOptions, Repository};
+use crate::retention::{GroupBy, RetentionPolicy, parse_duration};
 use crate::secret::SecretSource;
 use crate::source::postgres::{PgTools, PostgresSource, RowCounts, conninfo, globals_source};
 use crate::source::redis::{RedisMode, RedisOptions, RedisSource};
@@ -29,6 +31,94 @@ pub struct ConfigFile {
     pub backup: BackupConfig,
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Applied by `run` after a fully successful backup, and by `forget`/`prune`.
+    pub retention: Option<RetentionConfig>,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// `30d`, `48h`…
+    pub keep_within: Option<String>,
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+    /// Any of `host`, `sources`, `tags` (default host and sources).
+    pub group_by: Option<Vec<String>>,
+    /// Fixed offset for calendar buckets, e.g. `+02:00` (default UTC).
+    pub timezone: Option<String>,
+    /// Collect garbage after forgetting (default true).
+    pub prune: Option<bool>,
+    /// Grace period of unreferenced chunks (default 24h).
+    pub grace: Option<String>,
+}
+
+impl RetentionConfig {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> Result<RetentionPolicy> {
+        let group_by = match &self.group_by {
+            None => GroupBy::default(),
+            Some(list) => {
+                let mut g = GroupBy {
+                    host: false,
+                    sources: false,
+                    tags: false,
+                };
+                for k in list {
+                    match k.as_str() {
+                        "host" => g.host = true,
+                        "sources" => g.sources = true,
+                        "tags" => g.tags = true,
+                        other => {
+                            return Err(Error::Usage(format!(
+                                "group_by: unknown key {other:?} (host, sources, tags)"
+                            )));
+                        }
+                    }
+                }
+                g
+            }
+        };
+        let timezone = match &self.timezone {
+            None => None,
+            Some(tz) => Some(tz.parse::<chrono::FixedOffset>().map_err(|_| {
+                Error::Usage(format!(
+                    "timezone {tz:?}: use a fixed offset such as +02:00"
+                ))
+            })?),
+        };
+        Ok(RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self
+                .keep_within
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+            keep_tags: self.keep_tags.clone(),
+            group_by,
+            timezone,
+        })
+    }
+
+    /// GC options from `grace`.
+    pub fn gc_options(&self) -> Result<GcOptions> {
+        let mut o = GcOptions::default();
+        if let Some(g) = &self.grace {
+            o.grace = parse_duration(g)?.to_std().unwrap_or_default();
+        }
+        Ok(o)
+    }
 }
 
 /// `[repository]`: where, and how to unlock it.

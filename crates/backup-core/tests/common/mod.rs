@@ -75,7 +75,7 @@ pub async fn new_repo() -> TestRepo {
 
 /// Deterministic pseudo-random bytes (xorshift64*), incompressible like encrypted or media data.
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut g = Gen(seed | 1);
+    let mut g = Gen(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut v = vec![0u8; len];
     g.fill(&mut v);
     v
@@ -108,7 +108,7 @@ pub struct GenReader {
 impl GenReader {
     pub fn new(seed: u64, len: u64) -> Self {
         GenReader {
-            g: Gen(seed | 1),
+            g: Gen(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             left: len,
             sha: Arc::default(),
         }
