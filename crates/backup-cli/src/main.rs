@@ -244,7 +244,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 label,
                 cache: resolved.cache.clone(),
             };
-            let repo = Repository::init(resolved.store()?, &secret, opts).await?;
+            let repo = Repository::init(resolved.store().await?, &secret, opts).await?;
             out.result(
                 &serde_json::json!({"repository": resolved.url, "id": repo.config().id, "key_slot": repo.slot()}),
                 || format!("created repository {} at {} (key slot {})", repo.config().id, resolved.url, repo.slot()),
@@ -328,19 +328,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 for q in &snapshots {
                     ids.push(repo.find_snapshot(q).await?.id);
                 }
-                if !dry_run {
-                    repo.forget(&ids).await?;
-                }
-                out.result(
-                    &serde_json::json!({"forgotten": ids, "dry_run": dry_run}),
-                    || {
-                        format!(
-                            "{} {} snapshot(s)",
-                            if dry_run { "would forget" } else { "forgot" },
-                            ids.len()
-                        )
-                    },
-                );
+                let (done, retained) = if dry_run {
+                    (ids.clone(), Vec::new())
+                } else {
+                    let r = repo.forget(&ids).await?;
+                    (r.forgotten, r.retained)
+                };
+                out.result(&serde_json::json!({"forgotten": done, "retained": retained, "dry_run": dry_run}), || {
+                    let mut s = format!("{} {} snapshot(s)", if dry_run { "would forget" } else { "forgot" }, done.len());
+                    if !retained.is_empty() {
+                        s.push_str(&format!("; {} still under Object Lock retention, kept", retained.len()));
+                    }
+                    s
+                });
             } else {
                 let rc = policy_from(&keep, config.as_ref())?;
                 retention_run(&repo, &rc, dry_run, false, &out).await?;
@@ -541,11 +541,20 @@ async fn retention_run(
         if !out.json && !out.quiet {
             print_retention(&plan, dry_run);
         }
+        let mut forgotten = remove.len();
         if !dry_run {
-            repo.forget(&remove).await?;
+            let r = repo.forget(&remove).await?;
+            forgotten = r.forgotten.len();
+            if !r.retained.is_empty() && !out.json && !out.quiet {
+                println!(
+                    "{} snapshot(s) still under Object Lock retention were kept; they go once it expires",
+                    r.retained.len()
+                );
+            }
+            json["retained"] = serde_json::to_value(&r.retained)?;
         }
         json["plan"] = serde_json::to_value(&plan)?;
-        json["forgotten"] = remove.len().into();
+        json["forgotten"] = forgotten.into();
     }
     if gc {
         let mut opts = rc.gc_options()?;

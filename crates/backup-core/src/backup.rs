@@ -95,6 +95,8 @@ pub struct BackupReport {
     pub chunks_new: usize,
     pub stored_bytes: u64,
     pub seconds: f64,
+    /// Store requests retried during the run (throttling, 5xx, dropped connections).
+    pub store_retries: u64,
 }
 
 /// Backs up every source into one snapshot, all or nothing.
@@ -122,6 +124,7 @@ pub async fn backup(
     }
     // Announce the run before reading anything, so a concurrent GC keeps every chunk we may
     // rely on; wait for a running GC to finish first.
+    let retries_before = repo.store().retries();
     let marker = RunMarker::start(repo, opts.stale_after).await?;
     let result = run_items(repo, sources, opts, time).await;
     marker.finish().await;
@@ -133,6 +136,7 @@ pub async fn backup(
         stored_bytes: reports.iter().map(|r| r.stored_bytes).sum(),
         items: reports,
         seconds: t0.elapsed().as_secs_f64(),
+        store_retries: repo.store().retries() - retries_before,
     })
 }
 
@@ -145,10 +149,15 @@ async fn run_items(
     let known = Arc::new(Mutex::new(Repository::chunks_of(&repo.snapshots().await?)));
     let mut items = Vec::new();
     let mut reports = Vec::new();
+    let mut reused = HashSet::new();
     for mut src in sources {
-        let (item, report) = backup_item(repo, &mut *src, &known, opts).await?;
+        let (item, report, item_reused) = backup_item(repo, &mut *src, &known, opts).await?;
         items.push(item);
         reports.push(report);
+        reused.extend(item_reused);
+    }
+    if repo.store().retention_days().is_some() {
+        extend_retention(repo, reused, opts.concurrency).await?;
     }
     if let Some(hook) = &opts.before_commit {
         (hook.0)().await;
@@ -177,7 +186,7 @@ async fn backup_item(
     src: &mut dyn Source,
     known: &Arc<Mutex<HashSet<ChunkId>>>,
     opts: &BackupOptions,
-) -> Result<(Item, ItemReport)> {
+) -> Result<(Item, ItemReport, Vec<ChunkId>)> {
     let t0 = Instant::now();
     let started = Utc::now();
     let name = src.name().to_string();
@@ -209,15 +218,19 @@ async fn backup_item(
         .buffered(concurrency);
 
     let mut chunks = Vec::new();
+    let mut reused = Vec::new();
     let (mut chunks_new, mut stored_bytes) = (0usize, 0u64);
     let mut failure = None;
     while let Some(r) = results.next().await {
         match r {
             Ok((id, len, stored)) => {
                 chunks.push(id);
-                if let Stored::New(n) = stored {
-                    chunks_new += 1;
-                    stored_bytes += n;
+                match stored {
+                    Stored::New(n) => {
+                        chunks_new += 1;
+                        stored_bytes += n;
+                    }
+                    Stored::Reused => reused.push(id),
                 }
                 if let Some(p) = &opts.progress {
                     p.add(len);
@@ -271,7 +284,23 @@ async fn backup_item(
         stored_bytes,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    Ok((item, report))
+    Ok((item, report, reused))
+}
+
+/// Object Lock: a reused chunk may be locked for less time than this snapshot needs; extend it
+/// so every object of the new snapshot is protected for the full period.
+async fn extend_retention(
+    repo: &Repository,
+    chunks: HashSet<ChunkId>,
+    concurrency: usize,
+) -> Result<()> {
+    let mut work = futures::stream::iter(chunks)
+        .map(|id| async move { repo.store().extend_retention(&id.object_key()).await })
+        .buffer_unordered(concurrency.max(4) * 2);
+    while let Some(r) = work.next().await {
+        r?;
+    }
+    Ok(())
 }
 
 async fn store_chunk(

@@ -110,6 +110,9 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         }
     }
     let unreferenced_chunks = stored.iter().filter(|c| !users.contains_key(c)).count();
+    if let Some(days) = repo.store().retention_days() {
+        problems.extend(check_retention(repo, &snapshots, days, opts.concurrency).await?);
+    }
     let (mut chunks_read, mut bytes_read) = (0, 0u64);
     if opts.read_data {
         let mut reads = futures::stream::iter(present)
@@ -136,6 +139,55 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         unreferenced_chunks,
         problems,
     })
+}
+
+/// Every object of a live snapshot must be locked until the snapshot's time plus `days`.
+async fn check_retention(
+    repo: &Repository,
+    snapshots: &[crate::manifest::Snapshot],
+    days: u32,
+    concurrency: usize,
+) -> Result<Vec<Problem>> {
+    let mut need: BTreeMap<ChunkId, (chrono::DateTime<chrono::Utc>, SnapshotId, String)> =
+        BTreeMap::new();
+    for s in snapshots {
+        let until = s.time + chrono::Duration::days(i64::from(days));
+        for it in &s.items {
+            for c in &it.chunks {
+                let e = need.entry(*c).or_insert((until, s.id, it.name.clone()));
+                if until > e.0 {
+                    *e = (until, s.id, it.name.clone());
+                }
+            }
+        }
+    }
+    // An hour of slack for clock differences between this host and the store.
+    let slack = chrono::Duration::hours(1);
+    let mut out = Vec::new();
+    let mut lookups = futures::stream::iter(need)
+        .map(|(chunk, (until, snap, item))| async move {
+            let have = repo.store().retention_until(&chunk.object_key()).await;
+            (chunk, until, snap, item, have)
+        })
+        .buffer_unordered(concurrency.max(4) * 2);
+    while let Some((chunk, until, snap, item, have)) = lookups.next().await {
+        let message = match have? {
+            None => format!(
+                "chunk {chunk} of item {item} in snapshot {snap} has no Object Lock retention"
+            ),
+            Some(h) if h + slack < until => format!(
+                "chunk {chunk} of item {item} in snapshot {snap} is locked until {h}, short of {until}"
+            ),
+            Some(_) => continue,
+        };
+        out.push(Problem {
+            snapshot: Some(snap),
+            item: Some(item),
+            chunk: Some(chunk),
+            message,
+        });
+    }
+    Ok(out)
 }
 
 fn problem(e: Error) -> Problem {

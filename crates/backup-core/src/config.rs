@@ -19,7 +19,8 @@ use crate::secret::SecretSource;
 use crate::source::postgres::{PgTools, PostgresSource, RowCounts, conninfo, globals_source};
 use crate::source::redis::{RedisMode, RedisOptions, RedisSource};
 use crate::source::{CommandSource, Source, VolumeOptions, VolumeSource};
-use crate::store::{LocalStore, Store};
+use crate::store::s3::ObjectLock;
+use crate::store::{LocalStore, S3Options, S3Store, Store};
 use zeroize::Zeroizing;
 
 /// A whole configuration file.
@@ -133,6 +134,35 @@ pub struct RepositoryConfig {
     pub password_command: Option<String>,
     pub key_file: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
+    /// Settings for `s3://` repositories.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+/// `[repository.s3]`: the standard AWS environment works too (`AWS_ENDPOINT_URL`,
+/// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, profiles, instance roles).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub storage_class: Option<String>,
+    pub access_key_id: Option<String>,
+    /// File holding the secret access key.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Attempts per request, retries included (default 8).
+    pub max_attempts: Option<u32>,
+    /// `{ mode = "governance" | "compliance", days = N }`.
+    pub object_lock: Option<ObjectLockConfig>,
+}
+
+/// Object Lock settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    pub mode: String,
+    pub days: u32,
 }
 
 /// `[backup]`: run settings.
@@ -517,6 +547,7 @@ pub struct ResolvedRepo {
     pub url: String,
     pub secret: Option<SecretSource>,
     pub cache: CacheOptions,
+    pub s3: S3Config,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -579,7 +610,13 @@ impl RepoArgs {
                 .or_else(|| rc.and_then(|r| r.cache_dir.clone())),
             disabled: self.no_cache,
         };
-        Ok(ResolvedRepo { url, secret, cache })
+        let s3 = rc.map(|r| r.s3.clone()).unwrap_or_default();
+        Ok(ResolvedRepo {
+            url,
+            secret,
+            cache,
+            s3,
+        })
     }
 }
 
@@ -592,14 +629,14 @@ impl ResolvedRepo {
     }
 
     /// Opens the store.
-    pub fn store(&self) -> Result<Arc<dyn Store>> {
-        open_store(&self.url)
+    pub async fn store(&self) -> Result<Arc<dyn Store>> {
+        open_store(&self.url, &self.s3).await
     }
 
     /// Opens the repository.
     pub async fn open(&self) -> Result<Repository> {
         let secret = self.secret_source()?.resolve()?;
-        Repository::open(self.store()?, &secret, self.cache.clone()).await
+        Repository::open(self.store().await?, &secret, self.cache.clone()).await
     }
 
     /// Where the run lock of this repository lives on this host.
@@ -613,11 +650,44 @@ impl ResolvedRepo {
     }
 }
 
-/// Opens the store a repository URL names.
-pub fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+/// Opens the store a repository URL names: a directory, or `s3://bucket/prefix`.
+pub async fn open_store(url: &str, s3: &S3Config) -> Result<Arc<dyn Store>> {
+    if url.starts_with("s3://") {
+        let mut o = S3Options::from_url(url)?;
+        o.endpoint = s3
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        o.region = s3.region.clone();
+        o.path_style = s3.path_style.unwrap_or(o.path_style);
+        o.storage_class = s3.storage_class.clone();
+        if let Some(id) = &s3.access_key_id {
+            o.access_key_id = Some(id.clone());
+            o.secret_access_key = read_password(s3.secret_access_key_file.as_deref(), None)?;
+        }
+        if let Some(n) = s3.max_attempts {
+            o.max_attempts = n;
+        }
+        if let Some(l) = &s3.object_lock {
+            let compliance = match l.mode.to_ascii_lowercase().as_str() {
+                "compliance" => true,
+                "governance" => false,
+                other => {
+                    return Err(Error::Usage(format!(
+                        "object_lock mode {other:?}: use \"governance\" or \"compliance\""
+                    )));
+                }
+            };
+            o.object_lock = Some(ObjectLock {
+                compliance,
+                days: l.days,
+            });
+        }
+        return Ok(Arc::new(S3Store::new(o).await?));
+    }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(Error::Usage(format!(
-            "repository {url}: {scheme}:// repositories are not supported by this build; use a directory path"
+            "repository {url}: {scheme}:// is not supported; use a directory path or s3://bucket/prefix"
         )));
     }
     Ok(Arc::new(LocalStore::new(url)))

@@ -83,6 +83,14 @@ impl RepoConfig {
     }
 }
 
+/// What [`Repository::forget`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForgetReport {
+    pub forgotten: Vec<SnapshotId>,
+    /// Still under Object Lock retention: kept, to be forgotten once it expires.
+    pub retained: Vec<SnapshotId>,
+}
+
 /// Options for [`Repository::init`].
 #[derive(Debug, Clone, Default)]
 pub struct InitOptions {
@@ -138,6 +146,7 @@ impl Repository {
         opts: InitOptions,
     ) -> Result<Repository> {
         opts.chunker.validate()?;
+        store.verify().await?;
         match store.head("config").await {
             Ok(_) => {
                 return Err(Error::RepositoryExists {
@@ -437,8 +446,9 @@ impl Repository {
     }
 
     /// Removes snapshot manifests (their chunks stay until garbage collection). Protected
-    /// snapshots are refused.
-    pub async fn forget(&self, ids: &[SnapshotId]) -> Result<usize> {
+    /// snapshots are refused; snapshots still under Object Lock retention are skipped and
+    /// reported, not treated as errors.
+    pub async fn forget(&self, ids: &[SnapshotId]) -> Result<ForgetReport> {
         let protected = self.protected().await?;
         if let Some(p) = ids.iter().find(|i| protected.contains(i)) {
             return Err(Error::Usage(format!(
@@ -446,13 +456,21 @@ impl Repository {
                 p.short()
             )));
         }
+        let mut report = ForgetReport::default();
         for id in ids {
-            self.store.delete(&id.object_key()).await?;
+            match self.store.delete(&id.object_key()).await {
+                Ok(()) => report.forgotten.push(*id),
+                Err(Error::Retained { .. }) => {
+                    report.retained.push(*id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if let Some(p) = self.cache_path(id) {
                 let _ = std::fs::remove_file(p);
             }
         }
-        Ok(ids.len())
+        Ok(report)
     }
 
     /// Key slots of the repository.

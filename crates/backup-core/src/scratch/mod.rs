@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod redis;
+pub mod s3;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@
 pub mod conformance;
 pub mod faulty;
 pub mod local;
+pub mod s3;
 
 use std::ops::Range;
 
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 
 pub use faulty::{Fault, FaultyStore};
 pub use local::LocalStore;
+pub use s3::{S3Options, S3Store};
 
 /// Whether a put may replace an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
     /// Removes an object; succeeds if it does not exist.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Requests retried so far (network stores); reported by backups.
+    fn retries(&self) -> u64 {
+        0
+    }
+    /// Checks the store is usable as configured (bucket reachable, Object Lock enabled when
+    /// configured); `init` calls it.
+    async fn verify(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Days of retention (Object Lock) every written object gets, if configured.
+    fn retention_days(&self) -> Option<u32> {
+        None
+    }
+    /// Extends an existing object's retention to the configured horizon (never shortens).
+    async fn extend_retention(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
+    /// When an object's retention ends, if it has one.
+    async fn retention_until(&self, _key: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(None)
+    }
 }
 
 /// Refuses keys that could escape a directory or be misread by a server.

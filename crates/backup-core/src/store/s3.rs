@@ -1,0 +1,568 @@
+//! `S3Store`: any S3-compatible service (AWS, MinIO, Ceph, B2, R2, Wasabi) through aws-sdk-s3.
+//!
+//! Create-only puts use `If-None-Match: *`; listing pages through ListObjectsV2; retries with
+//! backoff and jitter on throttling, 5xx and connection errors are the SDK's standard retry
+//! mode, configured here and nowhere else. Objects are at most a chunk (16 MiB) or a manifest,
+//! so a single PutObject with a known length carries each one; multipart upload is not needed.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Intercept, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
+use aws_sdk_s3::types::{ObjectLockMode, StorageClass};
+use chrono::{DateTime, Utc};
+
+use super::{ObjectMeta, PutMode, Store, validate_key};
+use crate::error::{Error, Result};
+
+/// Object Lock applied to every object written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// COMPLIANCE cannot be shortened or removed by anyone; GOVERNANCE by privileged users.
+    pub compliance: bool,
+    pub days: u32,
+}
+
+/// How to reach a bucket.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    pub bucket: String,
+    /// Key prefix inside the bucket (no leading or trailing `/`).
+    pub prefix: String,
+    /// Custom endpoint (MinIO, Ceph…); `AWS_ENDPOINT_URL` otherwise.
+    pub endpoint: Option<String>,
+    /// `AWS_REGION` otherwise; `us-east-1` if neither.
+    pub region: Option<String>,
+    /// Path-style addressing (`LIFEBOAT_S3_PATH_STYLE=true` too).
+    pub path_style: bool,
+    pub storage_class: Option<String>,
+    /// Static credentials; the standard AWS chain (env, profile, container/instance) otherwise.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Attempts per request, retries included (default 8).
+    pub max_attempts: u32,
+    pub object_lock: Option<ObjectLock>,
+}
+
+impl S3Options {
+    /// Parses `s3://bucket/prefix`.
+    pub fn from_url(url: &str) -> Result<S3Options> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| Error::Usage(format!("{url} is not an s3:// URL")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Usage(format!("{url}: no bucket")));
+        }
+        Ok(S3Options {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            path_style: std::env::var("LIFEBOAT_S3_PATH_STYLE")
+                .is_ok_and(|v| v == "true" || v == "1"),
+            max_attempts: 8,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct AttemptCounter {
+    attempts: AtomicU64,
+}
+
+/// Counts HTTP attempts (first tries and retries alike).
+#[derive(Debug, Clone)]
+struct CountAttempts(Arc<AttemptCounter>);
+
+impl Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "lifeboat-attempt-counter"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _ctx: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_s3::error::BoxError> {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A bucket (and prefix) as a store.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    opts: S3Options,
+    attempts: Arc<AttemptCounter>,
+    requests: Arc<AtomicU64>,
+}
+
+impl S3Store {
+    /// Builds the client (no request is made).
+    pub async fn new(opts: S3Options) -> Result<S3Store> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        if let Some(r) = opts
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+        {
+            loader = loader.region(Region::new(r));
+        } else {
+            loader = loader.region(Region::new("us-east-1"));
+        }
+        if let Some(e) = &opts.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        if let (Some(id), Some(secret)) = (&opts.access_key_id, &opts.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "lifeboat-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let attempts = Arc::new(AttemptCounter::default());
+        let conf = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(opts.path_style)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(opts.max_attempts.max(1))
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            )
+            .interceptor(CountAttempts(attempts.clone()))
+            .build();
+        Ok(S3Store {
+            client: Client::from_conf(conf),
+            opts,
+            attempts,
+            requests: Arc::default(),
+        })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &S3Options {
+        &self.opts
+    }
+
+    /// Creates the bucket (tests, `init` on a fresh server), with Object Lock if asked.
+    pub async fn create_bucket(&self, object_lock: bool) -> Result<()> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .create_bucket()
+            .bucket(&self.opts.bucket)
+            .object_lock_enabled_for_bucket(object_lock)
+            .send()
+            .await
+            .map_err(|e| self.err("create bucket", "", e))?;
+        Ok(())
+    }
+
+    fn attempts_beyond_first(&self) -> u64 {
+        self.attempts
+            .attempts
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.requests.load(Ordering::Relaxed))
+    }
+
+    fn full_key(&self, key: &str) -> Result<String> {
+        validate_key(key)?;
+        Ok(if self.opts.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.opts.prefix)
+        })
+    }
+
+    fn err<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let code = e.code().map(str::to_string);
+        match (status, code.as_deref()) {
+            (Some(404), _) | (_, Some("NoSuchKey")) | (_, Some("NotFound")) => Error::NotFound {
+                key: key.to_string(),
+                location: self.location(),
+            },
+            (Some(412), _) | (_, Some("PreconditionFailed")) => Error::AlreadyExists {
+                key: key.to_string(),
+                location: self.location(),
+            },
+            (Some(403), _) if op == "delete" && self.opts.object_lock.is_some() => {
+                Error::Retained {
+                    key: key.to_string(),
+                    location: self.location(),
+                }
+            }
+            _ => Error::Store {
+                location: self.location(),
+                op,
+                key: key.to_string(),
+                source: std::io::Error::other(format!("{}", DisplayErrorContext(&e))),
+            },
+        }
+    }
+
+    fn lock_until(&self) -> Option<AwsDateTime> {
+        self.opts.object_lock.map(|l| {
+            let until = Utc::now() + chrono::Duration::days(i64::from(l.days));
+            AwsDateTime::from_secs(until.timestamp())
+        })
+    }
+
+    fn lock_mode(&self) -> Option<ObjectLockMode> {
+        self.opts.object_lock.map(|l| {
+            if l.compliance {
+                ObjectLockMode::Compliance
+            } else {
+                ObjectLockMode::Governance
+            }
+        })
+    }
+
+    /// Checks the bucket answers, and has Object Lock enabled when configured.
+    async fn verify_bucket(&self) -> Result<()> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .head_bucket()
+            .bucket(&self.opts.bucket)
+            .send()
+            .await
+            .map_err(|e| self.err("head bucket", "", e))?;
+        if self.opts.object_lock.is_some() {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let cfg = self
+                .client
+                .get_object_lock_configuration()
+                .bucket(&self.opts.bucket)
+                .send()
+                .await;
+            let enabled = matches!(&cfg, Ok(c) if c.object_lock_configuration().and_then(|o| o.object_lock_enabled()).is_some());
+            if !enabled {
+                return Err(Error::Config {
+                    path: self.location(),
+                    detail: "object_lock is configured but the bucket does not have Object Lock enabled (it can only be enabled when the bucket is created, with versioning)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Retention end of an object (Object Lock), if any.
+    async fn get_retention(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
+        let k = self.full_key(key)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match self
+            .client
+            .get_object_retention()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .send()
+            .await
+        {
+            Ok(r) => Ok(r
+                .retention()
+                .and_then(|r| r.retain_until_date())
+                .and_then(|d| DateTime::from_timestamp(d.secs(), 0))),
+            Err(e) => match self.err("get retention", key, e) {
+                Error::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Extends an object's retention to the configured horizon (never shortens it).
+    async fn put_retention(&self, key: &str) -> Result<()> {
+        let (Some(mode), Some(until)) = (self.lock_mode(), self.lock_until()) else {
+            return Ok(());
+        };
+        let k = self.full_key(key)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .put_object_retention()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(mode.as_str().into())
+                    .retain_until_date(until)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("extend retention", key, e))?;
+        Ok(())
+    }
+}
+
+fn to_chrono(d: Option<&AwsDateTime>) -> Option<DateTime<Utc>> {
+    d.and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()))
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn location(&self) -> String {
+        if self.opts.prefix.is_empty() {
+            format!("s3://{}", self.opts.bucket)
+        } else {
+            format!("s3://{}/{}", self.opts.bucket, self.opts.prefix)
+        }
+    }
+
+    fn retries(&self) -> u64 {
+        self.attempts_beyond_first()
+    }
+
+    async fn verify(&self) -> Result<()> {
+        self.verify_bucket().await
+    }
+
+    fn retention_days(&self) -> Option<u32> {
+        self.opts.object_lock.map(|l| l.days)
+    }
+
+    async fn extend_retention(&self, key: &str) -> Result<()> {
+        self.put_retention(key).await
+    }
+
+    async fn retention_until(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
+        self.get_retention(key).await
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
+        let k = self.full_key(key)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data));
+        if mode == PutMode::CreateOnly {
+            req = req.if_none_match("*");
+        }
+        if let Some(sc) = &self.opts.storage_class {
+            req = req.storage_class(StorageClass::from(sc.as_str()));
+        }
+        // Data and keys are locked; coordination objects (markers, protection marks) must stay
+        // deletable, or a finished backup's marker would block GC for the retention period.
+        let data = ["chunks/", "snapshots/", "keys/"]
+            .iter()
+            .any(|p| key.starts_with(p))
+            || key == "config";
+        if let (Some(m), Some(u), true) = (self.lock_mode(), self.lock_until(), data) {
+            req = req.object_lock_mode(m).object_lock_retain_until_date(u);
+        }
+        req.send().await.map_err(|e| self.err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let k = self.full_key(key)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .send()
+            .await
+            .map_err(|e| self.err("get", key, e))?;
+        let body = out.body.collect().await.map_err(|e| Error::Store {
+            location: self.location(),
+            op: "get",
+            key: key.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        if range.end <= range.start {
+            self.head(key).await?;
+            return Ok(Vec::new());
+        }
+        let k = self.full_key(key)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let res = self
+            .client
+            .get_object()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await;
+        let out = match res {
+            Ok(o) => o,
+            // 416: the range starts past the end; the contract clamps it to empty.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                self.head(key).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.err("get", key, e)),
+        };
+        let body = out.body.collect().await.map_err(|e| Error::Store {
+            location: self.location(),
+            op: "get",
+            key: key.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let k = self.full_key(key)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .send()
+            .await
+            .map_err(|e| self.err("head", key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            modified: to_chrono(out.last_modified()),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let full = if self.opts.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.opts.prefix)
+        };
+        let strip = if self.opts.prefix.is_empty() {
+            0
+        } else {
+            self.opts.prefix.len() + 1
+        };
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.opts.bucket)
+                .prefix(&full)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("list", prefix, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key()
+                    && k.len() >= strip
+                {
+                    out.push(ObjectMeta {
+                        key: k[strip..].to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: to_chrono(o.last_modified()),
+                    });
+                }
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() || page.is_truncated() != Some(true) {
+                break;
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let k = self.full_key(key)?;
+        if self.opts.object_lock.is_some() {
+            // Object Lock buckets are versioned: a plain delete only adds a delete marker and
+            // frees nothing. Delete every version; the server refuses locked ones.
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let versions = self
+                .client
+                .list_object_versions()
+                .bucket(&self.opts.bucket)
+                .prefix(&k)
+                .send()
+                .await
+                .map_err(|e| self.err("list versions", key, e))?;
+            let ids: Vec<String> = versions
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(k.as_str()))
+                .filter_map(|v| v.version_id().map(str::to_string))
+                .chain(
+                    versions
+                        .delete_markers()
+                        .iter()
+                        .filter(|m| m.key() == Some(k.as_str()))
+                        .filter_map(|m| m.version_id().map(str::to_string)),
+                )
+                .collect();
+            for v in ids {
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.opts.bucket)
+                    .key(&k)
+                    .version_id(&v)
+                    .send()
+                    .await
+                {
+                    match self.err("delete", key, e) {
+                        Error::NotFound { .. } => {}
+                        other => return Err(other),
+                    }
+                }
+            }
+            return Ok(());
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.opts.bucket)
+            .key(&k)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.err("delete", key, e) {
+                Error::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
