@@ -479,6 +479,12 @@ async fn run_backup(
             report.chunks_new,
             human_bytes(report.stored_bytes)
         );
+        if report.store_retries > 0 {
+            s.push_str(&format!(
+                "; {} storage requests retried",
+                report.store_retries
+            ));
+        }
         for i in &report.items {
             s.push_str(&format!(
                 "\n  {:<20} {:<8} {:>10}  {} chunks, {} new",

@@ -258,7 +258,16 @@ impl S3Store {
             .bucket(&self.opts.bucket)
             .send()
             .await
-            .map_err(|e| self.err("head bucket", "", e))?;
+            .map_err(|e| match self.err("head bucket", "", e) {
+                Error::NotFound { .. } => Error::Config {
+                    path: self.location(),
+                    detail: format!(
+                        "bucket {} does not exist (or is not visible with these credentials); create it first, with Object Lock if you want immutable backups",
+                        self.opts.bucket
+                    ),
+                },
+                other => other,
+            })?;
         if self.opts.object_lock.is_some() {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let cfg = self
