@@ -423,3 +423,132 @@ async fn object_lock_protects_every_object_and_extends_reused_chunks() {
 async fn restore_after_forget_still_has_objects(store: &Arc<dyn Store>, key: &str) -> bool {
     store.head(key).await.is_ok()
 }
+
+/// Every kind of source through S3 in one snapshot, restored from a cold machine.
+#[tokio::test]
+async fn volume_command_postgres_and_redis_round_trip_through_s3() {
+    use backup_core::config::{PostgresConfig, RedisConfig};
+    use backup_core::restore::postgres::PgRestoreOptions;
+    use backup_core::restore::redis::RedisRestoreOptions;
+    use backup_core::restore::{ApplyOptions, RestoreOptions, apply, plan};
+    use backup_core::scratch::postgres::{ScratchPostgres, server_bin_dir};
+    use backup_core::scratch::redis::{ScratchRedis, ScratchRedisOptions, seed_fixture};
+    use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+
+    let Some(s) = server() else { return };
+    let have_pg = server_bin_dir().is_some();
+    let have_redis = backup_core::scratch::find_program("redis-server", &[]).is_some();
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(
+            have_pg && have_redis,
+            "PostgreSQL and redis-server are installed under CI"
+        );
+    }
+    bucket(&s, "everything").await;
+    let repo = s3_repo(store(&s.endpoint(), "everything", "prod").await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("sub/file.txt"), "volume data").unwrap();
+    std::fs::write(vol.join("big.bin"), random_bytes(76, 5 << 20)).unwrap();
+    let mut sources: Vec<Box<dyn Source>> = vec![
+        Box::new(VolumeSource::new("files", &vol, VolumeOptions::default())),
+        Box::new(CommandSource::new("etcd", "printf etcd-snapshot-bytes")),
+    ];
+    let pg = if have_pg {
+        let pg = ScratchPostgres::start().unwrap();
+        pg.psql("postgres", "CREATE DATABASE app").unwrap();
+        pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g").unwrap();
+        sources.extend(
+            PostgresConfig::from_url(&pg.url("app"))
+                .sources("db")
+                .await
+                .unwrap(),
+        );
+        Some(pg)
+    } else {
+        None
+    };
+    let redis = if have_redis {
+        let r = ScratchRedis::start(ScratchRedisOptions::default())
+            .await
+            .unwrap();
+        seed_fixture(&mut r.connect_as(None, None).await.unwrap())
+            .await
+            .unwrap();
+        sources.push(Box::new(
+            RedisConfig::from_url(&r.url()).source("cache").unwrap(),
+        ));
+        Some(r)
+    } else {
+        None
+    };
+    backup(&repo, sources, &BackupOptions::default())
+        .await
+        .unwrap();
+
+    let cold: Arc<dyn Store> = Arc::new(store(&s.endpoint(), "everything", "prod").await);
+    let cold = Repository::open(
+        cold,
+        &passphrase("p"),
+        CacheOptions {
+            disabled: true,
+            dir: None,
+        },
+    )
+    .await
+    .unwrap();
+    let snap = cold.find_snapshot("latest").await.unwrap();
+    let out = dir.path().join("out");
+    let mut opts = RestoreOptions {
+        to: Some(out.clone()),
+        only: vec!["files".into(), "etcd".into()],
+        ..Default::default()
+    };
+    let p = plan(&snap, &opts).await.unwrap();
+    apply(&cold, &snap, &p, &ApplyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("files/sub/file.txt")).unwrap(),
+        "volume data"
+    );
+    assert!(
+        std::fs::read(out.join("files/big.bin")).unwrap()
+            == std::fs::read(vol.join("big.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("etcd")).unwrap(),
+        "etcd-snapshot-bytes"
+    );
+    if let Some(pg) = &pg {
+        opts = RestoreOptions {
+            only: vec!["db".into()],
+            postgres: PgRestoreOptions {
+                url: Some(pg.url("restored")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = plan(&snap, &opts).await.unwrap();
+        let r = apply(&cold, &snap, &p, &ApplyOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.items[0].sink.verified_tables, Some(1));
+    }
+    if redis.is_some() {
+        opts = RestoreOptions {
+            only: vec!["cache".into()],
+            redis: RedisRestoreOptions {
+                scratch: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = plan(&snap, &opts).await.unwrap();
+        let r = apply(&cold, &snap, &p, &ApplyOptions::default())
+            .await
+            .unwrap();
+        assert!(r.items[0].sink.note.as_deref().unwrap().contains("checked"));
+    }
+}
