@@ -167,17 +167,8 @@ impl PostgresSource {
     }
 }
 
-const INFO_SQL: &str = "SELECT json_build_object(
-    'snapshot', pg_export_snapshot(),
-    'server_version', current_setting('server_version'),
-    'server_version_num', current_setting('server_version_num')::int,
-    'database', current_database(),
-    'database_size', pg_database_size(current_database()),
-    'encoding', pg_encoding_to_char(d.encoding),
-    'collate', d.datcollate,
-    'ctype', d.datctype,
-    'extensions', (SELECT coalesce(json_object_agg(extname, extversion), '{}') FROM pg_extension),
-    'objects', (SELECT json_build_object(
+/// Schema object counts of the current database, as one JSON object (facts and drills).
+pub const OBJECTS_SQL: &str = "SELECT json_build_object(
         'schemas', (SELECT count(*) FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%'),
         'tables', count(*) FILTER (WHERE c.relkind IN ('r', 'p')),
         'views', count(*) FILTER (WHERE c.relkind IN ('v', 'm')),
@@ -186,8 +177,24 @@ const INFO_SQL: &str = "SELECT json_build_object(
         'functions', (SELECT count(*) FROM pg_proc p JOIN pg_namespace pn ON pn.oid = p.pronamespace WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')),
         'large_objects', (SELECT count(*) FROM pg_largeobject_metadata))
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'))
-  FROM pg_database d WHERE d.datname = current_database()";
+      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'";
+
+fn info_sql() -> String {
+    format!(
+        "SELECT json_build_object(
+    'snapshot', pg_export_snapshot(),
+    'server_version', current_setting('server_version'),
+    'server_version_num', current_setting('server_version_num')::int,
+    'database', current_database(),
+    'database_size', pg_database_size(current_database()),
+    'encoding', pg_encoding_to_char(d.encoding),
+    'collate', d.datcollate,
+    'ctype', d.datctype,
+    'extensions', (SELECT coalesce(json_object_agg(extname, extversion), '{{}}') FROM pg_extension),
+    'objects', ({OBJECTS_SQL}))
+  FROM pg_database d WHERE d.datname = current_database()"
+    )
+}
 
 /// User tables (and partitioned tables) with their planner estimates.
 pub const TABLES_SQL: &str = "SELECT coalesce(json_agg(json_build_array(n.nspname, c.relname, c.reltuples::bigint) ORDER BY n.nspname, c.relname), '[]')
@@ -272,7 +279,7 @@ impl Source for PostgresSource {
             .exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| self.fail(e))?;
-        let info = session.json(INFO_SQL).await.map_err(|e| self.fail(e))?;
+        let info = session.json(&info_sql()).await.map_err(|e| self.fail(e))?;
         let tables = parse_tables(&session.json(TABLES_SQL).await.map_err(|e| self.fail(e))?);
         let snapshot = info["snapshot"].as_str().unwrap_or_default().to_string();
         let server_major = info["server_version_num"].as_u64().unwrap_or(0) / 10000;

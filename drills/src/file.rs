@@ -1,0 +1,204 @@
+//! The drill file: which repository and snapshot, budgets, scratch targets, custom checks.
+
+use std::path::{Path, PathBuf};
+
+use backup_core::config::RepositoryConfig;
+use backup_core::error::{Error, Result};
+use serde::Deserialize;
+
+/// A drill file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillFile {
+    /// The repository, as in a backup config's `[repository]`…
+    pub repository: Option<RepositoryConfig>,
+    /// …or the backup config it belongs to.
+    pub config: Option<PathBuf>,
+    /// `latest` (default), a snapshot id (prefix).
+    #[serde(default = "latest")]
+    pub snapshot: String,
+    /// With `snapshot = "latest"`: the newest snapshot holding all these items.
+    #[serde(default)]
+    pub items: Vec<String>,
+    #[serde(default)]
+    pub budgets: Budgets,
+    #[serde(default)]
+    pub targets: Targets,
+    #[serde(default)]
+    pub checks: Checks,
+    #[serde(default)]
+    pub reports: Reports,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+/// RPO and RTO budgets (`26h`, `15m`…).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    /// RPO: the snapshot may be at most this old.
+    pub max_snapshot_age: Option<String>,
+    /// RTO: restoring and checking everything may take at most this long.
+    pub max_restore_time: Option<String>,
+}
+
+/// Where each item kind is restored: `"ephemeral"` (a scratch server or temp dir the drill
+/// starts and removes) or an existing scratch URL / directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    #[serde(default = "ephemeral")]
+    pub postgres: String,
+    #[serde(default = "ephemeral")]
+    pub redis: String,
+    #[serde(default = "ephemeral")]
+    pub directory: String,
+}
+
+fn ephemeral() -> String {
+    "ephemeral".into()
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets {
+            postgres: ephemeral(),
+            redis: ephemeral(),
+            directory: ephemeral(),
+        }
+    }
+}
+
+/// Custom checks, in addition to the built-in ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checks {
+    #[serde(default)]
+    pub sql: Vec<SqlCheck>,
+    #[serde(default)]
+    pub redis: Vec<RedisCheck>,
+    #[serde(default)]
+    pub shell: Vec<ShellCheck>,
+}
+
+/// `select …` against a restored PostgreSQL item; the first column of the first row is
+/// compared with `expect` (`> 0`, `>= 10`, `= 3`, `!= 0`, `< 5`, or an exact text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlCheck {
+    pub item: String,
+    pub sql: String,
+    pub expect: String,
+    pub name: Option<String>,
+}
+
+/// A Redis command against a restored Redis item (`["DBSIZE"]`, `["EXISTS", "k"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisCheck {
+    pub item: String,
+    pub command: Vec<String>,
+    pub expect: String,
+    #[serde(default)]
+    pub db: u32,
+    pub name: Option<String>,
+}
+
+/// A shell command that must exit 0. It sees `LIFEBOAT_DRILL_DIR` (restored files and
+/// volumes), `LIFEBOAT_PG_URL` and `LIFEBOAT_REDIS_URL` (scratch servers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellCheck {
+    pub command: String,
+    pub name: Option<String>,
+}
+
+/// Report paths (any may be omitted).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reports {
+    pub json: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
+    pub prometheus: Option<PathBuf>,
+}
+
+impl DrillFile {
+    /// Reads a drill file.
+    pub fn load(path: &Path) -> Result<DrillFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Compares `got` with an expectation: `> 0`, `>= 10`, `< 5`, `<= 5`, `= 3`, `== 3`, `!= 0`,
+/// or, when the expectation is not an operator and a number, exact text.
+pub fn expect_holds(expect: &str, got: &str) -> bool {
+    let e = expect.trim();
+    let got = got.trim();
+    for op in [">=", "<=", "!=", "==", ">", "<", "="] {
+        if let Some(rhs) = e.strip_prefix(op) {
+            let rhs = rhs.trim();
+            if let (Ok(a), Ok(b)) = (got.parse::<f64>(), rhs.parse::<f64>()) {
+                return match op {
+                    ">=" => a >= b,
+                    "<=" => a <= b,
+                    "!=" => a != b,
+                    "==" | "=" => a == b,
+                    ">" => a > b,
+                    _ => a < b,
+                };
+            }
+            return match op {
+                "!=" => got != rhs,
+                "==" | "=" => got == rhs,
+                _ => false,
+            };
+        }
+    }
+    got == e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations() {
+        let cases = [
+            ("> 0", "5", true),
+            ("> 0", "0", false),
+            (">= 10", "10", true),
+            ("< 5", "4.5", true),
+            ("= 3", "3", true),
+            ("== 3", "4", false),
+            ("!= 0", "0", false),
+            ("= ok", "ok", true),
+            ("blue", "blue", true),
+            ("blue", "green", false),
+            ("> 0", "not a number", false),
+        ];
+        for (e, g, want) in cases {
+            assert_eq!(expect_holds(e, g), want, "{e} vs {g}");
+        }
+    }
+
+    #[test]
+    fn example_files_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            DrillFile::load(&e.path())
+                .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+            n += 1;
+        }
+        assert!(n >= 2);
+    }
+}

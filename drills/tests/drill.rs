@@ -1,0 +1,413 @@
+//! `lifeboat-drill` end to end: a passing demo, failures named in the report, budgets, cleanup
+//! after success, failure and SIGINT, and an S3 repository.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backup_core::backup::{BackupOptions, backup};
+use backup_core::config::PostgresConfig;
+use backup_core::repository::{CacheOptions, InitOptions, Repository};
+use backup_core::scratch::postgres::{ScratchPostgres, server_bin_dir};
+use backup_core::secret::SecretSource;
+use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use backup_core::store::{LocalStore, Store};
+
+fn drill(args: &[&str], tmp: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lifeboat-drill"))
+        .args(args)
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn need_servers() -> bool {
+    let ok = server_bin_dir().is_some()
+        && backup_core::scratch::find_program("redis-server", &[]).is_some();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PostgreSQL and redis-server are installed under CI"
+        );
+        eprintln!("SKIPPED: PostgreSQL or redis-server missing");
+    }
+    ok
+}
+
+/// Processes whose working directory or command line lies under `dir`.
+fn processes_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.path();
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let cwd = std::fs::read_link(p.join("cwd"))
+            .map(|c| c.display().to_string())
+            .unwrap_or_default();
+        let cmd = std::fs::read(p.join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        if cwd.starts_with(&d) || cmd.contains(&d) {
+            out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+fn assert_clean(tmp: &Path) {
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "temporary directories left: {left:?}");
+    let procs = processes_under(tmp);
+    assert!(procs.is_empty(), "scratch processes left: {procs:?}");
+}
+
+#[test]
+fn demo_drill_passes_and_its_report_shows_every_item_and_check() {
+    if !need_servers() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(&["demo"], tmp.path());
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{md}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(md.contains("# Restore drill: PASSED"), "{md}");
+    for needle in [
+        "| sample | volume",
+        "| app | postgres",
+        "| cache | redis",
+        "row counts equal the backup's facts",
+        "keys per db equal",
+        "schema object counts",
+        "RTO",
+        "RPO",
+        "restore s",
+    ] {
+        assert!(md.contains(needle), "report lacks {needle:?}:\n{md}");
+    }
+    assert!(!md.contains("FAIL"), "{md}");
+    assert_clean(tmp.path());
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    repo: Repository,
+    _pg: Option<ScratchPostgres>,
+}
+
+impl Setup {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn drill_file(&self, extra: &str) -> PathBuf {
+        let f = self.p("drill.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "[repository]\nurl = \"{}\"\npassword_file = \"{}\"\n\n[reports]\njson = \"{}\"\nmarkdown = \"{}\"\nprometheus = \"{}\"\n\n{extra}",
+                self.p("repo").display(),
+                self.p("pw").display(),
+                self.p("report.json").display(),
+                self.p("report.md").display(),
+                self.p("drill.prom").display()
+            ),
+        )
+        .unwrap();
+        f
+    }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.p("report.json")).unwrap()).unwrap()
+    }
+}
+
+async fn setup(with_pg: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "pw\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("vol/sub")).unwrap();
+    std::fs::write(dir.path().join("vol/sub/a.txt"), "alpha").unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("repo")));
+    let secret = SecretSource::PasswordFile(dir.path().join("pw"))
+        .resolve()
+        .unwrap();
+    let init = InitOptions {
+        kdf: backup_core::codec::keys::KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        cache: CacheOptions {
+            disabled: true,
+            dir: None,
+        },
+        ..Default::default()
+    };
+    let repo = Repository::init(store, &secret, init).await.unwrap();
+    let mut sources: Vec<Box<dyn Source>> = vec![
+        Box::new(VolumeSource::new(
+            "files",
+            dir.path().join("vol"),
+            VolumeOptions::default(),
+        )),
+        Box::new(CommandSource::new("dump", "head -c 3000000 /dev/urandom")),
+    ];
+    let pg = if with_pg {
+        let pg = ScratchPostgres::start().unwrap();
+        pg.psql("postgres", "CREATE DATABASE shop").unwrap();
+        pg.psql("shop", "CREATE TABLE orders (id int PRIMARY KEY, amount int); INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g").unwrap();
+        sources.extend(
+            PostgresConfig::from_url(&pg.url("shop"))
+                .sources("shop")
+                .await
+                .unwrap(),
+        );
+        Some(pg)
+    } else {
+        None
+    };
+    backup(&repo, sources, &BackupOptions::default())
+        .await
+        .unwrap();
+    Setup { dir, repo, _pg: pg }
+}
+
+#[tokio::test]
+async fn failing_checks_and_budgets_are_named_and_exit_distinctly() {
+    if !need_servers() {
+        return;
+    }
+    let s = setup(true).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A custom SQL assertion that does not hold: exit 8, check named.
+    let f = s.drill_file("[[checks.sql]]\nitem = \"shop\"\nname = \"big orders exist\"\nsql = \"select count(*) from orders where amount > 1000\"\nexpect = \"> 0\"\n");
+    let out = drill(&["run", f.to_str().unwrap()], tmp.path());
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = s.report();
+    let failed: Vec<_> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["name"], "big orders exist");
+    assert_eq!(failed[0]["item"], "shop");
+    assert!(
+        std::fs::read_to_string(s.p("report.md"))
+            .unwrap()
+            .contains("| shop | big orders exist | **FAIL** |")
+    );
+    let prom = std::fs::read_to_string(s.p("drill.prom")).unwrap();
+    assert!(
+        prom.contains("lifeboat_drill_success 0") && prom.contains("check=\"big orders exist\"} 0"),
+        "{prom}"
+    );
+    assert_clean(tmp.path());
+
+    // Budgets: the snapshot is older than allowed, the restore slower than allowed: exit 9.
+    let f = s.drill_file("[budgets]\nmax_snapshot_age = \"0s\"\nmax_restore_time = \"0s\"\n");
+    let out = drill(&["run", f.to_str().unwrap()], tmp.path());
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = s.report();
+    assert_eq!(
+        (r["checks_passed"].as_bool(), r["budgets_held"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let md = std::fs::read_to_string(s.p("report.md")).unwrap();
+    assert!(
+        md.contains("FAILED (budget exceeded)") && md.contains("EXCEEDED"),
+        "{md}"
+    );
+    let f = s.drill_file("[budgets]\nmax_snapshot_age = \"1d\"\nmax_restore_time = \"1h\"\n");
+    let out = drill(&["run", f.to_str().unwrap()], tmp.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let prom = std::fs::read_to_string(s.p("drill.prom")).unwrap();
+    assert!(
+        prom.contains("lifeboat_drill_last_success_timestamp_seconds "),
+        "{prom}"
+    );
+
+    // A corrupted chunk: the restore of that item fails and is named.
+    let snap = s.repo.find_snapshot("latest").await.unwrap();
+    let chunk = snap.item("dump").unwrap().chunks[1];
+    let path = s.p("repo").join(chunk.object_key());
+    let mut b = std::fs::read(&path).unwrap();
+    b[40] ^= 1;
+    std::fs::write(&path, b).unwrap();
+    let out = drill(&["run", f.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(8));
+    let r = s.report();
+    let failed: Vec<_> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["item"], "dump");
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&chunk.to_hex()),
+        "{failed:?}"
+    );
+    assert_clean(tmp.path());
+}
+
+#[tokio::test]
+async fn sigint_mid_drill_leaves_no_scratch_process_or_directory() {
+    if !need_servers() {
+        return;
+    }
+    let s = setup(true).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let f = s.drill_file("[[checks.shell]]\ncommand = \"sleep 30\"\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat-drill"))
+        .args(["run", f.to_str().unwrap()])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the drill's scratch PostgreSQL runs and the slow check has started.
+    let t0 = Instant::now();
+    while !processes_under(tmp.path())
+        .iter()
+        .any(|p| p.contains("sleep 30") || p.contains("postgres"))
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !processes_under(tmp.path()).is_empty(),
+        "scratch servers were running"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_clean(tmp.path());
+}
+
+#[tokio::test]
+async fn drill_against_an_s3_repository() {
+    let Some(bin) = backup_core::scratch::s3::ministack_bin() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ministack is installed under CI"
+        );
+        return;
+    };
+    let _ = bin;
+    let s3 = backup_core::scratch::s3::ScratchS3::start().unwrap();
+    let mut o = backup_core::store::S3Options::from_url("s3://drills/prod").unwrap();
+    o.endpoint = Some(s3.endpoint());
+    o.path_style = true;
+    o.access_key_id = Some("k".into());
+    o.secret_access_key = Some("s".into());
+    let st = backup_core::store::S3Store::new(o).await.unwrap();
+    st.create_bucket(false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "pw\n").unwrap();
+    std::fs::write(dir.path().join("secret"), "s\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("vol")).unwrap();
+    std::fs::write(dir.path().join("vol/x"), "from s3").unwrap();
+    let store: Arc<dyn Store> = Arc::new(st);
+    let secret = SecretSource::PasswordFile(dir.path().join("pw"))
+        .resolve()
+        .unwrap();
+    let repo = Repository::init(
+        store,
+        &secret,
+        InitOptions {
+            cache: CacheOptions {
+                disabled: true,
+                dir: None,
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    backup(
+        &repo,
+        vec![Box::new(VolumeSource::new(
+            "files",
+            dir.path().join("vol"),
+            VolumeOptions::default(),
+        ))],
+        &BackupOptions::default(),
+    )
+    .await
+    .unwrap();
+    let f = dir.path().join("drill.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[repository]\nurl = \"s3://drills/prod\"\npassword_file = \"{}\"\n\n[repository.s3]\nendpoint = \"{}\"\npath_style = true\naccess_key_id = \"k\"\nsecret_access_key_file = \"{}\"\n\n[[checks.shell]]\ncommand = \"grep -q 'from s3' $LIFEBOAT_DRILL_DIR/restored/files/x\"\n",
+            dir.path().join("pw").display(),
+            s3.endpoint(),
+            dir.path().join("secret").display()
+        ),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(&["run", f.to_str().unwrap(), "--json"], tmp.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["repository"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://drills/prod")
+    );
+    assert_clean(tmp.path());
+}
