@@ -45,7 +45,8 @@ pub struct Budgets {
 }
 
 /// Where each item kind is restored: `"ephemeral"` (a scratch server or temp dir the drill
-/// starts and removes) or an existing scratch URL / directory.
+/// starts and removes) or an existing scratch URL / directory. Redis is always ephemeral: an
+/// RDB is loaded by starting a server on it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Targets {

@@ -155,6 +155,11 @@ pub async fn run_drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillRep
         PathBuf::from(&file.targets.directory)
     };
 
+    if file.targets.redis != "ephemeral" && snap.items.iter().any(|i| i.kind == ItemKind::Redis) {
+        return Err(Error::Usage(
+            "targets.redis: only \"ephemeral\" is supported (loading an RDB needs a server the drill starts)".into(),
+        ));
+    }
     let has_globals = snap.items.iter().any(is_globals);
     let mut items: Vec<&Item> = snap.items.iter().collect();
     items.sort_by_key(|i| !is_globals(i));
