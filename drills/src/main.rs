@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use backup_core::backup::{BackupOptions, backup};
-use backup_core::cli::{EXIT_CODES, run_main};
+use backup_core::cli::{EXIT_CODES, interrupted, run_main};
 use backup_core::config::{PostgresConfig, RedisConfig, RepositoryConfig};
 use backup_core::repository::{CacheOptions, InitOptions, Repository};
 use backup_core::scratch::postgres::{ScratchPostgres, server_bin_dir};
@@ -83,20 +83,6 @@ fn print_report(report: &DrillReport, json: bool) -> Result<()> {
         print!("{}", report.markdown());
     }
     Ok(())
-}
-
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
 }
 
 /// The demo's sources and repository; removed on drop.

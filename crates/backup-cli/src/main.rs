@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use backup_core::backup::{BackupOptions, backup};
 use backup_core::check::{CheckOptions, check};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, run_main};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, interrupted, run_main};
 use backup_core::codec::keys::KdfParams;
 use backup_core::config::{
     ConfigFile, PostgresConfig, RedisConfig, ResolvedRepo, RetentionConfig, split_named,
@@ -528,14 +528,7 @@ async fn retention_run(
     out: &Output,
 ) -> Result<()> {
     let mut json = serde_json::json!({"dry_run": dry_run});
-    let has_policy = rc.keep_last.is_some()
-        || rc.keep_hourly.is_some()
-        || rc.keep_daily.is_some()
-        || rc.keep_weekly.is_some()
-        || rc.keep_monthly.is_some()
-        || rc.keep_yearly.is_some()
-        || rc.keep_within.is_some()
-        || !rc.keep_tags.is_empty();
+    let has_policy = !rc.policy()?.is_empty();
     if has_policy {
         let plan = retention::plan(
             &rc.policy()?,
@@ -620,20 +613,6 @@ fn print_retention(plan: &retention::RetentionPlan, dry_run: bool) {
                 }
             );
         }
-    }
-}
-
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }
 

@@ -126,6 +126,22 @@ where
     }
 }
 
+/// Resolves when SIGINT or SIGTERM arrives, with the signal's name. Dropping the work future
+/// it races (in a `select!`) is what stops producers and removes scratch resources.
+pub async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 /// Prints `prog: error: ...` (with the cause chain) and a `hint:`, and returns the exit code.
 pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
     let mut msg = e.to_string();

@@ -233,6 +233,16 @@ impl S3Store {
         }
     }
 
+    async fn body(&self, key: &str, body: ByteStream) -> Result<Vec<u8>> {
+        let data = body.collect().await.map_err(|e| Error::Store {
+            location: self.location(),
+            op: "get",
+            key: key.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(data.into_bytes().to_vec())
+    }
+
     fn lock_until(&self) -> Option<AwsDateTime> {
         self.opts.object_lock.map(|l| {
             let until = Utc::now() + chrono::Duration::days(i64::from(l.days));
@@ -408,13 +418,7 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.err("get", key, e))?;
-        let body = out.body.collect().await.map_err(|e| Error::Store {
-            location: self.location(),
-            op: "get",
-            key: key.to_string(),
-            source: std::io::Error::other(e),
-        })?;
-        Ok(body.into_bytes().to_vec())
+        self.body(key, out.body).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
@@ -441,13 +445,7 @@ impl Store for S3Store {
             }
             Err(e) => return Err(self.err("get", key, e)),
         };
-        let body = out.body.collect().await.map_err(|e| Error::Store {
-            location: self.location(),
-            op: "get",
-            key: key.to_string(),
-            source: std::io::Error::other(e),
-        })?;
-        Ok(body.into_bytes().to_vec())
+        self.body(key, out.body).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
