@@ -239,9 +239,27 @@ impl Keys {
     }
 }
 
-/// Streaming decompression with a size bound, so a hostile frame cannot claim a huge buffer.
+/// Decompression with a size bound, so a hostile frame cannot claim a huge buffer. Our frames
+/// record their content size: the output is allocated once, exactly (restore memory stays at
+/// chunk size instead of doubling growth); frames without it are streamed.
 fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>, OpenError> {
     use std::io::Read;
+    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(data) {
+        if n > max_len as u64 {
+            return Err(OpenError::Decompress(format!(
+                "content of {n} bytes exceeds {max_len}"
+            )));
+        }
+        let out = zstd::bulk::decompress(data, n as usize)
+            .map_err(|e| OpenError::Decompress(e.to_string()))?;
+        if out.len() as u64 != n {
+            return Err(OpenError::Decompress(format!(
+                "frame says {n} bytes, decoded {}",
+                out.len()
+            )));
+        }
+        return Ok(out);
+    }
     let err = |e: std::io::Error| OpenError::Decompress(e.to_string());
     let mut dec = zstd::stream::read::Decoder::with_buffer(data).map_err(err)?;
     let mut out = Vec::with_capacity(max_len.min(data.len().saturating_mul(4)).max(64));
@@ -292,6 +310,24 @@ mod tests {
         let obj = k.seal_chunk(&id, &data, 3);
         assert!(obj.len() < data.len(), "compressible data must shrink");
         assert_eq!(k.open_chunk(&id, &obj, 1 << 20).unwrap(), data);
+    }
+
+    #[test]
+    fn decompression_is_bounded_and_exact() {
+        let k = keys();
+        let data = vec![7u8; 5000];
+        let id = k.chunk_id(&data);
+        let obj = k.seal_chunk(&id, &data, 3);
+        let out = k.open_chunk(&id, &obj, 5000).unwrap();
+        assert_eq!(
+            (out.len(), out.capacity()),
+            (5000, 5000),
+            "allocated once, at the frame's content size"
+        );
+        assert!(
+            matches!(k.open_chunk(&id, &obj, 4999), Err(OpenError::Decompress(_))),
+            "a frame larger than the bound is refused"
+        );
     }
 
     #[test]
