@@ -5,17 +5,18 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`source`] | what produces an item's bytes: volume (tar), command, any reader |
+//! | [`source`] | what produces an item's bytes: volume (tar), command, PostgreSQL (pg_dump), Redis (RDB over replication), any reader |
 //! | [`chunk`] | FastCDC chunking and the stream's SHA-256 |
 //! | [`codec`] | keyed chunk ids, zstd, the AES-256-GCM envelope; [`codec::keys`]: key slots |
-//! | [`store`] | the `Store` trait, `LocalStore`, fault injection, the conformance suite |
+//! | [`store`] | the `Store` trait, `LocalStore`, `S3Store`, fault injection, the conformance suite |
 //! | [`manifest`] | snapshot and item records |
 //! | [`repository`] | config, keys, snapshots and their cache on top of a store |
 //! | [`backup`] | the pipeline and the all-or-nothing snapshot |
-//! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command) |
+//! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command, pg_restore, Redis) |
 //! | [`check`] | repository verification |
 //! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection |
 //! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
+//! | [`scratch`] | throw-away PostgreSQL, redis-server and S3 servers on free loopback ports |
 //! | [`error`] | the one error enum, with exit codes and hints |
 //! | `cli` (feature `cli`) | flags and error reporting shared by the binaries |
 
