@@ -139,23 +139,7 @@ async fn demo_setup() -> Result<Demo> {
         eprintln!("demo: starting a scratch PostgreSQL with fixtures/postgres/schema.sql");
         let pg = tokio::task::spawn_blocking(ScratchPostgres::start).await??;
         pg.psql("postgres", "CREATE DATABASE app")?;
-        let out = std::process::Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &pg.url("app"),
-                "-f",
-            ])
-            .arg(fixtures.join("postgres/schema.sql"))
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "loading the fixture: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg.psql_file("app", &fixtures.join("postgres/schema.sql"))?;
         sources.extend(
             PostgresConfig::from_url(&pg.url("app"))
                 .sources("app")

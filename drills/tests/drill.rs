@@ -333,14 +333,14 @@ async fn sigint_mid_drill_leaves_no_scratch_process_or_directory() {
 
 #[tokio::test]
 async fn drill_against_an_s3_repository() {
-    let Some(bin) = backup_core::scratch::s3::ministack_bin() else {
+    if backup_core::scratch::s3::ministack_bin().is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "ministack is installed under CI"
         );
+        eprintln!("SKIPPED: ministack not installed");
         return;
-    };
-    let _ = bin;
+    }
     let s3 = backup_core::scratch::s3::ScratchS3::start().unwrap();
     let mut o = backup_core::store::S3Options::from_url("s3://drills/prod").unwrap();
     o.endpoint = Some(s3.endpoint());

@@ -116,15 +116,7 @@ struct KeepFlags {
 impl KeepFlags {
     /// The flags as a retention config, or `None` when no rule was given.
     fn to_config(&self) -> Option<RetentionConfig> {
-        let any = self.keep_last.is_some()
-            || self.keep_hourly.is_some()
-            || self.keep_daily.is_some()
-            || self.keep_weekly.is_some()
-            || self.keep_monthly.is_some()
-            || self.keep_yearly.is_some()
-            || self.keep_within.is_some()
-            || !self.keep_tags.is_empty();
-        any.then(|| RetentionConfig {
+        let cfg = RetentionConfig {
             keep_last: self.keep_last,
             keep_hourly: self.keep_hourly,
             keep_daily: self.keep_daily,
@@ -135,7 +127,9 @@ impl KeepFlags {
             keep_tags: self.keep_tags.clone(),
             group_by: self.group_by.clone(),
             ..Default::default()
-        })
+        };
+        // A malformed rule (a bad --keep-within) still counts as given, so its error shows.
+        cfg.policy().map_or(true, |p| !p.is_empty()).then_some(cfg)
     }
 }
 

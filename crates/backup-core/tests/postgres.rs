@@ -30,24 +30,7 @@ fn server() -> Option<ScratchPostgres> {
     let pg = ScratchPostgres::start().expect("scratch PostgreSQL starts");
     pg.psql("postgres", "CREATE DATABASE app").unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/postgres/schema.sql");
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &pg.url("app"),
-            "-f",
-        ])
-        .arg(&fixture)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fixture: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg.psql_file("app", &fixture).expect("fixture loads");
     Some(pg)
 }
 

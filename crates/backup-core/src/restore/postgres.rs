@@ -16,9 +16,7 @@ use super::sink::{Sink, SinkReport};
 use crate::error::{Error, Result};
 use crate::manifest::Item;
 use crate::source::postgres::session::PsqlSession;
-use crate::source::postgres::{
-    PgTools, TABLES_SQL, conninfo, exact_counts, major_of, parse_tables,
-};
+use crate::source::postgres::{PgTools, TABLES_SQL, conninfo, exact_counts, parse_tables};
 
 /// How to restore PostgreSQL items.
 #[derive(Debug, Clone, Default)]
@@ -614,11 +612,6 @@ impl Sink for GlobalsSink {
     async fn abort(self: Box<Self>) -> Option<Error> {
         None
     }
-}
-
-/// Major version of the local pg_restore.
-pub async fn pg_restore_major(tools: &PgTools) -> Result<u32> {
-    Ok(major_of(&tools.version("pg_restore").await?.0))
 }
 
 #[cfg(test)]

@@ -25,10 +25,6 @@ pub trait Sink: Send {
     /// The restore failed: remove partial output where possible. Returns the sink's own error
     /// (an unsafe archive, a failing command), which explains the failure better than a pipe error.
     async fn abort(self: Box<Self>) -> Option<Error>;
-    /// Whether partial data may already be visible to others when the restore fails.
-    fn is_streaming(&self) -> bool {
-        false
-    }
 }
 
 /// What a committed sink reports.
@@ -330,9 +326,6 @@ impl Sink for StdoutSink {
     async fn abort(self: Box<Self>) -> Option<Error> {
         None
     }
-    fn is_streaming(&self) -> bool {
-        true
-    }
 }
 
 /// Pipes the stream into `sh -c COMMAND` (`mysql`, `etcdctl snapshot restore /dev/stdin`…).
@@ -416,8 +409,5 @@ impl Sink for CommandSink {
                 None
             }
         }
-    }
-    fn is_streaming(&self) -> bool {
-        true
     }
 }

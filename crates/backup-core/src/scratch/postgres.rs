@@ -213,6 +213,37 @@ impl ScratchPostgres {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs a SQL file with psql (`ON_ERROR_STOP`), as the superuser.
+    pub fn psql_file(&self, db: &str, file: &Path) -> Result<()> {
+        let out = Command::new(
+            super::find_program("psql", std::slice::from_ref(&self.bin))
+                .unwrap_or_else(|| "psql".into()),
+        )
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &self.url(db),
+            "-f",
+        ])
+        .arg(file)
+        .output()
+        .map_err(|e| Error::io("running psql", e))?;
+        if !out.status.success() {
+            return Err(Error::SourceFailed {
+                item: "scratch postgres".into(),
+                detail: format!(
+                    "psql -f {}: {}",
+                    file.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Leaves the server running and its files in place after drop (drills' `--keep`).
     pub fn keep(&mut self) {
         self.keep = true;

@@ -47,15 +47,9 @@ impl PgTools {
         }
     }
 
-    /// Environment for a client program: the password, and never an interactive prompt.
+    /// Environment for a client program: the password, and a connect timeout.
     pub fn apply_env(&self, cmd: &mut tokio::process::Command) {
-        if let Some(pw) = &self.password {
-            cmd.env("PGPASSWORD", pw.as_str());
-        }
-        cmd.env(
-            "PGCONNECT_TIMEOUT",
-            std::env::var("PGCONNECT_TIMEOUT").unwrap_or_else(|_| "30".into()),
-        );
+        cmd.envs(self.env_pairs());
     }
 
     fn env_pairs(&self) -> Vec<(String, String)> {
