@@ -124,7 +124,7 @@ def tree_change(root):
     changed = 0
     logs = sorted(os.listdir(f"{root}/logs"))
     for name in logs[:4]:
-        data = log_blob(r, pool, 2 << 20, 5 * 10**9)
+        data = log_blob(r, pool, 5 << 20, 5 * 10**9)
         with open(f"{root}/logs/{name}", "ab") as f:
             f.write(data)
         changed += len(data)
@@ -146,7 +146,7 @@ def tree_change(root):
             f.seek(r.randrange(40 << 20))
             f.write(token(r, 4096).encode())
             changed += 8192
-    new = r.randbytes(8 << 20)
+    new = r.randbytes(10 << 20)
     write(f"{root}/media/asset-new.bin", new)
     changed += len(new)
     print(f"changed {changed / 2**20:.1f} MiB", file=sys.stderr)

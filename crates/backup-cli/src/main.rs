@@ -160,7 +160,7 @@ struct RunArgs {
     /// Host name to record (default: this machine).
     #[arg(long)]
     host: Option<String>,
-    /// zstd level, 1-19.
+    /// zstd level, 1-19 (default 1).
     #[arg(long)]
     compression_level: Option<i32>,
     /// Wait for a running backup of the same repository instead of exiting with code 4.
@@ -443,7 +443,10 @@ async fn run_backup(
         } else {
             args.tags
         },
-        compression_level: args.compression_level.or(bc.compression_level).unwrap_or(3),
+        compression_level: args
+            .compression_level
+            .or(bc.compression_level)
+            .unwrap_or(backup_core::backup::DEFAULT_COMPRESSION_LEVEL),
         concurrency: bc
             .concurrency
             .unwrap_or_else(backup_core::backup::default_concurrency),

@@ -1,7 +1,8 @@
 //! The backup pipeline: source → chunker → id/dedup → zstd+AES-GCM → store, then the snapshot.
 //!
 //! Per item: a chunker task cuts the stream; up to `concurrency` chunks are in flight at once,
-//! each hashed, checked against the dedup set, sealed on the blocking pool and stored; results
+//! each hashed, checked against the dedup set, sealed on the blocking pool (at most one chunk
+//! per core at a time, so waiting on the store never idles a core) and stored; results
 //! are consumed in stream order. The snapshot manifest is written only after every item's chunks
 //! are stored, so a failed or interrupted run leaves no snapshot (only reusable chunks).
 
@@ -24,6 +25,7 @@ use crate::source::{HEAD_PEEK, Source};
 use crate::store::PutMode;
 use base64::Engine;
 use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
 
 /// How to run a backup.
 #[derive(Debug, Clone)]
@@ -31,9 +33,10 @@ pub struct BackupOptions {
     /// Host recorded in the snapshot (default: this machine's hostname).
     pub host: Option<String>,
     pub tags: Vec<String>,
-    /// zstd level (1–19; 3 by default).
+    /// zstd level (1–19; 1 by default: see docs/BENCHMARKS.md, "Defaults").
     pub compression_level: i32,
-    /// Chunks in flight per item (default: 2 × cores + 2).
+    /// Chunks in flight per item (default: 4 × cores + 4). CPU work on them is limited to one
+    /// chunk per core; the rest wait on the store (a local put's two fsyncs take ~2 ms here).
     pub concurrency: usize,
     pub progress: Option<Arc<Progress>>,
     /// Awaited after every chunk is stored and before the snapshot is written (tests use it
@@ -58,7 +61,7 @@ impl Default for BackupOptions {
         BackupOptions {
             host: None,
             tags: Vec::new(),
-            compression_level: 3,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
             concurrency: default_concurrency(),
             progress: None,
             before_commit: None,
@@ -67,9 +70,17 @@ impl Default for BackupOptions {
     }
 }
 
+/// zstd level 1 backs up ~1.7× faster than level 3 here for 3–9% more stored bytes (measured
+/// in docs/BENCHMARKS.md); level 3 is one setting away for repositories that pay by the byte.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
+
 /// Chunks in flight by default: enough to keep every core busy while stores answer.
 pub fn default_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2 + 2
+    cores() * 4 + 4
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// What one item of a backup did.
@@ -213,8 +224,9 @@ async fn backup_item(
     let concurrency = opts.concurrency.max(1);
     let (mut rx, chunker) = spawn_chunker(reader, repo.config().chunker_params, 2, &head);
     let chunk_stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let cpu = Arc::new(Semaphore::new(cores()));
     let mut results = chunk_stream
-        .map(|data| store_chunk(repo, data, known.clone(), opts.compression_level))
+        .map(|data| store_chunk(repo, data, known.clone(), &cpu, opts.compression_level))
         .buffered(concurrency);
 
     let mut chunks = Vec::new();
@@ -307,11 +319,14 @@ async fn store_chunk(
     repo: &Repository,
     data: Vec<u8>,
     known: Arc<Mutex<HashSet<ChunkId>>>,
+    cpu: &Semaphore,
     level: i32,
 ) -> Result<(ChunkId, u64, Stored)> {
     let len = data.len() as u64;
     let keys = repo.keys().clone();
+    let permit = cpu.acquire().await.expect("semaphore is never closed");
     let (id, data) = blocking(move || (keys.chunk_id(&data), data)).await?;
+    drop(permit);
     if known.lock().unwrap().contains(&id) {
         return Ok((id, len, Stored::Reused));
     }
@@ -326,7 +341,9 @@ async fn store_chunk(
         Err(e) => return Err(e),
     }
     let keys = repo.keys().clone();
+    let permit = cpu.acquire().await.expect("semaphore is never closed");
     let object = blocking(move || keys.seal_chunk(&id, &data, level)).await?;
+    drop(permit);
     let n = object.len() as u64;
     let stored = match repo.store().put(&key, object, PutMode::CreateOnly).await {
         Ok(()) => Stored::New(n),

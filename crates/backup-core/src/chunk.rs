@@ -1,8 +1,8 @@
 //! Content-defined chunking (FastCDC 2020) of a byte stream, with the stream's SHA-256 on the way.
 
-use fastcdc::v2020::AsyncStreamCDC;
-use futures::StreamExt;
+use fastcdc::v2020;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::repository::ChunkerParams;
@@ -17,10 +17,15 @@ pub struct StreamDigest {
 
 /// Spawns a task that cuts `reader` into chunks and sends them, in order, on the returned
 /// channel. The channel is small, so a slow consumer stops the reader: memory stays bounded by
-/// the chunker buffer (one max-size chunk) plus `queue` chunks. The task's result is the digest
+/// the read buffer (three max-size chunks) plus `queue` chunks. The task's result is the digest
 /// of the whole stream, or the read error that ended it.
+///
+/// Cut points are FastCDC 2020 with normalization level 1 and the default gear table, the same
+/// as `fastcdc`'s stream chunkers produce. We run the scan loop ourselves because those
+/// chunkers shift their whole max-size buffer down after every chunk (7 bytes moved per byte
+/// chunked at our sizes); here the buffer is compacted only when it runs dry.
 pub fn spawn_chunker(
-    reader: ByteStream,
+    mut reader: ByteStream,
     params: ChunkerParams,
     queue: usize,
     head: &[u8],
@@ -34,22 +39,48 @@ pub fn spawn_chunker(
     sha.update(head);
     let mut size = head.len() as u64;
     let task = tokio::spawn(async move {
-        let mut cdc = AsyncStreamCDC::new(
-            reader,
+        let (min, avg, max) = (
             params.min_size as usize,
             params.avg_size as usize,
             params.max_size as usize,
         );
-        let stream = cdc.as_stream();
-        futures::pin_mut!(stream);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(e) => e,
-                other => std::io::Error::other(other.to_string()),
-            })?;
-            sha.update(&chunk.data);
-            size += chunk.data.len() as u64;
-            if tx.send(chunk.data).await.is_err() {
+        let (mask_s, mask_l) = v2020::select_masks(avg, v2020::Normalization::Level1);
+        let mut buf = vec![0u8; 3 * max];
+        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+        loop {
+            if end - start < max && !eof {
+                if end == buf.len() {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
+                }
+                while end < buf.len() {
+                    let n = reader.read(&mut buf[end..]).await?;
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    end += n;
+                }
+            }
+            if start == end {
+                break;
+            }
+            let (_, len) = v2020::cut(
+                &buf[start..end],
+                min,
+                avg,
+                max,
+                mask_s,
+                mask_l,
+                mask_s << 1,
+                mask_l << 1,
+            );
+            let chunk = buf[start..start + len].to_vec();
+            start += len;
+            sha.update(&chunk);
+            size += len as u64;
+            if tx.send(chunk).await.is_err() {
                 return Err(std::io::Error::other("chunk consumer went away"));
             }
         }
@@ -59,4 +90,52 @@ pub fn spawn_chunker(
         })
     });
     (rx, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Our scan loop must cut exactly where fastcdc's reference chunker does (dedup against
+    /// existing repositories depends on it), across buffer refills and compactions, with a
+    /// reader that returns odd-sized pieces.
+    #[tokio::test]
+    async fn cuts_match_fastcdc_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut data = vec![0u8; 6 << 20];
+        rng.fill(&mut data[..3 << 20]);
+        for (i, b) in data[3 << 20..].iter_mut().enumerate() {
+            *b = b"lifeboat text, partly repetitive "[(i * 7 / 5) % 33];
+        }
+        let params = ChunkerParams {
+            min_size: 16 << 10,
+            avg_size: 64 << 10,
+            max_size: 256 << 10,
+        };
+        let expected: Vec<usize> = v2020::FastCDC::new(&data, 16 << 10, 64 << 10, 256 << 10)
+            .map(|c| c.length)
+            .collect();
+        let (client, mut server) = tokio::io::duplex(7919);
+        let input = data.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in input.chunks(12_345) {
+                server.write_all(piece).await.unwrap();
+            }
+        });
+        let (mut rx, task) = spawn_chunker(Box::new(client), params, 2, b"");
+        let mut got = Vec::new();
+        let mut joined = Vec::new();
+        while let Some(c) = rx.recv().await {
+            got.push(c.len());
+            joined.extend_from_slice(&c);
+        }
+        let digest = task.await.unwrap().unwrap();
+        assert_eq!(got, expected);
+        assert!(got.len() > 40, "{} chunks", got.len());
+        assert_eq!(joined, data);
+        assert_eq!(digest.size, data.len() as u64);
+        assert_eq!(digest.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+    }
 }
