@@ -6,7 +6,10 @@
 # Tools that are not installed are left out (and said so). Writes a Markdown report.
 #
 #   bench/run.sh [--datasets pg,redis,tree] [--tools lifeboat,restic,rustic,borg,zstd]
-#                [--stores local,s3] [--scale 1.0] [--out FILE]
+#                [--stores local,s3] [--scale 1.0] [--out FILE] [--merge EARLIER.tsv]
+#
+# --merge takes the rows of tools not run this time from an earlier run's .tsv (to rerun one
+# tool after a change without re-measuring the others).
 #
 # Datasets are generated once (deterministically, bench/datasets.py) under $BENCH_DATA
 # (default .cache/bench) and reused. Needs: python3, PostgreSQL server binaries, redis-server,
@@ -14,7 +17,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 datasets="pg,redis,tree" tools="lifeboat,restic,rustic,borg,zstd" stores="local,s3" scale=1.0
-out="$root/.cache/bench-report.md"
+out="$root/.cache/bench-report.md" merge=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --datasets) datasets="$2"; shift 2 ;;
@@ -22,7 +25,8 @@ while [ $# -gt 0 ]; do
     --stores) stores="$2"; shift 2 ;;
     --scale) scale="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    --merge) merge="$(realpath "$2")"; shift 2 ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
   esac
 done
 has() { case ",$1," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
@@ -224,6 +228,24 @@ restore_cmd() { # tool store dataset is_dir n target
       else echo "zstd -q -d -f $repo/s$n.zst -o $to/data"; fi ;;
   esac
 }
+# Streams the item to stdout (compared against a pipe to /dev/null: the pipeline without the
+# disk, which bounds restores to files here).
+dump_cmd() { # tool store dataset is_dir n path: a directory comes out as a tar stream
+  local tool=$1 repo is_dir=$4 n=$5 path=$6; repo=$(repo_for "$1" "$2" "$3")
+  [ "$is_dir" = 0 ] && path=/data
+  case "$tool" in
+    lifeboat) echo "env AWS_ENDPOINT_URL=http://127.0.0.1:$ms_port LIFEBOAT_CACHE_DIR=$work/lbcache-$2-$3 $R -r $repo export latest data -o - > /dev/null" ;;
+    restic) echo "restic -r $repo dump -q latest $path > /dev/null" ;;
+    rustic) echo "$RUSTIC -r $repo dump latest:${path#/} > /dev/null" ;;
+    borg)
+      if [ "$is_dir" = 1 ]; then echo "borg export-tar $repo::s$n - > /dev/null"
+      else echo "borg extract --stdout $repo::s$n > /dev/null"; fi ;;
+    zstd)
+      if [ "$is_dir" = 1 ]; then echo "zstd -q -d -c $repo/s$n.tar.zst > /dev/null"
+      else echo "zstd -q -d -c $repo/s$n.zst > /dev/null"; fi ;;
+  esac
+}
+
 # Where a tool put the restored copy of INPUT under TARGET.
 restored_path() { # tool is_dir input target
   case "$1" in
@@ -271,6 +293,8 @@ run_dataset() { # dataset store
     if [ "$is_dir" = 1 ]; then diff -rq "$live" "$got" >/dev/null || { echo "RESTORE DIFFERS: $tool $ds" >&2; exit 1; }
     else cmp -s "$live" "$got" || { echo "RESTORE DIFFERS: $tool $ds" >&2; exit 1; }; fi
     record "$ds\t$store\t$tool\trestore\t$(size_of "$live")\t$t\t"
+    t=$(timed sh -c "$(dump_cmd "$tool" "$store" "$ds" "$is_dir" "$n" "$live")")
+    record "$ds\t$store\t$tool\trestore to a pipe\t$(size_of "$live")\t$t\t"
     rm -rf "$to" "$repo" 2>/dev/null || true
   done
   rm -rf "$live"
@@ -291,12 +315,18 @@ done
        "$(borg --version 2>/dev/null || true), $(zstd --version 2>/dev/null | cut -d, -f1 || true)."
   [ -n "$missing" ] && echo "Not installed, left out: $missing"
   echo
+  if [ -n "$merge" ]; then
+    awk -F'\t' -v ran="$available" 'index("," ran, "," $3 ",") == 0' "$merge" >> "$results"
+  fi
   cp "$results" "${out%.md}.tsv"
   python3 - "$results" <<'PY'
 import sys, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 bad = [r for r in rows if len(r) != 9]
 assert not bad, bad
+order = {k: i for i, k in enumerate(["pg", "redis", "tree", "local", "s3", "lifeboat", "restic",
+         "rustic", "borg", "zstd", "first", "unchanged", "changed", "restore", "restore to a pipe"])}
+rows.sort(key=lambda r: (order[r[0]], order[r[1]], order[r[2]], order[r[3]]))
 by = collections.OrderedDict()
 for ds, store, tool, step, size, wall, rss, cpu, repo in rows:
     by.setdefault((ds, store), []).append((tool, step, int(size), float(wall), int(rss), cpu, repo))

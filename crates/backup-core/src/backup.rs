@@ -36,7 +36,8 @@ pub struct BackupOptions {
     /// zstd level (1–19; 1 by default: see docs/BENCHMARKS.md, "Defaults").
     pub compression_level: i32,
     /// Chunks in flight per item (default: 4 × cores + 4). CPU work on them is limited to one
-    /// chunk per core; the rest wait on the store (a local put's two fsyncs take ~2 ms here).
+    /// chunk per core (see [`blocking`]); the rest wait on the store (a local put's two fsyncs
+    /// take ~2 ms here).
     pub concurrency: usize,
     pub progress: Option<Arc<Progress>>,
     /// Awaited after every chunk is stored and before the snapshot is written (tests use it
@@ -79,7 +80,7 @@ pub fn default_concurrency() -> usize {
     cores() * 4 + 4
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
@@ -224,9 +225,8 @@ async fn backup_item(
     let concurrency = opts.concurrency.max(1);
     let (mut rx, chunker) = spawn_chunker(reader, repo.config().chunker_params, 2, &head);
     let chunk_stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let cpu = Arc::new(Semaphore::new(cores()));
     let mut results = chunk_stream
-        .map(|data| store_chunk(repo, data, known.clone(), &cpu, opts.compression_level))
+        .map(|data| store_chunk(repo, data, known.clone(), opts.compression_level))
         .buffered(concurrency);
 
     let mut chunks = Vec::new();
@@ -317,16 +317,13 @@ async fn extend_retention(
 
 async fn store_chunk(
     repo: &Repository,
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     known: Arc<Mutex<HashSet<ChunkId>>>,
-    cpu: &Semaphore,
     level: i32,
 ) -> Result<(ChunkId, u64, Stored)> {
     let len = data.len() as u64;
     let keys = repo.keys().clone();
-    let permit = cpu.acquire().await.expect("semaphore is never closed");
     let (id, data) = blocking(move || (keys.chunk_id(&data), data)).await?;
-    drop(permit);
     if known.lock().unwrap().contains(&id) {
         return Ok((id, len, Stored::Reused));
     }
@@ -341,9 +338,7 @@ async fn store_chunk(
         Err(e) => return Err(e),
     }
     let keys = repo.keys().clone();
-    let permit = cpu.acquire().await.expect("semaphore is never closed");
     let object = blocking(move || keys.seal_chunk(&id, &data, level)).await?;
-    drop(permit);
     let n = object.len() as u64;
     let stored = match repo.store().put(&key, object, PutMode::CreateOnly).await {
         Ok(()) => Stored::New(n),
@@ -355,10 +350,18 @@ async fn store_chunk(
     Ok((id, len, stored))
 }
 
-/// Runs CPU work on the blocking pool.
+/// Runs CPU work on the blocking pool, at most one task per core process-wide: chunks waiting
+/// on a store then never take a core from one that could compress, and the pool stays at a
+/// few threads (each thread's allocator heap and zstd contexts cost memory).
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
+    static CPU: std::sync::LazyLock<Semaphore> =
+        std::sync::LazyLock::new(|| Semaphore::new(cores()));
+    let _permit = CPU
+        .acquire()
+        .await
+        .expect("the CPU semaphore is never closed");
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::io("worker thread", std::io::Error::other(e)))

@@ -302,7 +302,9 @@ pub struct ApplyOptions {
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
-            concurrency: crate::backup::default_concurrency(),
+            // Restores hold a plaintext and an object per chunk in flight and have no fsync
+            // per chunk to hide: twice the cores plus two keeps both busy (docs/BENCHMARKS.md).
+            concurrency: crate::backup::cores() * 2 + 2,
             progress: None,
         }
     }

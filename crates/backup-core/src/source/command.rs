@@ -94,6 +94,7 @@ impl Source for CommandSource {
     }
 
     async fn open(&mut self) -> Result<ByteStream> {
+        const PIPE_SIZE: usize = 1 << 20;
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -104,6 +105,10 @@ impl Source for CommandSource {
             .spawn()
             .map_err(|e| self.fail(format!("cannot start {}: {e}", self.program)))?;
         let stdout = child.stdout.take().expect("piped");
+        // A 64 KiB pipe means a wake-up of each side per 64 KiB: measured here, half of an
+        // unchanged re-backup's CPU went to pipe hand-offs. 1 MiB is the unprivileged
+        // maximum; failing to raise it only costs speed.
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
         let mut stderr = child.stderr.take().expect("piped");
         let tail = self.stderr.clone();
         // Keep only the tail of stderr: enough to explain a failure, bounded whatever the command prints.
