@@ -25,7 +25,7 @@ pub struct StreamDigest {
 /// Cut points are FastCDC 2020 with normalization level 1 and the default gear table, the same
 /// as `fastcdc`'s stream chunkers produce. We run the scan loop ourselves because those
 /// chunkers shift their whole max-size buffer down after every chunk (7 bytes moved per byte
-/// chunked at our sizes); here the buffer is compacted only when it runs dry.
+/// chunked at our sizes); here the unread rest moves down only when the buffer end is reached.
 pub fn spawn_chunker(
     mut reader: ByteStream,
     params: ChunkerParams,
@@ -59,18 +59,18 @@ pub fn spawn_chunker(
         let mut buf = vec![0u8; 3 * max];
         let (mut start, mut end, mut eof) = (0usize, 0usize, false);
         loop {
-            if end - start < max && !eof {
+            // Read only until one max-size cut is possible: a source that pauses (a dump
+            // between tables, a stalled producer) must not hold back what it already sent.
+            while !eof && end - start < max {
                 if end == buf.len() {
                     buf.copy_within(start..end, 0);
                     end -= start;
                     start = 0;
                 }
-                while end < buf.len() {
-                    let n = reader.read(&mut buf[end..]).await?;
-                    if n == 0 {
-                        eof = true;
-                        break;
-                    }
+                let n = reader.read(&mut buf[end..]).await?;
+                if n == 0 {
+                    eof = true;
+                } else {
                     end += n;
                 }
             }

@@ -126,7 +126,9 @@ fn assert_same(
     for (k, (ty, v, ttl)) in a {
         let (ty2, v2, ttl2) = b.get(k).unwrap_or_else(|| panic!("key {k:?} missing"));
         assert_eq!((ty, v), (ty2, v2), "key {k:?}");
-        assert!((ttl - ttl2).abs() <= 1000, "key {k:?}: ttl {ttl} vs {ttl2}");
+        // The two reads are a backup, a restore and a server start apart (1–2 s); a lost
+        // TTL (-1) or a reset one is off by an hour.
+        assert!((ttl - ttl2).abs() <= 5000, "key {k:?}: ttl {ttl} vs {ttl2}");
     }
 }
 
