@@ -175,12 +175,13 @@ repo_for() {
     esac
   else echo "$work/repo-$1-$3"; fi
 }
+# Lifeboat's environment for one store and dataset: the S3 endpoint and a cache of its own.
+lb_env() { echo "env AWS_ENDPOINT_URL=http://127.0.0.1:$ms_port LIFEBOAT_CACHE_DIR=$work/lbcache-$1-$2"; }
 init_repo() { # tool store dataset
   local repo; repo=$(repo_for "$@")
   [ "$2" = s3 ] && mkbucket "bench-$1-$3"
   case "$1" in
-    lifeboat) AWS_ENDPOINT_URL="http://127.0.0.1:$ms_port" LIFEBOAT_CACHE_DIR="$work/lbcache-$2-$3" \
-                "$B" -r "$repo" init --kdf-memory-mib 16 -q ;;
+    lifeboat) $(lb_env "$2" "$3") "$B" -r "$repo" init --kdf-memory-mib 16 -q ;;
     restic) restic -r "$repo" init --repository-version 2 -q ;;
     rustic) "$RUSTIC" -r "$repo" init >/dev/null 2>&1 ;;
     borg) borg init -e repokey-blake2 "$repo" >/dev/null 2>&1 ;;
@@ -194,9 +195,8 @@ backup_cmd() {
   local base; base=$(basename "$input")
   case "$tool" in
     lifeboat)
-      local env=(env "AWS_ENDPOINT_URL=http://127.0.0.1:$ms_port" "LIFEBOAT_CACHE_DIR=$work/lbcache-$2-$3")
-      if [ -d "$input" ]; then echo "${env[*]} $B -r $repo run -q --volume data=$input"
-      else echo "${env[*]} $B -r $repo run -q --command data='cat $input'"; fi ;;
+      if [ -d "$input" ]; then echo "$(lb_env "$2" "$3") $B -r $repo run -q --volume data=$input"
+      else echo "$(lb_env "$2" "$3") $B -r $repo run -q --command data='cat $input'"; fi ;;
     restic)
       if [ -d "$input" ]; then echo "restic -r $repo backup -q $input"
       else echo "restic -r $repo backup -q --stdin --stdin-filename data < $input"; fi ;;
@@ -217,9 +217,8 @@ restore_cmd() { # tool store dataset is_dir n target
   local tool=$1 repo is_dir=$4 n=$5 to=$6; repo=$(repo_for "$1" "$2" "$3")
   case "$tool" in
     lifeboat)
-      local env=(env "AWS_ENDPOINT_URL=http://127.0.0.1:$ms_port" "LIFEBOAT_CACHE_DIR=$work/lbcache-$2-$3")
-      if [ "$is_dir" = 1 ]; then echo "${env[*]} $R -r $repo run latest -q --to $to"
-      else echo "${env[*]} $R -r $repo export latest data -o $to/data"; fi ;;
+      if [ "$is_dir" = 1 ]; then echo "$(lb_env "$2" "$3") $R -r $repo run latest -q --to $to"
+      else echo "$(lb_env "$2" "$3") $R -r $repo export latest data -o $to/data"; fi ;;
     restic) echo "restic -r $repo restore latest -q --target $to" ;;
     rustic) echo "$RUSTIC -r $repo restore latest $to" ;;
     borg) echo "cd $to && borg extract $repo::s$n" ;;
@@ -234,7 +233,7 @@ dump_cmd() { # tool store dataset is_dir n path: a directory comes out as a tar 
   local tool=$1 repo is_dir=$4 n=$5 path=$6; repo=$(repo_for "$1" "$2" "$3")
   [ "$is_dir" = 0 ] && path=/data
   case "$tool" in
-    lifeboat) echo "env AWS_ENDPOINT_URL=http://127.0.0.1:$ms_port LIFEBOAT_CACHE_DIR=$work/lbcache-$2-$3 $R -r $repo export latest data -o - > /dev/null" ;;
+    lifeboat) echo "$(lb_env "$2" "$3") $R -r $repo export latest data -o - > /dev/null" ;;
     restic) echo "restic -r $repo dump -q latest $path > /dev/null" ;;
     rustic) echo "$RUSTIC -r $repo dump latest:${path#/} > /dev/null" ;;
     borg)
@@ -274,9 +273,8 @@ run_dataset() { # dataset store
     rm -rf "$live"
     if [ "$is_dir" = 1 ]; then cp -a "$first" "$live"; else cp "$first" "$live"; fi
     init_repo "$tool" "$store" "$ds"
-    local repo size0 sz step n=0 t
+    local repo sz step n=0 t
     repo=$(repo_for "$tool" "$store" "$ds")
-    size0=$(size_of "$live")
     for step in first unchanged changed; do
       n=$((n + 1))
       if [ "$step" = changed ]; then

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
+use backup_core::chunk::Cutter;
 use backup_core::codec::Keys;
-use fastcdc::v2020;
+use backup_core::repository::ChunkerParams;
 use sha2::{Digest, Sha256};
 
 fn main() {
@@ -20,24 +21,13 @@ fn main() {
     let level: i32 = args.next().map_or(1, |l| l.parse().expect("zstd level"));
     let data = std::fs::read(&path).expect("read FILE");
     let mb = data.len() as f64 / 1e6;
-    let (min, avg, max) = (512 << 10, 1 << 20, 8 << 20);
 
     let t = Instant::now();
-    let (mask_s, mask_l) = v2020::select_masks(avg, v2020::Normalization::Level1);
+    let cutter = Cutter::new(ChunkerParams::default());
     let mut cuts = Vec::new();
     let mut at = 0;
     while at < data.len() {
-        let end = (at + max).min(data.len());
-        let (_, len) = v2020::cut(
-            &data[at..end],
-            min,
-            avg,
-            max,
-            mask_s,
-            mask_l,
-            mask_s << 1,
-            mask_l << 1,
-        );
+        let len = cutter.cut(&data[at..(at + cutter.max_size()).min(data.len())]);
         cuts.push(at..at + len);
         at += len;
     }

@@ -17,6 +17,50 @@ pub struct StreamDigest {
     pub sha256: [u8; 32],
 }
 
+/// FastCDC 2020 cut points (normalization level 1, default gear table) for one set of sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Cutter {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Cutter {
+    pub fn new(params: ChunkerParams) -> Self {
+        let avg = params.avg_size as usize;
+        let (mask_s, mask_l) = v2020::select_masks(avg, v2020::Normalization::Level1);
+        Cutter {
+            min: params.min_size as usize,
+            avg,
+            max: params.max_size as usize,
+            mask_s,
+            mask_l,
+        }
+    }
+
+    /// Length of the chunk that starts `data`. Final only when `data` holds at least one
+    /// max-size chunk or is the end of the stream.
+    pub fn cut(&self, data: &[u8]) -> usize {
+        let (_, len) = v2020::cut(
+            data,
+            self.min,
+            self.avg,
+            self.max,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        len
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.max
+    }
+}
+
 /// Spawns a task that cuts `reader` into chunks and sends them, in order, on the returned
 /// channel. The channel is small, so a slow consumer stops the reader: memory stays bounded by
 /// the read buffer (three max-size chunks) plus `queue` chunks. The task's result is the digest
@@ -50,12 +94,8 @@ pub fn spawn_chunker(
     });
     let mut size = head.len() as u64;
     let task = tokio::spawn(async move {
-        let (min, avg, max) = (
-            params.min_size as usize,
-            params.avg_size as usize,
-            params.max_size as usize,
-        );
-        let (mask_s, mask_l) = v2020::select_masks(avg, v2020::Normalization::Level1);
+        let cutter = Cutter::new(params);
+        let max = cutter.max_size();
         let mut buf = vec![0u8; 3 * max];
         let (mut start, mut end, mut eof) = (0usize, 0usize, false);
         loop {
@@ -77,16 +117,7 @@ pub fn spawn_chunker(
             if start == end {
                 break;
             }
-            let (_, len) = v2020::cut(
-                &buf[start..end],
-                min,
-                avg,
-                max,
-                mask_s,
-                mask_l,
-                mask_s << 1,
-                mask_l << 1,
-            );
+            let len = cutter.cut(&buf[start..end]);
             let chunk = Arc::new(buf[start..start + len].to_vec());
             start += len;
             size += len as u64;
