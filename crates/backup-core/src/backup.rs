@@ -14,16 +14,17 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::chunk::spawn_chunker;
+use crate::chunk::{Chunked, spawn_chunker, spawn_piece_chunker};
 use crate::error::{Error, Result};
 use crate::gc::RunMarker;
 use crate::id::{ChunkId, SnapshotId};
-use crate::manifest::{Item, ItemKind, Snapshot, validate_item_name};
+use crate::manifest::{DigestKind, Item, ItemKind, Snapshot, validate_item_name};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use crate::source::{HEAD_PEEK, Source};
+use crate::source::{CachedChunk, CachedFile, FileCache, FileKey, HEAD_PEEK, PieceContext, Source};
 use crate::store::PutMode;
 use base64::Engine;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
@@ -162,8 +163,12 @@ async fn run_items(
     let mut items = Vec::new();
     let mut reports = Vec::new();
     let mut reused = HashSet::new();
+    let mut caches = Vec::new();
     for mut src in sources {
-        let (item, report, item_reused) = backup_item(repo, &mut *src, &known, opts).await?;
+        let (item, report, item_reused, cache) = backup_item(repo, &mut *src, &known, opts).await?;
+        if let Some(c) = cache {
+            caches.push((item.name.clone(), c));
+        }
         items.push(item);
         reports.push(report);
         reused.extend(item_reused);
@@ -185,6 +190,14 @@ async fn run_items(
         items,
     };
     repo.save_snapshot(&snapshot).await?;
+    // Only now: a cache naming chunks of a snapshot that was never written would be trusted
+    // next time while those chunks may be collected.
+    for (name, cache) in caches {
+        if let Some(path) = repo.file_cache_path(&name) {
+            // An optimisation: failing to write it must not fail the backup.
+            let _ = cache.save(&path, repo.keys(), &name);
+        }
+    }
     Ok((snapshot, reports))
 }
 
@@ -193,56 +206,146 @@ enum Stored {
     Reused,
 }
 
+/// One result of the pipeline, in stream order.
+enum Outcome {
+    Chunk {
+        id: ChunkId,
+        len: u64,
+        /// The chunk's plain SHA-256, for items digested over their chunks.
+        sha256: Option<[u8; 32]>,
+        stored: Stored,
+    },
+    File(FileKey),
+}
+
+/// How an item's bytes reach the chunker.
+enum Feed {
+    Stream(tokio::task::JoinHandle<std::io::Result<crate::chunk::StreamDigest>>),
+    Pieces(tokio::task::JoinHandle<std::io::Result<()>>),
+}
+
+impl Feed {
+    fn abort(&self) {
+        match self {
+            Feed::Stream(t) => t.abort(),
+            Feed::Pieces(t) => t.abort(),
+        }
+    }
+}
+
+/// A file being matched to the chunks it became, for the next run's file cache.
+struct OpenFile {
+    key: FileKey,
+    got: u64,
+    chunks: Vec<CachedChunk>,
+}
+
+type ItemOutcome = (Item, ItemReport, Vec<ChunkId>, Option<FileCache>);
+
 async fn backup_item(
     repo: &Repository,
     src: &mut dyn Source,
     known: &Arc<Mutex<HashSet<ChunkId>>>,
     opts: &BackupOptions,
-) -> Result<(Item, ItemReport, Vec<ChunkId>)> {
+) -> Result<ItemOutcome> {
     let t0 = Instant::now();
     let started = Utc::now();
     let name = src.name().to_string();
     if let Some(p) = &opts.progress {
         p.start_item(&name, 0);
     }
-    let mut reader = src.open().await?;
+    let params = repo.config().chunker_params;
+    let cache_path = repo.file_cache_path(&name);
+    let ctx = PieceContext {
+        cache: cache_path
+            .as_ref()
+            .and_then(|p| FileCache::load(p, repo.keys(), &name))
+            .map(Arc::new),
+        known: known.clone(),
+        aligned_min: u64::from(params.min_size),
+    };
     let mut head = Vec::new();
-    if src.has_volatile_prefix() {
-        let mut peek = Vec::with_capacity(HEAD_PEEK);
-        (&mut reader)
-            .take(HEAD_PEEK as u64)
-            .read_to_end(&mut peek)
-            .await
-            .map_err(|e| Error::SourceFailed {
-                item: name.clone(),
-                detail: format!("reading the stream: {e}"),
-            })?;
-        let n = src.volatile_prefix(&peek).min(peek.len());
-        head = peek[..n].to_vec();
-        let rest = std::io::Cursor::new(peek[n..].to_vec());
-        reader = Box::new(rest.chain(reader));
-    }
-    let concurrency = opts.concurrency.max(1);
-    let (mut rx, chunker) = spawn_chunker(reader, repo.config().chunker_params, 2, &head);
-    let chunk_stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut results = chunk_stream
-        .map(|data| store_chunk(repo, data, known.clone(), opts.compression_level))
-        .buffered(concurrency);
+    let (messages, feed): (futures::stream::BoxStream<'static, Chunked>, Feed) =
+        match src.open_pieces(ctx).await? {
+            Some(pieces) => {
+                let (mut rx, task) = spawn_piece_chunker(pieces, params, 2);
+                let s = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+                (s.boxed(), Feed::Pieces(task))
+            }
+            None => {
+                let mut reader = src.open().await?;
+                if src.has_volatile_prefix() {
+                    let mut peek = Vec::with_capacity(HEAD_PEEK);
+                    (&mut reader)
+                        .take(HEAD_PEEK as u64)
+                        .read_to_end(&mut peek)
+                        .await
+                        .map_err(|e| Error::SourceFailed {
+                            item: name.clone(),
+                            detail: format!("reading the stream: {e}"),
+                        })?;
+                    let n = src.volatile_prefix(&peek).min(peek.len());
+                    head = peek[..n].to_vec();
+                    let rest = std::io::Cursor::new(peek[n..].to_vec());
+                    reader = Box::new(rest.chain(reader));
+                }
+                let (mut rx, task) = spawn_chunker(reader, params, 2, &head);
+                let s = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Chunked::Data);
+                (s.boxed(), Feed::Stream(task))
+            }
+        };
+    let per_chunk = matches!(feed, Feed::Pieces(_));
+    let mut results = messages
+        .map(|m| process(repo, m, known.clone(), opts.compression_level, per_chunk))
+        .buffered(opts.concurrency.max(1));
 
     let mut chunks = Vec::new();
     let mut reused = Vec::new();
-    let (mut chunks_new, mut stored_bytes) = (0usize, 0u64);
+    let (mut chunks_new, mut stored_bytes, mut size) = (0usize, 0u64, 0u64);
+    let mut list_digest = Sha256::new();
+    let mut cache = per_chunk.then(FileCache::new);
+    let mut file: Option<OpenFile> = None;
     let mut failure = None;
     while let Some(r) = results.next().await {
         match r {
-            Ok((id, len, stored)) => {
+            Ok(Outcome::File(key)) => {
+                file = Some(OpenFile {
+                    key,
+                    got: 0,
+                    chunks: Vec::new(),
+                })
+            }
+            Ok(Outcome::Chunk {
+                id,
+                len,
+                sha256,
+                stored,
+            }) => {
                 chunks.push(id);
+                size += len;
                 match stored {
                     Stored::New(n) => {
                         chunks_new += 1;
                         stored_bytes += n;
                     }
                     Stored::Reused => reused.push(id),
+                }
+                if let Some(sha256) = sha256 {
+                    list_digest.update(sha256);
+                    if let Some(f) = &mut file {
+                        f.got += len;
+                        f.chunks.push(CachedChunk { id, len, sha256 });
+                    }
+                }
+                // Cuts fence a file's data, so its chunks end exactly at its size.
+                if let Some(f) = file.take_if(|f| f.got >= f.key.size)
+                    && f.got == f.key.size
+                    && let Some(c) = &mut cache
+                {
+                    c.insert(CachedFile {
+                        key: f.key,
+                        chunks: f.chunks,
+                    });
                 }
                 if let Some(p) = &opts.progress {
                     p.add(len);
@@ -256,10 +359,14 @@ async fn backup_item(
     }
     drop(results);
     if let Some(e) = failure {
-        chunker.abort();
+        feed.abort();
         return Err(e);
     }
-    let digest = match chunker.await {
+    let fed = match feed {
+        Feed::Stream(t) => t.await.map(|r| r.map(Some)),
+        Feed::Pieces(t) => t.await.map(|r| r.map(|()| None)),
+    };
+    let stream_digest = match fed {
         Ok(Ok(d)) => d,
         Ok(Err(read_err)) => {
             // The producer's own report (pg_dump's message, the tar walker's error) explains a
@@ -275,12 +382,17 @@ async fn backup_item(
         Err(join) => return Err(Error::io("chunker task", std::io::Error::other(join))),
     };
     let facts = src.finish().await?;
+    let (size, sha256, digest) = match stream_digest {
+        Some(d) => (d.size, d.sha256, DigestKind::Stream),
+        None => (size, list_digest.finalize().into(), DigestKind::ChunkList),
+    };
     let item = Item {
         name: name.clone(),
         kind: src.kind(),
         format: src.format().to_string(),
-        size: digest.size,
-        sha256: hex::encode(digest.sha256),
+        size,
+        sha256: hex::encode(sha256),
+        digest,
         head: (!head.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&head)),
         chunks,
         started,
@@ -296,7 +408,28 @@ async fn backup_item(
         stored_bytes,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    Ok((item, report, reused))
+    Ok((item, report, reused, cache))
+}
+
+/// One message of the chunker through the pipeline: new data is identified, deduplicated and
+/// sealed; cached chunks and file marks pass through.
+async fn process(
+    repo: &Repository,
+    m: Chunked,
+    known: Arc<Mutex<HashSet<ChunkId>>>,
+    level: i32,
+    per_chunk: bool,
+) -> Result<Outcome> {
+    match m {
+        Chunked::Data(data) => store_chunk(repo, data, known, level, per_chunk).await,
+        Chunked::Stored(c) => Ok(Outcome::Chunk {
+            id: c.id,
+            len: c.len,
+            sha256: Some(c.sha256),
+            stored: Stored::Reused,
+        }),
+        Chunked::File(key) => Ok(Outcome::File(key)),
+    }
 }
 
 /// Object Lock: a reused chunk may be locked for less time than this snapshot needs; extend it
@@ -320,19 +453,32 @@ async fn store_chunk(
     data: Arc<Vec<u8>>,
     known: Arc<Mutex<HashSet<ChunkId>>>,
     level: i32,
-) -> Result<(ChunkId, u64, Stored)> {
+    per_chunk: bool,
+) -> Result<Outcome> {
     let len = data.len() as u64;
     let keys = repo.keys().clone();
-    let (id, data) = blocking(move || (keys.chunk_id(&data), data)).await?;
+    let (id, sha256, data) = blocking(move || {
+        let sha = per_chunk.then(|| <[u8; 32]>::from(Sha256::digest(&data[..])));
+        (keys.chunk_id(&data), sha, data)
+    })
+    .await?;
+    let done = |stored| {
+        Ok(Outcome::Chunk {
+            id,
+            len,
+            sha256,
+            stored,
+        })
+    };
     if known.lock().unwrap().contains(&id) {
-        return Ok((id, len, Stored::Reused));
+        return done(Stored::Reused);
     }
     // Not named by any snapshot, but a run that was interrupted may have stored it already.
     let key = id.object_key();
     match repo.store().head(&key).await {
         Ok(_) => {
             known.lock().unwrap().insert(id);
-            return Ok((id, len, Stored::Reused));
+            return done(Stored::Reused);
         }
         Err(Error::NotFound { .. }) => {}
         Err(e) => return Err(e),
@@ -347,7 +493,7 @@ async fn store_chunk(
         Err(e) => return Err(e),
     };
     known.lock().unwrap().insert(id);
-    Ok((id, len, stored))
+    done(stored)
 }
 
 /// Runs CPU work on the blocking pool, at most one task per core process-wide: chunks waiting

@@ -1,4 +1,4 @@
-//! Content-defined chunking (FastCDC 2020) of a byte stream, with the stream's SHA-256 on the way.
+//! Content-defined chunking (FastCDC 2020) of a byte stream or of a source's pieces.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::repository::ChunkerParams;
-use crate::source::ByteStream;
+use crate::source::{ByteStream, CachedChunk, FileKey, Piece, PieceStream};
 
 /// Total length and SHA-256 of a chunked stream.
 #[derive(Debug, Clone, Copy)]
@@ -61,15 +61,60 @@ impl Cutter {
     }
 }
 
-/// Spawns a task that cuts `reader` into chunks and sends them, in order, on the returned
-/// channel. The channel is small, so a slow consumer stops the reader: memory stays bounded by
-/// the read buffer (three max-size chunks) plus `queue` chunks. The task's result is the digest
-/// of the whole stream, or the read error that ended it.
+/// A read buffer of three max-size chunks, cut from the front.
 ///
 /// Cut points are FastCDC 2020 with normalization level 1 and the default gear table, the same
 /// as `fastcdc`'s stream chunkers produce. We run the scan loop ourselves because those
 /// chunkers shift their whole max-size buffer down after every chunk (7 bytes moved per byte
 /// chunked at our sizes); here the unread rest moves down only when the buffer end is reached.
+struct Window {
+    cutter: Cutter,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Window {
+    fn new(params: ChunkerParams) -> Self {
+        let cutter = Cutter::new(params);
+        Window {
+            buf: vec![0u8; 3 * cutter.max_size()],
+            cutter,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Free space after the data (moving the data to the front first if there is none).
+    fn space(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// The next chunk, once one max-size cut is possible or, with `last`, of whatever is left.
+    fn next(&mut self, last: bool) -> Option<Arc<Vec<u8>>> {
+        if self.start == self.end || (!last && self.pending() < self.cutter.max_size()) {
+            return None;
+        }
+        let len = self.cutter.cut(&self.buf[self.start..self.end]);
+        let chunk = Arc::new(self.buf[self.start..self.start + len].to_vec());
+        self.start += len;
+        Some(chunk)
+    }
+}
+
+/// Spawns a task that cuts `reader` into chunks and sends them, in order, on the returned
+/// channel. The channel is small, so a slow consumer stops the reader: memory stays bounded by
+/// the read buffer (three max-size chunks) plus `queue` chunks. The task's result is the digest
+/// of the whole stream, or the read error that ended it.
 pub fn spawn_chunker(
     mut reader: ByteStream,
     params: ChunkerParams,
@@ -94,33 +139,24 @@ pub fn spawn_chunker(
     });
     let mut size = head.len() as u64;
     let task = tokio::spawn(async move {
-        let cutter = Cutter::new(params);
-        let max = cutter.max_size();
-        let mut buf = vec![0u8; 3 * max];
-        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+        let mut window = Window::new(params);
+        let max = window.cutter.max_size();
+        let mut eof = false;
         loop {
             // Read only until one max-size cut is possible: a source that pauses (a dump
             // between tables, a stalled producer) must not hold back what it already sent.
-            while !eof && end - start < max {
-                if end == buf.len() {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
-                }
-                let n = reader.read(&mut buf[end..]).await?;
+            while !eof && window.pending() < max {
+                let n = reader.read(window.space()).await?;
                 if n == 0 {
                     eof = true;
                 } else {
-                    end += n;
+                    window.end += n;
                 }
             }
-            if start == end {
+            let Some(chunk) = window.next(eof) else {
                 break;
-            }
-            let len = cutter.cut(&buf[start..end]);
-            let chunk = Arc::new(buf[start..start + len].to_vec());
-            start += len;
-            size += len as u64;
+            };
+            size += chunk.len() as u64;
             let hashed = sha_tx.send(chunk.clone()).await;
             if hashed.is_err() || tx.send(chunk).await.is_err() {
                 return Err(std::io::Error::other("chunk consumer went away"));
@@ -133,9 +169,74 @@ pub fn spawn_chunker(
     (rx, task)
 }
 
+/// What the piece chunker sends on, in stream order.
+#[derive(Debug)]
+pub enum Chunked {
+    /// A new chunk: to be identified, deduplicated and stored.
+    Data(Arc<Vec<u8>>),
+    /// A chunk the repository already has (from the file cache).
+    Stored(CachedChunk),
+    /// The chunks that follow, `key.size` bytes of them, are this file's data.
+    File(FileKey),
+}
+
+/// As [`spawn_chunker`] for a source that sends [`Piece`]s: content-defined cuts between
+/// [`Piece::Cut`]s, and cached chunks passed through. No stream digest here: such items are
+/// digested over their chunks' digests (see `DigestKind::ChunkList`). The task ends when the
+/// source closes its side; the source's own result says whether that was success.
+pub fn spawn_piece_chunker(
+    mut pieces: PieceStream,
+    params: ChunkerParams,
+    queue: usize,
+) -> (
+    mpsc::Receiver<Chunked>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let task = tokio::spawn(async move {
+        let gone = || std::io::Error::other("chunk consumer went away");
+        let mut window = Window::new(params);
+        let mut open = true;
+        while open {
+            let piece = pieces.recv().await;
+            open = piece.is_some();
+            if let Some(Piece::Bytes(mut data)) = piece {
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    let space = window.space();
+                    let n = space.len().min(rest.len());
+                    space[..n].copy_from_slice(&rest[..n]);
+                    window.end += n;
+                    rest = &rest[n..];
+                    while let Some(chunk) = window.next(false) {
+                        tx.send(Chunked::Data(chunk)).await.map_err(|_| gone())?;
+                    }
+                }
+                data.clear();
+                continue;
+            }
+            // A cut, a file, cached chunks or the end: finish the current run first.
+            while let Some(chunk) = window.next(true) {
+                tx.send(Chunked::Data(chunk)).await.map_err(|_| gone())?;
+            }
+            let out: Vec<Chunked> = match piece {
+                Some(Piece::File(key)) => vec![Chunked::File(key)],
+                Some(Piece::Stored(chunks)) => chunks.into_iter().map(Chunked::Stored).collect(),
+                _ => Vec::new(),
+            };
+            for c in out {
+                tx.send(c).await.map_err(|_| gone())?;
+            }
+        }
+        Ok(())
+    });
+    (rx, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{CachedChunk, FileKey, Piece};
     use rand::{Rng, SeedableRng};
 
     /// Our scan loop must cut exactly where fastcdc's reference chunker does (dedup against
@@ -178,5 +279,98 @@ mod tests {
         assert_eq!(joined, data);
         assert_eq!(digest.size, data.len() as u64);
         assert_eq!(digest.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+    }
+
+    /// Between cuts, pieces are cut exactly as a stream of just that run would be; a file's
+    /// data becomes the same chunks wherever it sits; marks and cached chunks keep their place.
+    #[tokio::test]
+    async fn pieces_are_cut_within_fences_only() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut file = vec![0u8; 1 << 20];
+        rng.fill(&mut file[..]);
+        let params = ChunkerParams {
+            min_size: 16 << 10,
+            avg_size: 64 << 10,
+            max_size: 256 << 10,
+        };
+        let reference = |d: &[u8]| -> Vec<usize> {
+            v2020::FastCDC::new(d, 16 << 10, 64 << 10, 256 << 10)
+                .map(|c| c.length)
+                .collect()
+        };
+        let key = FileKey {
+            path: "f".into(),
+            size: file.len() as u64,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            ino: 3,
+        };
+        let cached = CachedChunk {
+            id: crate::id::ChunkId([9; 32]),
+            len: 5,
+            sha256: [1; 32],
+        };
+        for lead in [1000usize, 70_000] {
+            let (tx, rx) = mpsc::channel(4);
+            let (mut out, task) = spawn_piece_chunker(rx, params, 2);
+            let head = vec![b'h'; lead];
+            let file2 = file.clone();
+            let cached2 = cached.clone();
+            let key2 = key.clone();
+            tokio::spawn(async move {
+                tx.send(Piece::Bytes(head)).await.unwrap();
+                tx.send(Piece::File(key2)).await.unwrap();
+                for part in file2.chunks(300_001) {
+                    tx.send(Piece::Bytes(part.to_vec())).await.unwrap();
+                }
+                tx.send(Piece::Cut).await.unwrap();
+                tx.send(Piece::Stored(vec![cached2])).await.unwrap();
+                tx.send(Piece::Bytes(b"tail".to_vec())).await.unwrap();
+            });
+            let mut seen = Vec::new();
+            while let Some(m) = out.recv().await {
+                seen.push(m);
+            }
+            task.await.unwrap().unwrap();
+            let file_at = seen
+                .iter()
+                .position(|m| matches!(m, Chunked::File(k) if *k == key))
+                .expect("file mark passed on");
+            let before: usize = seen[..file_at]
+                .iter()
+                .map(|m| match m {
+                    Chunked::Data(d) => d.len(),
+                    _ => panic!("only data before the mark"),
+                })
+                .sum();
+            assert_eq!(before, lead, "the lead-in ends at the mark");
+            let mut lens = Vec::new();
+            let mut rest = seen[file_at + 1..].iter();
+            let mut joined = Vec::new();
+            for m in rest.by_ref() {
+                match m {
+                    Chunked::Data(d) => {
+                        lens.push(d.len());
+                        joined.extend_from_slice(d);
+                    }
+                    Chunked::Stored(c) => {
+                        assert_eq!(*c, cached);
+                        break;
+                    }
+                    Chunked::File(_) => panic!("one mark only"),
+                }
+            }
+            assert_eq!(
+                joined, file,
+                "the file's data, and nothing else, before the cut"
+            );
+            assert_eq!(lens, reference(&file));
+            assert!(lens.len() > 5);
+            match rest.next() {
+                Some(Chunked::Data(d)) => assert_eq!(&d[..], b"tail"),
+                other => panic!("expected the tail, got {other:?}"),
+            }
+            assert!(rest.next().is_none());
+        }
     }
 }

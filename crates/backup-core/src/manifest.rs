@@ -47,8 +47,11 @@ pub struct Item {
     pub format: String,
     /// Plaintext bytes.
     pub size: u64,
-    /// SHA-256 of the plaintext stream, hex.
+    /// SHA-256 of the plaintext stream, or of its chunks' SHA-256s (see `digest`), hex.
     pub sha256: String,
+    /// What `sha256` is a digest of.
+    #[serde(default, skip_serializing_if = "DigestKind::is_stream")]
+    pub digest: DigestKind,
     /// Volatile stream header stored inline (base64), before the chunks; see FORMAT.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
@@ -57,6 +60,25 @@ pub struct Item {
     pub finished: DateTime<Utc>,
     #[serde(default)]
     pub facts: Facts,
+}
+
+/// What an item's `sha256` covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DigestKind {
+    /// The whole plaintext stream (head included): `sha256sum` of an export matches it.
+    #[default]
+    Stream,
+    /// The concatenated SHA-256s of the chunks, in order (head included as if a chunk).
+    /// Volumes use it: a file taken from the file cache is never read, so the stream as a
+    /// whole is never hashed, but its chunks' digests are known.
+    ChunkList,
+}
+
+impl DigestKind {
+    fn is_stream(&self) -> bool {
+        *self == DigestKind::Stream
+    }
 }
 
 /// One backup run. Written only after every chunk it names is durably stored.

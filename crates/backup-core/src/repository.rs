@@ -523,6 +523,11 @@ impl Repository {
         Ok(slot)
     }
 
+    /// Where a volume item's file cache lives, if caching is on.
+    pub fn file_cache_path(&self, item: &str) -> Option<PathBuf> {
+        self.cache.as_ref().map(|c| c.join("files").join(item))
+    }
+
     fn cache_path(&self, id: &SnapshotId) -> Option<PathBuf> {
         self.cache
             .as_ref()

@@ -357,3 +357,123 @@ async fn archives_that_escape_the_target_are_refused_with_nothing_written_outsid
         }
     }
 }
+
+fn volume(src: &Path) -> Vec<Box<dyn backup_core::source::Source>> {
+    vec![Box::new(VolumeSource::new(
+        "data",
+        src,
+        VolumeOptions::default(),
+    ))]
+}
+
+fn fact(snap: &backup_core::manifest::Snapshot, name: &str) -> u64 {
+    snap.item("data").unwrap().facts[name].as_u64().unwrap()
+}
+
+async fn restore_and_compare(t: &TestRepo, src: &Path, out: &str) {
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    let ropts = RestoreOptions {
+        to: Some(t.dir.path().join(out)),
+        ..Default::default()
+    };
+    let p = plan(&snap, &ropts).await.unwrap();
+    apply(&t.repo, &snap, &p, &ApplyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        describe(&t.dir.path().join(out).join("data")),
+        describe(src)
+    );
+}
+
+/// Large files unchanged since the last backup are taken from the file cache without being
+/// read, and the snapshot is the same one reading them would have made; a changed file (new
+/// content, or only a chmod) is read again; a cache naming chunks no snapshot holds any more,
+/// or a damaged cache, is not trusted.
+#[tokio::test]
+async fn unchanged_large_files_come_from_the_file_cache() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("big.bin"), random_bytes(1, 3 << 20)).unwrap();
+    let text: Vec<u8> = (0..(2 << 20))
+        .map(|i| b"lifeboat log line\n"[i % 18])
+        .collect();
+    fs::write(src.join("sub/log.txt"), &text).unwrap();
+    fs::write(src.join("sub/small.txt"), "small").unwrap();
+    // Files changed within the last second are not cached (see RACY_NS).
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+
+    backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let first = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(fact(&first, "files_from_cache"), 0);
+    let cache = t.repo.file_cache_path("data").unwrap();
+    assert!(cache.exists(), "file cache written at {}", cache.display());
+
+    let again = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let second = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(
+        fact(&second, "files_from_cache"),
+        2,
+        "big.bin and sub/log.txt"
+    );
+    assert_eq!(fact(&second, "bytes_from_cache"), (3 << 20) + (2 << 20));
+    assert_eq!(again.chunks_new, 0);
+    let (a, b) = (first.item("data").unwrap(), second.item("data").unwrap());
+    assert_eq!(b.digest, backup_core::manifest::DigestKind::ChunkList);
+    assert_eq!(
+        (&a.chunks, &a.sha256, a.size),
+        (&b.chunks, &b.sha256, b.size)
+    );
+    restore_and_compare(&t, &src, "out1").await;
+
+    // New content, and a chmod alone: both must be read again.
+    let mut grown = random_bytes(1, 3 << 20);
+    grown.extend_from_slice(b"appended");
+    fs::write(src.join("big.bin"), &grown).unwrap();
+    fs::set_permissions(src.join("sub/log.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let third = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(fact(&snap, "files_from_cache"), 0);
+    assert!(third.chunks_new > 0);
+    restore_and_compare(&t, &src, "out2").await;
+
+    // Every snapshot forgotten and collected: the cache's chunks are gone, so nothing of it
+    // may be used (the files are read and stored again).
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let ids = t.repo.snapshot_ids().await.unwrap();
+    t.repo.forget(&ids).await.unwrap();
+    let gc = backup_core::gc::GcOptions {
+        grace: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    backup_core::gc::collect(&t.repo, &gc).await.unwrap();
+    let fresh = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(fact(&snap, "files_from_cache"), 0);
+    assert!(fresh.stored_bytes > 3 << 20, "big.bin stored again");
+    restore_and_compare(&t, &src, "out3").await;
+
+    // A damaged cache is ignored, not trusted and not fatal.
+    fs::write(&cache, b"not a sealed cache").unwrap();
+    backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(fact(&snap, "files_from_cache"), 0);
+    restore_and_compare(&t, &src, "out4").await;
+    // ...and rewritten whole by that run.
+    backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(fact(&snap, "files_from_cache"), 2);
+}

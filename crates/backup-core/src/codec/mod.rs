@@ -32,6 +32,8 @@ pub enum ObjectType {
     Chunk = 1,
     /// A snapshot manifest; name = snapshot id.
     Snapshot = 2,
+    /// A volume's local file cache (never stored in the repository); name = `files/` + item.
+    FileCache = 3,
 }
 
 /// Why an envelope could not be opened.

@@ -21,7 +21,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::backup::blocking;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
-use crate::manifest::{Item, ItemKind, Snapshot};
+use crate::manifest::{DigestKind, Item, ItemKind, Snapshot};
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::source::postgres::conninfo;
@@ -444,14 +444,21 @@ pub async fn stream_item(
     w: &mut (dyn AsyncWrite + Send + Unpin),
     opts: &ApplyOptions,
 ) -> Result<()> {
+    // A chunk-list digest needs each chunk's SHA-256: taken on the blocking pool with the
+    // decryption, in parallel, rather than here.
+    let per_chunk = item.digest == DigestKind::ChunkList;
     let mut fetches = futures::stream::iter(item.chunks.iter().copied())
-        .map(|id| fetch_chunk(repo, snapshot, &item.name, id))
+        .map(|id| fetch_chunk_digested(repo, snapshot, &item.name, id, per_chunk))
         .buffered(opts.concurrency.max(1));
     let mut sha = Sha256::new();
     let head = item
         .head_bytes()
         .map_err(|reason| Error::SnapshotCorrupt { snapshot, reason })?;
-    sha.update(&head);
+    match item.digest {
+        DigestKind::Stream => sha.update(&head),
+        DigestKind::ChunkList if !head.is_empty() => sha.update(Sha256::digest(&head)),
+        DigestKind::ChunkList => {}
+    }
     let mut size = head.len() as u64;
     w.write_all(&head).await.map_err(|e| Error::Sink {
         item: item.name.clone(),
@@ -459,8 +466,11 @@ pub async fn stream_item(
         detail: format!("write failed: {e}"),
     })?;
     while let Some(chunk) = fetches.next().await {
-        let chunk = chunk?;
-        sha.update(&chunk);
+        let (chunk, chunk_sha) = chunk?;
+        match chunk_sha {
+            Some(d) => sha.update(d),
+            None => sha.update(&chunk),
+        }
         size += chunk.len() as u64;
         w.write_all(&chunk).await.map_err(|e| Error::Sink {
             item: item.name.clone(),
@@ -497,6 +507,19 @@ pub async fn fetch_chunk(
     item: &str,
     id: ChunkId,
 ) -> Result<Vec<u8>> {
+    Ok(fetch_chunk_digested(repo, snapshot, item, id, false)
+        .await?
+        .0)
+}
+
+/// As [`fetch_chunk`], with the plaintext's SHA-256 when `digest` is set.
+async fn fetch_chunk_digested(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &str,
+    id: ChunkId,
+    digest: bool,
+) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
     let object = match repo.store().get(&id.object_key()).await {
         Ok(o) => o,
         Err(Error::NotFound { .. }) => {
@@ -511,12 +534,17 @@ pub async fn fetch_chunk(
     };
     let keys = repo.keys().clone();
     let max = repo.config().chunker_params.max_size as usize;
-    blocking(move || keys.open_chunk_owned(&id, object, max))
-        .await?
-        .map_err(|e| Error::ChunkCorrupt {
-            snapshot,
-            item: item.to_string(),
-            chunk: id,
-            reason: e.to_string(),
+    blocking(move || {
+        keys.open_chunk_owned(&id, object, max).map(|plain| {
+            let sha = digest.then(|| <[u8; 32]>::from(Sha256::digest(&plain)));
+            (plain, sha)
         })
+    })
+    .await?
+    .map_err(|e| Error::ChunkCorrupt {
+        snapshot,
+        item: item.to_string(),
+        chunk: id,
+        reason: e.to_string(),
+    })
 }

@@ -7,14 +7,20 @@ pub mod reader;
 pub mod redis;
 pub mod volume;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
 
 use crate::error::Result;
+use crate::id::ChunkId;
 use crate::manifest::{Facts, ItemKind};
 
 pub use command::CommandSource;
 pub use reader::ReaderSource;
+pub use volume::cache::{CachedChunk, CachedFile, FileCache, FileKey};
 pub use volume::{VolumeOptions, VolumeSource};
 
 /// How many bytes the pipeline shows [`Source::volatile_prefix`].
@@ -56,4 +62,46 @@ pub trait Source: Send {
     fn has_volatile_prefix(&self) -> bool {
         false
     }
+
+    /// A source that knows its stream's structure may send it as [`Piece`]s instead: the
+    /// backup then calls this instead of [`Source::open`], and the same contract holds (read to
+    /// the end, then [`Source::finish`]). `None` (the default) means "use `open`".
+    async fn open_pieces(&mut self, _ctx: PieceContext) -> Result<Option<PieceStream>> {
+        Ok(None)
+    }
+}
+
+/// Part of a stream sent by a source that knows where its files start and end.
+///
+/// Guarantee the chunker gives: a chunk never spans a [`Piece::Cut`] or a [`Piece::File`], and
+/// content-defined cutting restarts after one. So a file whose data is fenced by cuts becomes
+/// the same chunks wherever it sits in the stream, and the next backup can name those chunks
+/// ([`Piece::Stored`]) instead of reading the file again.
+#[derive(Debug)]
+pub enum Piece {
+    /// Stream bytes.
+    Bytes(Vec<u8>),
+    /// End the current chunk here.
+    Cut,
+    /// A cut, then: the next `size` bytes are one file's data, to be remembered in the file
+    /// cache under this key (the pipeline records which chunks they became).
+    File(FileKey),
+    /// Stream bytes already in the repository as these chunks (a cut comes before and after).
+    Stored(Vec<CachedChunk>),
+}
+
+/// Receiving end of a source's pieces.
+pub type PieceStream = mpsc::Receiver<Piece>;
+
+/// What the backup offers [`Source::open_pieces`].
+#[derive(Clone, Default)]
+pub struct PieceContext {
+    /// Files this item had in the last backup of it, from the local file cache.
+    pub cache: Option<Arc<FileCache>>,
+    /// Chunks named by the repository's snapshots: a cached file is reused only if all its
+    /// chunks are among them (a forgotten snapshot's chunks may be gone).
+    pub known: Arc<Mutex<HashSet<ChunkId>>>,
+    /// Files at least this large get cuts around their data (the chunker's minimum size:
+    /// smaller files would become chunks below it).
+    pub aligned_min: u64,
 }

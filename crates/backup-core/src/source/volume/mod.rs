@@ -1,0 +1,582 @@
+//! `VolumeSource`: a directory as a deterministic tar stream (sorted entries, numeric owners).
+//!
+//! The stream goes to the backup as [`Piece`]s: large files' data is fenced by cuts, so it
+//! becomes chunks of its own, and a file unchanged since the last backup (see [`cache`]) is
+//! sent as those chunks without being read.
+
+pub mod cache;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::glob::Excludes;
+use super::{ByteStream, CachedChunk, FileKey, Piece, PieceContext, PieceStream, Source};
+use crate::error::{Error, Result};
+use crate::manifest::{Facts, ItemKind};
+
+/// Options of a volume source.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// Exclude globs (see [`super::glob`]).
+    pub exclude: Vec<String>,
+    /// Do not descend into other filesystems mounted below the root (the mount point itself is
+    /// kept as an empty directory), like `tar --one-file-system`.
+    pub one_file_system: bool,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            exclude: Vec::new(),
+            one_file_system: true,
+        }
+    }
+}
+
+/// Backs up a directory tree as a tar stream produced on a blocking thread.
+pub struct VolumeSource {
+    name: String,
+    path: PathBuf,
+    opts: VolumeOptions,
+    task: Option<tokio::task::JoinHandle<Result<Facts>>>,
+}
+
+impl VolumeSource {
+    /// A volume item for the directory `path`.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>, opts: VolumeOptions) -> Self {
+        VolumeSource {
+            name: name.into(),
+            path: path.into(),
+            opts,
+            task: None,
+        }
+    }
+
+    /// The volume's root as the file cache names it.
+    pub fn root(&self) -> Result<PathBuf> {
+        fs::canonicalize(&self.path).map_err(|e| Error::SourceFailed {
+            item: self.name.clone(),
+            detail: format!("volume path {}: {e}", self.path.display()),
+        })
+    }
+
+    fn start(&mut self, ctx: PieceContext) -> Result<PieceStream> {
+        let root = self.root()?;
+        if !root.is_dir() {
+            return Err(Error::SourceFailed {
+                item: self.name.clone(),
+                detail: format!("volume path {} is not a directory", root.display()),
+            });
+        }
+        // Four batches in flight: the walker stays ahead of the chunker by a few MiB at most.
+        let (tx, rx) = mpsc::channel(4);
+        let (name, opts) = (self.name.clone(), self.opts.clone());
+        self.task = Some(tokio::task::spawn_blocking(move || {
+            let mut walker = Walker::new(tx, &root, &opts, ctx);
+            walker.run().map_err(|e| Error::SourceFailed {
+                item: name,
+                detail: e,
+            })?;
+            Ok(walker.facts(&root))
+        }));
+        Ok(rx)
+    }
+}
+
+#[async_trait]
+impl Source for VolumeSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> ItemKind {
+        ItemKind::Volume
+    }
+    fn format(&self) -> &str {
+        "tar"
+    }
+
+    /// The plain tar stream (no cuts, no cache).
+    async fn open(&mut self) -> Result<ByteStream> {
+        let mut pieces = self.start(PieceContext::default())?;
+        let (mut w, r) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            while let Some(piece) = pieces.recv().await {
+                if let Piece::Bytes(b) = piece
+                    && w.write_all(&b).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Box::new(r))
+    }
+
+    async fn open_pieces(&mut self, ctx: PieceContext) -> Result<Option<PieceStream>> {
+        self.start(ctx).map(Some)
+    }
+
+    async fn finish(&mut self) -> Result<Facts> {
+        let task = self.task.take().ok_or_else(|| Error::SourceFailed {
+            item: self.name.clone(),
+            detail: "finish before open".into(),
+        })?;
+        task.await.map_err(|e| Error::SourceFailed {
+            item: self.name.clone(),
+            detail: format!("tar thread: {e}"),
+        })?
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+    hardlinks: u64,
+    bytes: u64,
+    excluded: u64,
+    vanished: u64,
+    special_skipped: u64,
+    other_fs_skipped: u64,
+    reused_files: u64,
+    reused_bytes: u64,
+    changed: Vec<String>,
+}
+
+struct Walker<'a> {
+    tar: tar::Builder<PieceWriter>,
+    plan: Rc<RefCell<DataPlan>>,
+    root: &'a Path,
+    dev: u64,
+    opts: &'a VolumeOptions,
+    ctx: PieceContext,
+    /// Files changed this recently may change again within the same timestamp tick: not cached.
+    racy_after_ns: i64,
+    excludes: Excludes,
+    links: HashMap<(u64, u64), PathBuf>,
+    st: Stats,
+}
+
+impl<'a> Walker<'a> {
+    fn new(
+        tx: mpsc::Sender<Piece>,
+        root: &'a Path,
+        opts: &'a VolumeOptions,
+        ctx: PieceContext,
+    ) -> Self {
+        let plan = Rc::new(RefCell::new(DataPlan::None));
+        let mut tar = tar::Builder::new(PieceWriter {
+            tx,
+            batch: Vec::new(),
+            plan: plan.clone(),
+        });
+        tar.mode(tar::HeaderMode::Complete);
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        Walker {
+            tar,
+            plan,
+            root,
+            dev: 0,
+            opts,
+            ctx,
+            racy_after_ns: now_ns - RACY_NS,
+            excludes: Excludes::new(&opts.exclude),
+            links: HashMap::new(),
+            st: Stats::default(),
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let md =
+            fs::symlink_metadata(self.root).map_err(|e| format!("{}: {e}", self.root.display()))?;
+        self.dev = md.dev();
+        self.append_dir(Path::new("."), &md)?;
+        self.walk(self.root.to_path_buf(), PathBuf::new())?;
+        self.tar
+            .finish()
+            .map_err(|e| format!("writing tar stream: {e}"))?;
+        let w = self.tar.get_mut();
+        w.flush().map_err(|e| format!("writing tar stream: {e}"))
+    }
+
+    fn facts(&self, root: &Path) -> Facts {
+        let s = &self.st;
+        let mut f = Facts::new();
+        f.insert("path".into(), root.display().to_string().into());
+        f.insert("files".into(), s.files.into());
+        f.insert("dirs".into(), s.dirs.into());
+        f.insert("symlinks".into(), s.symlinks.into());
+        f.insert("hardlinks".into(), s.hardlinks.into());
+        f.insert("bytes".into(), s.bytes.into());
+        f.insert("excluded".into(), s.excluded.into());
+        f.insert("vanished".into(), s.vanished.into());
+        f.insert("special_skipped".into(), s.special_skipped.into());
+        f.insert(
+            "other_filesystems_skipped".into(),
+            s.other_fs_skipped.into(),
+        );
+        if self.ctx.aligned_min > 0 {
+            f.insert("files_from_cache".into(), s.reused_files.into());
+            f.insert("bytes_from_cache".into(), s.reused_bytes.into());
+        }
+        if !s.changed.is_empty() {
+            f.insert("changed_during_backup".into(), s.changed.clone().into());
+        }
+        f
+    }
+
+    fn walk(&mut self, dir: PathBuf, rel: PathBuf) -> Result<(), String> {
+        let ioerr = |p: &Path, e: io::Error| format!("{}: {e}", p.display());
+        let mut names: Vec<_> = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<_>>()
+                .map_err(|e| ioerr(&dir, e))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.st.vanished += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(ioerr(&dir, e)),
+        };
+        // Byte order of names: deterministic across runs and machines, so unchanged trees dedup.
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            let r = rel.join(&name);
+            if self
+                .excludes
+                .is_excluded(&r.to_string_lossy(), &name.to_string_lossy())
+            {
+                self.st.excluded += 1;
+                continue;
+            }
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    self.st.vanished += 1;
+                    continue;
+                }
+                Err(e) => return Err(ioerr(&path, e)),
+            };
+            let ft = md.file_type();
+            if ft.is_dir() {
+                self.append_dir(&r, &md)?;
+                if self.opts.one_file_system && md.dev() != self.dev {
+                    self.st.other_fs_skipped += 1;
+                    continue;
+                }
+                self.walk(path, r)?;
+            } else if ft.is_symlink() {
+                let target = match fs::read_link(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        self.st.vanished += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(ioerr(&path, e)),
+                };
+                let mut h = header(&md);
+                h.set_size(0);
+                self.tar
+                    .append_link(&mut h, &r, &target)
+                    .map_err(|e| ioerr(&path, e))?;
+                self.st.symlinks += 1;
+            } else if ft.is_file() {
+                self.append_file(&path, &r, &md)?;
+            } else {
+                // Sockets, FIFOs and device nodes are not data a restore could use.
+                self.st.special_skipped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn append_dir(&mut self, rel: &Path, md: &Metadata) -> Result<(), String> {
+        let mut h = header(md);
+        h.set_size(0);
+        self.tar
+            .append_data(&mut h, rel, io::empty())
+            .map_err(|e| format!("{}: {e}", rel.display()))?;
+        self.st.dirs += 1;
+        Ok(())
+    }
+
+    fn append_file(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
+        let ioerr = |e: io::Error| format!("{}: {e}", path.display());
+        if md.nlink() > 1 {
+            let key = (md.dev(), md.ino());
+            if let Some(first) = self.links.get(&key).cloned() {
+                let mut h = header(md);
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                self.tar.append_link(&mut h, rel, &first).map_err(ioerr)?;
+                self.st.hardlinks += 1;
+                return Ok(());
+            }
+            self.links.insert(key, rel.to_path_buf());
+        }
+        let size = md.len();
+        let fenced = self.ctx.aligned_min > 0 && size >= self.ctx.aligned_min;
+        let key = fenced.then(|| file_key(rel, md)).flatten();
+        if let Some(chunks) = key.as_ref().and_then(|k| self.reusable(k)) {
+            // Unchanged since the last backup: its data is these chunks; the header is fresh.
+            *self.plan.borrow_mut() = DataPlan::Armed {
+                size,
+                key: key.clone(),
+                stored: Some(chunks),
+            };
+            let mut h = header(md);
+            let mut zeros = Fence::new(io::repeat(0).take(size), &self.plan);
+            self.tar
+                .append_data(&mut h, rel, &mut zeros)
+                .map_err(ioerr)?;
+            self.st.reused_files += 1;
+            self.st.reused_bytes += size;
+            self.st.files += 1;
+            self.st.bytes += size;
+            return Ok(());
+        }
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.st.vanished += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(ioerr(e)),
+        };
+        if fenced {
+            // Racy files are fenced (same chunks either way) but not remembered.
+            let key = key.filter(|k| k.ctime_ns < self.racy_after_ns);
+            *self.plan.borrow_mut() = DataPlan::Armed {
+                size,
+                key,
+                stored: None,
+            };
+        }
+        let mut h = header(md);
+        let mut reader = Fence::new(
+            Exact {
+                inner: file,
+                left: size,
+                short: false,
+            },
+            &self.plan,
+        );
+        self.tar
+            .append_data(&mut h, rel, &mut reader)
+            .map_err(ioerr)?;
+        let after = fs::symlink_metadata(path).ok();
+        let changed = reader.inner.short
+            || after.is_none_or(|a| {
+                a.len() != size || a.mtime() != md.mtime() || a.mtime_nsec() != md.mtime_nsec()
+            });
+        if changed {
+            self.st.changed.push(rel.display().to_string());
+        }
+        self.st.files += 1;
+        self.st.bytes += size;
+        Ok(())
+    }
+
+    /// The cached chunks of an unchanged file, if every one is still in the repository.
+    fn reusable(&self, key: &FileKey) -> Option<Vec<CachedChunk>> {
+        let chunks = self.ctx.cache.as_ref()?.lookup(key)?;
+        let total: u64 = chunks.iter().map(|c| c.len).sum();
+        let known = self.ctx.known.lock().unwrap();
+        (total == key.size && chunks.iter().all(|c| known.contains(&c.id))).then(|| chunks.to_vec())
+    }
+}
+
+/// The cache key of a file; `None` for names that are not UTF-8 (always read).
+fn file_key(rel: &Path, md: &Metadata) -> Option<FileKey> {
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    Some(FileKey {
+        path: rel.to_str()?.to_string(),
+        size: md.len(),
+        mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+        ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+        ino: md.ino(),
+    })
+}
+
+/// Where the next large file's data stands, shared by the walker, the [`Fence`] reading it and
+/// the [`PieceWriter`] (the writer alone cannot tell where a tar header ends).
+enum DataPlan {
+    None,
+    /// Set before a fenced file's entry is appended; the first data read moves it on.
+    Armed {
+        size: u64,
+        key: Option<FileKey>,
+        stored: Option<Vec<CachedChunk>>,
+    },
+    /// The header is written: the next bytes written are the data.
+    Started {
+        size: u64,
+        key: Option<FileKey>,
+        stored: Option<Vec<CachedChunk>>,
+    },
+    /// Inside the data; `skip`: the bytes are placeholder zeros for stored chunks.
+    Data {
+        left: u64,
+        skip: bool,
+    },
+}
+
+/// A file's data reader that tells the writer when the data begins.
+struct Fence<R> {
+    inner: R,
+    plan: Rc<RefCell<DataPlan>>,
+}
+
+impl<R> Fence<R> {
+    fn new(inner: R, plan: &Rc<RefCell<DataPlan>>) -> Self {
+        Fence {
+            inner,
+            plan: plan.clone(),
+        }
+    }
+}
+
+impl<R: Read> Read for Fence<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut plan = self.plan.borrow_mut();
+        if let DataPlan::Armed { .. } = *plan {
+            let DataPlan::Armed { size, key, stored } =
+                std::mem::replace(&mut *plan, DataPlan::None)
+            else {
+                unreachable!()
+            };
+            *plan = DataPlan::Started { size, key, stored };
+        }
+        drop(plan);
+        self.inner.read(buf)
+    }
+}
+
+/// Sends the tar stream as pieces: bytes in batches, with cuts (or cached chunks) around
+/// fenced files' data.
+struct PieceWriter {
+    tx: mpsc::Sender<Piece>,
+    batch: Vec<u8>,
+    plan: Rc<RefCell<DataPlan>>,
+}
+
+const BATCH: usize = 1 << 20;
+
+/// A file whose ctime is this close to the walk's start is not cached: a write in the same
+/// timestamp tick as our read would leave its times unchanged (git's "racy" entries).
+const RACY_NS: i64 = 1_000_000_000;
+
+impl PieceWriter {
+    fn send(&mut self, piece: Piece) -> io::Result<()> {
+        self.tx
+            .blocking_send(piece)
+            .map_err(|_| io::Error::new(ErrorKind::BrokenPipe, "the backup stopped reading"))
+    }
+
+    fn send_batch(&mut self) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::take(&mut self.batch);
+        self.send(Piece::Bytes(b))
+    }
+
+    fn push(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.batch.capacity() == 0 {
+            self.batch.reserve(BATCH);
+        }
+        self.batch.extend_from_slice(data);
+        if self.batch.len() >= BATCH {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for PieceWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let plan = std::mem::replace(&mut *self.plan.borrow_mut(), DataPlan::None);
+        let plan = match plan {
+            DataPlan::Started { size, key, stored } => {
+                self.send_batch()?;
+                self.send(key.map_or(Piece::Cut, Piece::File))?;
+                let skip = stored.is_some();
+                if let Some(chunks) = stored {
+                    self.send(Piece::Stored(chunks))?;
+                }
+                DataPlan::Data { left: size, skip }
+            }
+            other => other,
+        };
+        let DataPlan::Data { left, skip } = plan else {
+            *self.plan.borrow_mut() = plan;
+            self.push(buf)?;
+            return Ok(buf.len());
+        };
+        let n = buf.len().min(left as usize);
+        if !skip {
+            self.push(&buf[..n])?;
+        }
+        if n as u64 == left {
+            self.send_batch()?;
+            self.send(Piece::Cut)?;
+        } else {
+            *self.plan.borrow_mut() = DataPlan::Data {
+                left: left - n as u64,
+                skip,
+            };
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_batch()
+    }
+}
+
+fn header(md: &Metadata) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
+    h
+}
+
+/// Yields exactly `left` bytes: a file that shrank while being read is padded with zeros, one
+/// that grew is cut, so the tar stream stays well-formed; the change is reported as a fact.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+    short: bool,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left as usize);
+        let mut n = if self.short {
+            0
+        } else {
+            self.inner.read(&mut buf[..want])?
+        };
+        if n == 0 {
+            self.short = true;
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
