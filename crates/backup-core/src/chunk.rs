@@ -181,7 +181,10 @@ pub enum Chunked {
 }
 
 /// As [`spawn_chunker`] for a source that sends [`Piece`]s: content-defined cuts between
-/// [`Piece::Cut`]s, and cached chunks passed through. No stream digest here: such items are
+/// [`Piece::Cut`]s, and cached chunks passed through. A file's data (after a [`Piece::File`])
+/// is cut with `params`; everything between files (small files, tar headers) with
+/// [`ChunkerParams::between_files`], so that an edit to one small file stores a few of its
+/// neighbours rather than a megabyte of them. No stream digest here: such items are
 /// digested over their chunks' digests (see `DigestKind::ChunkList`). The task ends when the
 /// source closes its side; the source's own result says whether that was success.
 pub fn spawn_piece_chunker(
@@ -196,6 +199,8 @@ pub fn spawn_piece_chunker(
     let task = tokio::spawn(async move {
         let gone = || std::io::Error::other("chunk consumer went away");
         let mut window = Window::new(params);
+        let (large, small) = (window.cutter, Cutter::new(params.between_files()));
+        window.cutter = small;
         let mut open = true;
         while open {
             let piece = pieces.recv().await;
@@ -219,6 +224,10 @@ pub fn spawn_piece_chunker(
             while let Some(chunk) = window.next(true) {
                 tx.send(Chunked::Data(chunk)).await.map_err(|_| gone())?;
             }
+            window.cutter = match piece {
+                Some(Piece::File(_)) => large,
+                _ => small,
+            };
             let out: Vec<Chunked> = match piece {
                 Some(Piece::File(key)) => vec![Chunked::File(key)],
                 Some(Piece::Stored(chunks)) => chunks.into_iter().map(Chunked::Stored).collect(),

@@ -41,6 +41,18 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
+    /// Sizes for the stretches of a volume between large files (small files and tar headers):
+    /// a quarter of these (128 KiB / 256 KiB / 2 MiB by default), within the limits `validate`
+    /// sets. Measured on a 1.6 GB tree after a ~2 % change (docs/BENCHMARKS.md): an eighth
+    /// stores 54 MB instead of 68 but takes 20 % longer for a first backup (twice the objects).
+    pub fn between_files(&self) -> ChunkerParams {
+        ChunkerParams {
+            min_size: (self.min_size / 4).max(64) & !1,
+            avg_size: (self.avg_size / 4).max(256) & !1,
+            max_size: (self.max_size / 4).max(256) & !1,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let even = self.min_size.is_multiple_of(2)
             && self.avg_size.is_multiple_of(2)

@@ -77,7 +77,7 @@ impl VolumeSource {
                 detail: format!("volume path {} is not a directory", root.display()),
             });
         }
-        // Four batches in flight: the walker stays ahead of the chunker by a few MiB at most.
+        // Four 64 KiB batches in flight: the walker stays just ahead of the chunker.
         let (tx, rx) = mpsc::channel(4);
         let (name, opts) = (self.name.clone(), self.opts.clone());
         self.task = Some(tokio::task::spawn_blocking(move || {
@@ -472,7 +472,7 @@ struct PieceWriter {
     plan: Rc<RefCell<DataPlan>>,
 }
 
-const BATCH: usize = 1 << 20;
+const BATCH: usize = 64 << 10;
 
 /// A file whose ctime is this close to the walk's start is not cached: a write in the same
 /// timestamp tick as our read would leave its times unchanged (git's "racy" entries).
