@@ -214,7 +214,7 @@ enum Outcome {
         sha256: Option<[u8; 32]>,
         stored: Stored,
     },
-    File(FileKey),
+    File(Option<FileKey>),
 }
 
 /// How an item's bytes reach the chunker.
@@ -308,7 +308,7 @@ async fn backup_item(
     while let Some(r) = results.next().await {
         match r {
             Ok(Outcome::File(key)) => {
-                file = Some(OpenFile {
+                file = key.map(|key| OpenFile {
                     key,
                     got: 0,
                     chunks: Vec::new(),

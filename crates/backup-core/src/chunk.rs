@@ -176,8 +176,9 @@ pub enum Chunked {
     Data(Arc<Vec<u8>>),
     /// A chunk the repository already has (from the file cache).
     Stored(CachedChunk),
-    /// The chunks that follow, `key.size` bytes of them, are this file's data.
-    File(FileKey),
+    /// The chunks that follow, `key.size` bytes of them, are this file's data (see
+    /// [`Piece::File`]).
+    File(Option<FileKey>),
 }
 
 /// As [`spawn_chunker`] for a source that sends [`Piece`]s: content-defined cuts between
@@ -328,7 +329,7 @@ mod tests {
             let key2 = key.clone();
             tokio::spawn(async move {
                 tx.send(Piece::Bytes(head)).await.unwrap();
-                tx.send(Piece::File(key2)).await.unwrap();
+                tx.send(Piece::File(Some(key2))).await.unwrap();
                 for part in file2.chunks(300_001) {
                     tx.send(Piece::Bytes(part.to_vec())).await.unwrap();
                 }
@@ -343,7 +344,7 @@ mod tests {
             task.await.unwrap().unwrap();
             let file_at = seen
                 .iter()
-                .position(|m| matches!(m, Chunked::File(k) if *k == key))
+                .position(|m| matches!(m, Chunked::File(Some(k)) if *k == key))
                 .expect("file mark passed on");
             let before: usize = seen[..file_at]
                 .iter()

@@ -477,3 +477,31 @@ async fn unchanged_large_files_come_from_the_file_cache() {
     let snap = t.repo.find_snapshot("latest").await.unwrap();
     assert_eq!(fact(&snap, "files_from_cache"), 2);
 }
+
+/// A file changed too recently to be cached is still cut as a file, so the snapshot made once
+/// it has settled (and is cached) has exactly the same chunks.
+#[tokio::test]
+async fn racy_files_are_cut_like_cached_ones() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), random_bytes(3, 2 << 20)).unwrap();
+    fs::write(src.join("small.txt"), "small").unwrap();
+    backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let racy = t.repo.find_snapshot("latest").await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let settled = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(settled.chunks_new, 0, "same cuts as the racy run");
+    let cached = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(fact(&snap, "files_from_cache"), 1);
+    assert_eq!(cached.chunks_new, 0);
+    let (a, b) = (racy.item("data").unwrap(), snap.item("data").unwrap());
+    assert_eq!((&a.chunks, &a.sha256), (&b.chunks, &b.sha256));
+}

@@ -83,9 +83,11 @@ pub enum Piece {
     Bytes(Vec<u8>),
     /// End the current chunk here.
     Cut,
-    /// A cut, then: the next `size` bytes are one file's data, to be remembered in the file
-    /// cache under this key (the pipeline records which chunks they became).
-    File(FileKey),
+    /// A cut, then one file's data, cut with the full chunk sizes up to the next cut. With a
+    /// key (`key.size` bytes follow), the pipeline records in the file cache which chunks they
+    /// became; without one (a racy or non-UTF-8 name) the data is cut the same way but not
+    /// remembered.
+    File(Option<FileKey>),
     /// Stream bytes already in the repository as these chunks (a cut comes before and after).
     Stored(Vec<CachedChunk>),
 }

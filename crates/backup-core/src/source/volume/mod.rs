@@ -511,7 +511,7 @@ impl Write for PieceWriter {
         let plan = match plan {
             DataPlan::Started { size, key, stored } => {
                 self.send_batch()?;
-                self.send(key.map_or(Piece::Cut, Piece::File))?;
+                self.send(Piece::File(key))?;
                 let skip = stored.is_some();
                 if let Some(chunks) = stored {
                     self.send(Piece::Stored(chunks))?;
