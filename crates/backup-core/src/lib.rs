@@ -14,6 +14,7 @@
 //! | [`backup`] | the pipeline and the all-or-nothing snapshot |
 //! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command, pg_restore, Redis) |
 //! | [`check`] | repository verification |
+//! | [`buffer`] | reusable chunk-sized buffers |
 //! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection |
 //! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
 //! | [`scratch`] | throw-away PostgreSQL, redis-server and S3 servers on free loopback ports |
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod buffer;
 pub mod check;
 pub mod chunk;
 #[cfg(feature = "cli")]

@@ -480,6 +480,7 @@ pub async fn stream_item(
         if let Some(p) = &opts.progress {
             p.add(chunk.len() as u64);
         }
+        crate::buffer::give(chunk);
     }
     w.flush().await.map_err(|e| Error::Sink {
         item: item.name.clone(),

@@ -163,9 +163,16 @@ impl Store for LocalStore {
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
-        tokio::fs::read(&path)
-            .await
-            .map_err(|e| self.err("get", key, e))
+        let k = key.to_string();
+        self.blocking(move |s| {
+            let e = |e| s.err("get", &k, e);
+            let mut f = File::open(&path).map_err(e)?;
+            let len = f.metadata().map_err(e)?.len() as usize;
+            let mut buf = crate::buffer::take(len);
+            f.read_to_end(&mut buf).map_err(e)?;
+            Ok(buf)
+        })
+        .await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
