@@ -70,10 +70,10 @@ pub struct RepoFlags {
     /// Key file instead of a passphrase (or LIFEBOAT_KEY_FILE).
     #[arg(long, global = true)]
     pub key_file: Option<PathBuf>,
-    /// Where snapshot manifests are cached (default ~/.cache/lifeboat).
+    /// Where snapshot manifests and volume file caches live (default ~/.cache/lifeboat).
     #[arg(long, global = true)]
     pub cache_dir: Option<PathBuf>,
-    /// Read everything from the repository, cache nothing.
+    /// Read everything from the repository and every file of a volume, cache nothing.
     #[arg(long, global = true)]
     pub no_cache: bool,
 }

@@ -331,11 +331,11 @@ impl<'a> Walker<'a> {
         let key = fenced.then(|| file_key(rel, md)).flatten();
         if let Some(chunks) = key.as_ref().and_then(|k| self.reusable(k)) {
             // Unchanged since the last backup: its data is these chunks; the header is fresh.
-            *self.plan.borrow_mut() = DataPlan::Armed {
+            *self.plan.borrow_mut() = DataPlan::Armed(FencedFile {
                 size,
                 key: key.clone(),
                 stored: Some(chunks),
-            };
+            });
             let mut h = header(md);
             let mut zeros = Fence::new(io::repeat(0).take(size), &self.plan);
             self.tar
@@ -358,11 +358,11 @@ impl<'a> Walker<'a> {
         if fenced {
             // Racy files are fenced (same chunks either way) but not remembered.
             let key = key.filter(|k| k.ctime_ns < self.racy_after_ns);
-            *self.plan.borrow_mut() = DataPlan::Armed {
+            *self.plan.borrow_mut() = DataPlan::Armed(FencedFile {
                 size,
                 key,
                 stored: None,
-            };
+            });
         }
         let mut h = header(md);
         let mut reader = Fence::new(
@@ -415,22 +415,22 @@ fn file_key(rel: &Path, md: &Metadata) -> Option<FileKey> {
 enum DataPlan {
     None,
     /// Set before a fenced file's entry is appended; the first data read moves it on.
-    Armed {
-        size: u64,
-        key: Option<FileKey>,
-        stored: Option<Vec<CachedChunk>>,
-    },
+    Armed(FencedFile),
     /// The header is written: the next bytes written are the data.
-    Started {
-        size: u64,
-        key: Option<FileKey>,
-        stored: Option<Vec<CachedChunk>>,
-    },
+    Started(FencedFile),
     /// Inside the data; `skip`: the bytes are placeholder zeros for stored chunks.
     Data {
         left: u64,
         skip: bool,
     },
+}
+
+/// A large file about to be written: its size, its cache key (none if it must not be
+/// remembered) and, when unchanged, the chunks to send instead of its data.
+struct FencedFile {
+    size: u64,
+    key: Option<FileKey>,
+    stored: Option<Vec<CachedChunk>>,
 }
 
 /// A file's data reader that tells the writer when the data begins.
@@ -451,14 +451,10 @@ impl<R> Fence<R> {
 impl<R: Read> Read for Fence<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut plan = self.plan.borrow_mut();
-        if let DataPlan::Armed { .. } = *plan {
-            let DataPlan::Armed { size, key, stored } =
-                std::mem::replace(&mut *plan, DataPlan::None)
-            else {
-                unreachable!()
-            };
-            *plan = DataPlan::Started { size, key, stored };
-        }
+        *plan = match std::mem::replace(&mut *plan, DataPlan::None) {
+            DataPlan::Armed(f) => DataPlan::Started(f),
+            other => other,
+        };
         drop(plan);
         self.inner.read(buf)
     }
@@ -509,7 +505,7 @@ impl Write for PieceWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let plan = std::mem::replace(&mut *self.plan.borrow_mut(), DataPlan::None);
         let plan = match plan {
-            DataPlan::Started { size, key, stored } => {
+            DataPlan::Started(FencedFile { size, key, stored }) => {
                 self.send_batch()?;
                 self.send(Piece::File(key))?;
                 let skip = stored.is_some();
