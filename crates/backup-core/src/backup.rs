@@ -21,7 +21,9 @@ use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot, validate_item_name};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use crate::source::{CachedChunk, CachedFile, FileCache, FileKey, HEAD_PEEK, PieceContext, Source};
+use crate::source::{
+    CacheSlot, CachedChunk, CachedFile, FileCache, FileKey, HEAD_PEEK, PieceContext, Source,
+};
 use crate::store::PutMode;
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -165,9 +167,7 @@ async fn run_items(
     let mut caches = Vec::new();
     for mut src in sources {
         let (item, report, item_reused, cache) = backup_item(repo, &mut *src, &known, opts).await?;
-        if let Some(c) = cache {
-            caches.push((item.name.clone(), c));
-        }
+        caches.extend(cache);
         items.push(item);
         reports.push(report);
         reused.extend(item_reused);
@@ -191,11 +191,9 @@ async fn run_items(
     repo.save_snapshot(&snapshot).await?;
     // Only now: a cache naming chunks of a snapshot that was never written would be trusted
     // next time while those chunks may be collected.
-    for (name, cache) in caches {
-        if let Some(path) = repo.file_cache_path(&name) {
-            // An optimisation: failing to write it must not fail the backup.
-            let _ = cache.save(&path, repo.keys(), &name);
-        }
+    for (slot, cache) in caches {
+        // An optimisation: failing to write it must not fail the backup.
+        let _ = slot.save(&cache);
     }
     Ok((snapshot, reports))
 }
@@ -239,7 +237,12 @@ struct OpenFile {
     chunks: Vec<CachedChunk>,
 }
 
-type ItemOutcome = (Item, ItemReport, Vec<ChunkId>, Option<FileCache>);
+type ItemOutcome = (
+    Item,
+    ItemReport,
+    Vec<ChunkId>,
+    Option<(CacheSlot, FileCache)>,
+);
 
 async fn backup_item(
     repo: &Repository,
@@ -254,12 +257,11 @@ async fn backup_item(
         p.start_item(&name, 0);
     }
     let params = repo.config().chunker_params;
-    let cache_path = repo.file_cache_path(&name);
+    let slot = repo
+        .file_cache_path(&name)
+        .map(|p| CacheSlot::new(p, repo.keys().clone(), &name));
     let ctx = PieceContext {
-        cache: cache_path
-            .as_ref()
-            .and_then(|p| FileCache::load(p, repo.keys(), &name))
-            .map(Arc::new),
+        cache: slot.clone(),
         known: known.clone(),
         aligned_min: u64::from(params.min_size),
     };
@@ -407,7 +409,7 @@ async fn backup_item(
         stored_bytes,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    Ok((item, report, reused, cache))
+    Ok((item, report, reused, slot.zip(cache)))
 }
 
 /// One message of the chunker through the pipeline: new data is identified, deduplicated and
@@ -507,7 +509,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
     type Job = Box<dyn FnOnce() + Send>;
-    static POOL: std::sync::LazyLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> =
+    static POOL: std::sync::LazyLock<std::sync::mpsc::Sender<Job>> =
         std::sync::LazyLock::new(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Job>();
             let rx = Arc::new(Mutex::new(rx));
@@ -526,16 +528,14 @@ pub(crate) async fn blocking<T: Send + 'static>(
                     })
                     .expect("spawning a CPU worker thread");
             }
-            std::sync::Mutex::new(tx)
+            tx
         });
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let _ = tx.send(r);
     });
-    POOL.lock()
-        .unwrap()
-        .send(job)
+    POOL.send(job)
         .expect("CPU workers run as long as the process");
     match rx.await {
         Ok(Ok(v)) => Ok(v),

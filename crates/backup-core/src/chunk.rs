@@ -206,7 +206,7 @@ pub fn spawn_piece_chunker(
         while open {
             let piece = pieces.recv().await;
             open = piece.is_some();
-            if let Some(Piece::Bytes(mut data)) = piece {
+            if let Some(Piece::Bytes(data)) = piece {
                 let mut rest = &data[..];
                 while !rest.is_empty() {
                     let space = window.space();
@@ -218,24 +218,24 @@ pub fn spawn_piece_chunker(
                         tx.send(Chunked::Data(chunk)).await.map_err(|_| gone())?;
                     }
                 }
-                data.clear();
                 continue;
             }
             // A cut, a file, cached chunks or the end: finish the current run first.
             while let Some(chunk) = window.next(true) {
                 tx.send(Chunked::Data(chunk)).await.map_err(|_| gone())?;
             }
-            window.cutter = match piece {
-                Some(Piece::File(_)) => large,
-                _ => small,
-            };
-            let out: Vec<Chunked> = match piece {
-                Some(Piece::File(key)) => vec![Chunked::File(key)],
-                Some(Piece::Stored(chunks)) => chunks.into_iter().map(Chunked::Stored).collect(),
-                _ => Vec::new(),
-            };
-            for c in out {
-                tx.send(c).await.map_err(|_| gone())?;
+            window.cutter = small;
+            match piece {
+                Some(Piece::File(key)) => {
+                    window.cutter = large;
+                    tx.send(Chunked::File(key)).await.map_err(|_| gone())?;
+                }
+                Some(Piece::Stored(chunks)) => {
+                    for c in chunks {
+                        tx.send(Chunked::Stored(c)).await.map_err(|_| gone())?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -246,7 +246,6 @@ pub fn spawn_piece_chunker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{CachedChunk, FileKey, Piece};
     use rand::{Rng, SeedableRng};
 
     /// Our scan loop must cut exactly where fastcdc's reference chunker does (dedup against

@@ -444,7 +444,7 @@ pub async fn stream_item(
     w: &mut (dyn AsyncWrite + Send + Unpin),
     opts: &ApplyOptions,
 ) -> Result<()> {
-    // A chunk-list digest needs each chunk's SHA-256: taken on the blocking pool with the
+    // A chunk-list digest needs each chunk's SHA-256: taken on the CPU pool with the
     // decryption, in parallel, rather than here.
     let per_chunk = item.digest == DigestKind::ChunkList;
     // Each fetch is a task of its own: futures inside `buffered` only make progress while the

@@ -20,7 +20,7 @@ use crate::manifest::{Facts, ItemKind};
 
 pub use command::CommandSource;
 pub use reader::ReaderSource;
-pub use volume::cache::{CachedChunk, CachedFile, FileCache, FileKey};
+pub use volume::cache::{CacheSlot, CachedChunk, CachedFile, FileCache, FileKey};
 pub use volume::{VolumeOptions, VolumeSource};
 
 /// How many bytes the pipeline shows [`Source::volatile_prefix`].
@@ -98,8 +98,9 @@ pub type PieceStream = mpsc::Receiver<Piece>;
 /// What the backup offers [`Source::open_pieces`].
 #[derive(Clone, Default)]
 pub struct PieceContext {
-    /// Files this item had in the last backup of it, from the local file cache.
-    pub cache: Option<Arc<FileCache>>,
+    /// The local file cache of this item (what its files were in the last backup of it);
+    /// `None` when caching is off.
+    pub cache: Option<CacheSlot>,
     /// Chunks named by the repository's snapshots: a cached file is reused only if all its
     /// chunks are among them (a forgotten snapshot's chunks may be gone).
     pub known: Arc<Mutex<HashSet<ChunkId>>>,

@@ -6,7 +6,7 @@
 //! every chunk it names is still in a snapshot of the repository.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,34 +87,58 @@ impl FileCache {
             .filter(|f| &f.key == key)
             .map(|f| &f.chunks[..])
     }
+}
 
-    /// Reads the cache of `item`; `None` when there is none or it cannot be used.
-    pub fn load(path: &Path, keys: &Keys, item: &str) -> Option<FileCache> {
-        let sealed = std::fs::read(path).ok()?;
-        let plain = keys
-            .open(ObjectType::FileCache, &name(item), &sealed, MAX_LEN)
+/// Where one volume item's cache lives and the key that seals it. The walker loads it on its
+/// own thread (only volumes pay for it); the backup saves it after the snapshot.
+#[derive(Debug, Clone)]
+pub struct CacheSlot {
+    path: PathBuf,
+    keys: Keys,
+    item: String,
+}
+
+impl CacheSlot {
+    pub fn new(path: PathBuf, keys: Keys, item: &str) -> Self {
+        CacheSlot {
+            path,
+            keys,
+            item: item.to_string(),
+        }
+    }
+
+    /// The cache; `None` when there is none or it cannot be used.
+    pub fn load(&self) -> Option<FileCache> {
+        let sealed = std::fs::read(&self.path).ok()?;
+        let plain = self
+            .keys
+            .open(ObjectType::FileCache, &name(&self.item), &sealed, MAX_LEN)
             .ok()?;
         serde_json::from_slice::<FileCache>(&plain)
             .ok()
             .filter(|c| c.version == VERSION)
     }
 
-    /// Writes the cache atomically, readable by the owner only (it names the volume's files).
-    pub fn save(&self, path: &Path, keys: &Keys, item: &str) -> std::io::Result<()> {
+    /// Writes `cache` atomically, readable by the owner only (it names the volume's files).
+    pub fn save(&self, cache: &FileCache) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let plain = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let sealed = keys.seal(ObjectType::FileCache, &name(item), &plain, 3);
-        let dir = path.parent().expect("cache file has a parent");
+        let plain = serde_json::to_vec(cache).map_err(std::io::Error::other)?;
+        let sealed = self
+            .keys
+            .seal(ObjectType::FileCache, &name(&self.item), &plain, 3);
+        let dir = self.path.parent().expect("cache file has a parent");
         std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", rand::random::<u32>()));
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .and_then(|mut f| f.write_all(&sealed))
-            .and_then(|()| std::fs::rename(&tmp, path));
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }

@@ -19,7 +19,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::glob::Excludes;
-use super::{ByteStream, CachedChunk, FileKey, Piece, PieceContext, PieceStream, Source};
+use super::{
+    ByteStream, CacheSlot, CachedChunk, FileCache, FileKey, Piece, PieceContext, PieceStream,
+    Source,
+};
 use crate::error::{Error, Result};
 use crate::manifest::{Facts, ItemKind};
 
@@ -152,6 +155,10 @@ struct Stats {
     changed: Vec<String>,
 }
 
+/// A file whose ctime is this close to the walk's start is not cached: a write in the same
+/// timestamp tick as our read would leave its times unchanged (git's "racy" entries).
+const RACY_NS: i64 = 1_000_000_000;
+
 struct Walker<'a> {
     tar: tar::Builder<PieceWriter>,
     plan: Rc<RefCell<DataPlan>>,
@@ -159,6 +166,8 @@ struct Walker<'a> {
     dev: u64,
     opts: &'a VolumeOptions,
     ctx: PieceContext,
+    /// The file cache of the last backup, loaded here, on the walker's thread.
+    cache: Option<FileCache>,
     /// Files changed this recently may change again within the same timestamp tick: not cached.
     racy_after_ns: i64,
     excludes: Excludes,
@@ -189,6 +198,7 @@ impl<'a> Walker<'a> {
             root,
             dev: 0,
             opts,
+            cache: ctx.cache.as_ref().and_then(CacheSlot::load),
             ctx,
             racy_after_ns: now_ns - RACY_NS,
             excludes: Excludes::new(&opts.exclude),
@@ -329,45 +339,31 @@ impl<'a> Walker<'a> {
         let size = md.len();
         let fenced = self.ctx.aligned_min > 0 && size >= self.ctx.aligned_min;
         let key = fenced.then(|| file_key(rel, md)).flatten();
-        if let Some(chunks) = key.as_ref().and_then(|k| self.reusable(k)) {
-            // Unchanged since the last backup: its data is these chunks; the header is fresh.
-            *self.plan.borrow_mut() = DataPlan::Armed(FencedFile {
-                size,
-                key: key.clone(),
-                stored: Some(chunks),
-            });
-            let mut h = header(md);
-            let mut zeros = Fence::new(io::repeat(0).take(size), &self.plan);
-            self.tar
-                .append_data(&mut h, rel, &mut zeros)
-                .map_err(ioerr)?;
-            self.st.reused_files += 1;
-            self.st.reused_bytes += size;
-            self.st.files += 1;
-            self.st.bytes += size;
-            return Ok(());
-        }
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.st.vanished += 1;
-                return Ok(());
+        // Unchanged since the last backup: its data is these chunks, sent without reading it
+        // (the tar writer gets zeros and drops them; the header is written fresh).
+        let stored = key.as_ref().and_then(|k| self.reusable(k));
+        let data: Box<dyn Read> = if stored.is_some() {
+            Box::new(io::repeat(0))
+        } else {
+            match File::open(path) {
+                Ok(f) => Box::new(f),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    self.st.vanished += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(ioerr(e)),
             }
-            Err(e) => return Err(ioerr(e)),
         };
+        let reused = stored.is_some();
         if fenced {
             // Racy files are fenced (same chunks either way) but not remembered.
             let key = key.filter(|k| k.ctime_ns < self.racy_after_ns);
-            *self.plan.borrow_mut() = DataPlan::Armed(FencedFile {
-                size,
-                key,
-                stored: None,
-            });
+            *self.plan.borrow_mut() = DataPlan::Armed(FencedFile { size, key, stored });
         }
         let mut h = header(md);
         let mut reader = Fence::new(
             Exact {
-                inner: file,
+                inner: data,
                 left: size,
                 short: false,
             },
@@ -376,13 +372,18 @@ impl<'a> Walker<'a> {
         self.tar
             .append_data(&mut h, rel, &mut reader)
             .map_err(ioerr)?;
-        let after = fs::symlink_metadata(path).ok();
-        let changed = reader.inner.short
-            || after.is_none_or(|a| {
-                a.len() != size || a.mtime() != md.mtime() || a.mtime_nsec() != md.mtime_nsec()
-            });
-        if changed {
-            self.st.changed.push(rel.display().to_string());
+        if reused {
+            self.st.reused_files += 1;
+            self.st.reused_bytes += size;
+        } else {
+            let after = fs::symlink_metadata(path).ok();
+            let changed = reader.inner.short
+                || after.is_none_or(|a| {
+                    a.len() != size || a.mtime() != md.mtime() || a.mtime_nsec() != md.mtime_nsec()
+                });
+            if changed {
+                self.st.changed.push(rel.display().to_string());
+            }
         }
         self.st.files += 1;
         self.st.bytes += size;
@@ -391,7 +392,7 @@ impl<'a> Walker<'a> {
 
     /// The cached chunks of an unchanged file, if every one is still in the repository.
     fn reusable(&self, key: &FileKey) -> Option<Vec<CachedChunk>> {
-        let chunks = self.ctx.cache.as_ref()?.lookup(key)?;
+        let chunks = self.cache.as_ref()?.lookup(key)?;
         let total: u64 = chunks.iter().map(|c| c.len).sum();
         let known = self.ctx.known.lock().unwrap();
         (total == key.size && chunks.iter().all(|c| known.contains(&c.id))).then(|| chunks.to_vec())
@@ -469,10 +470,6 @@ struct PieceWriter {
 }
 
 const BATCH: usize = 64 << 10;
-
-/// A file whose ctime is this close to the walk's start is not cached: a write in the same
-/// timestamp tick as our read would leave its times unchanged (git's "racy" entries).
-const RACY_NS: i64 = 1_000_000_000;
 
 impl PieceWriter {
     fn send(&mut self, piece: Piece) -> io::Result<()> {
