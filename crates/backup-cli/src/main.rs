@@ -576,6 +576,18 @@ async fn retention_run(
                     }
                 ),
             }
+            if r.incomplete_removed > 0 {
+                println!(
+                    "{} partial writes of killed runs ({}) {}",
+                    r.incomplete_removed,
+                    human_bytes(r.incomplete_bytes),
+                    if dry_run {
+                        "would be removed"
+                    } else {
+                        "removed"
+                    }
+                );
+            }
         }
         json["gc"] = serde_json::to_value(&r)?;
     }

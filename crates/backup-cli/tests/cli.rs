@@ -55,6 +55,8 @@ impl Env {
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
     }
 
+    /// Chunks stored completely: a `.tmp-` file is a write still in progress (or one a killed
+    /// run never finished), which no later run can find.
     fn chunk_count(&self) -> usize {
         count(&self.p("repo/chunks"))
     }
@@ -68,7 +70,7 @@ fn count(d: &Path) -> usize {
                     if e.path().is_dir() {
                         count(&e.path())
                     } else {
-                        1
+                        usize::from(!e.file_name().to_string_lossy().starts_with(".tmp-"))
                     }
                 })
                 .sum()
@@ -266,10 +268,15 @@ fn killed_backup_leaves_no_snapshot_and_the_next_run_reuses_chunks() {
     while e.chunk_count() < 4 && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let stored = e.chunk_count();
-    assert!(stored >= 4, "chunks stored before the kill: {stored}");
+    assert!(
+        e.chunk_count() >= 4,
+        "chunks stored before the kill: {}",
+        e.chunk_count()
+    );
     child.kill().unwrap();
     child.wait().unwrap();
+    // Counted after the kill: more puts may have completed since the loop looked.
+    let stored = e.chunk_count();
     assert!(e.snapshots().is_empty(), "a killed run leaves no snapshot");
 
     let ok = format!("dump=cat {}", data.display());

@@ -65,6 +65,9 @@ pub struct GcReport {
     /// Objects the store refused to delete because of retention (Object Lock).
     pub skipped_retained: Vec<String>,
     pub stale_markers_removed: usize,
+    /// Partial writes of killed runs (local temp files) older than the grace period.
+    pub incomplete_removed: usize,
+    pub incomplete_bytes: u64,
     pub dry_run: bool,
 }
 
@@ -221,5 +224,7 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
         }
         report.stale_markers_removed += 1;
     }
+    (report.incomplete_removed, report.incomplete_bytes) =
+        store.sweep_incomplete(opts.grace, opts.dry_run).await?;
     Ok(())
 }

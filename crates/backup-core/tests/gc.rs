@@ -84,19 +84,36 @@ async fn orphans_wait_for_the_grace_period() {
         grace: Duration::from_secs(3600),
         ..Default::default()
     };
+    // What a run killed mid-put leaves: a temp file beside the chunks.
+    let abandoned = t.path().join("chunks/00/.tmp-00000000000000aa");
+    std::fs::create_dir_all(abandoned.parent().unwrap()).unwrap();
+    std::fs::write(&abandoned, vec![7u8; 1000]).unwrap();
     let r = collect(&t.repo, &graceful).await.unwrap();
     assert_eq!(
-        (r.chunks_deleted, r.chunks_in_grace),
-        (0, s.items[0].chunks),
-        "young orphans are kept"
+        (r.chunks_deleted, r.chunks_in_grace, r.incomplete_removed),
+        (0, s.items[0].chunks, 0),
+        "young orphans and temp files are kept"
     );
     // Age them past the grace period.
     let old = filetime::FileTime::from_unix_time(chrono::Utc::now().timestamp() - 7200, 0);
     for e in walk(&t.path().join("chunks")) {
         filetime::set_file_mtime(&e, old).unwrap();
     }
+    let dry = collect(
+        &t.repo,
+        &GcOptions {
+            dry_run: true,
+            ..graceful.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((dry.incomplete_removed, dry.incomplete_bytes), (1, 1000));
+    assert!(abandoned.exists(), "a dry run removes nothing");
     let r = collect(&t.repo, &graceful).await.unwrap();
     assert_eq!(r.chunks_deleted, s.items[0].chunks);
+    assert_eq!((r.incomplete_removed, r.incomplete_bytes), (1, 1000));
+    assert!(!abandoned.exists());
     assert_eq!(t.chunk_files(), 0);
 }
 

@@ -104,6 +104,14 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await
     }
+
+    async fn sweep_incomplete(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<(usize, u64)> {
+        self.inner.sweep_incomplete(older_than, dry_run).await
+    }
 }
 
 impl<S: Store> FaultyStore<S> {

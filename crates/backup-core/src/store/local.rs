@@ -96,6 +96,47 @@ impl LocalStore {
         result
     }
 
+    /// Temp files of puts that never finished (the writer was killed between create and
+    /// link). A live put finishes in seconds, so one older than `older_than` is abandoned.
+    fn sweep_sync(&self, older_than: std::time::Duration, dry_run: bool) -> Result<(usize, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err("sweep", &dir.display().to_string(), e)),
+            };
+            for entry in rd.flatten() {
+                let Ok(md) = entry.metadata() else { continue };
+                if md.is_dir() {
+                    stack.push(entry.path());
+                    continue;
+                }
+                let old = md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= older_than);
+                if !old || !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                if !dry_run {
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            return Err(self.err("sweep", &entry.path().display().to_string(), e));
+                        }
+                    }
+                }
+                n += 1;
+                bytes += md.len();
+            }
+        }
+        Ok((n, bytes))
+    }
+
     fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         // Walk only the directory the prefix points into.
         let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
@@ -222,6 +263,15 @@ impl Store for LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.err("delete", key, e)),
         }
+    }
+
+    async fn sweep_incomplete(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<(usize, u64)> {
+        self.blocking(move |s| s.sweep_sync(older_than, dry_run))
+            .await
     }
 }
 

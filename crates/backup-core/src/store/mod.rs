@@ -81,6 +81,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn retention_until(&self, _key: &str) -> Result<Option<DateTime<Utc>>> {
         Ok(None)
     }
+    /// Removes (or with `dry_run` only counts) partial writes older than `older_than` that a
+    /// killed process left behind; returns how many and their bytes. Stores whose writes are
+    /// atomic on the server leave none.
+    async fn sweep_incomplete(
+        &self,
+        _older_than: std::time::Duration,
+        _dry_run: bool,
+    ) -> Result<(usize, u64)> {
+        Ok((0, 0))
+    }
 }
 
 /// Refuses keys that could escape a directory or be misread by a server.
