@@ -264,6 +264,7 @@ async fn backup_item(
         cache: slot.clone(),
         known: known.clone(),
         aligned_min: u64::from(params.min_size),
+        group_min: params.file_group(),
     };
     let mut head = Vec::new();
     let (messages, feed): (futures::stream::BoxStream<'static, Chunked>, Feed) =
@@ -475,19 +476,35 @@ async fn store_chunk(
         return done(Stored::Reused);
     }
     // Not named by any snapshot, but a run that was interrupted may have stored it already.
+    // Its puts were batched, so a crash of the machine before its flush may have left the object
+    // damaged under its name: reuse it only if it opens, and replace it otherwise.
     let key = id.object_key();
-    match repo.store().head(&key).await {
-        Ok(_) => {
+    let mut mode = PutMode::CreateOnly;
+    let found = match repo.store().head(&key).await {
+        Ok(_) => true,
+        Err(Error::NotFound { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    if found {
+        let max = data.len();
+        let sound = match repo.store().get(&key).await {
+            Ok(object) => {
+                let keys = repo.keys().clone();
+                blocking(move || keys.open_chunk_owned(&id, object, max).is_ok()).await?
+            }
+            Err(Error::NotFound { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if sound {
             known.lock().unwrap().insert(id);
             return done(Stored::Reused);
         }
-        Err(Error::NotFound { .. }) => {}
-        Err(e) => return Err(e),
+        mode = PutMode::Overwrite;
     }
     let keys = repo.keys().clone();
     let object = blocking(move || keys.seal_chunk(&id, &data, level)).await?;
     let n = object.len() as u64;
-    let stored = match repo.store().put(&key, object, PutMode::CreateOnly).await {
+    let stored = match repo.store().put_batched(&key, object, mode).await {
         Ok(()) => Stored::New(n),
         // Same chunk twice in flight, or a concurrent run: the content is identical by construction.
         Err(Error::AlreadyExists { .. }) => Stored::Reused,

@@ -256,6 +256,30 @@ async fn failing_command_leaves_no_snapshot_and_the_rerun_reuses_chunks() {
     assert!(restore_bytes(&t.repo, "dump").await.unwrap() == std::fs::read(&file).unwrap());
 }
 
+/// Chunks are written batched (durable at the snapshot's flush), so a machine that crashed
+/// during a run may leave one damaged under its name. The next run must not trust it.
+#[tokio::test]
+async fn a_damaged_orphan_chunk_is_replaced_not_reused() {
+    let t = new_repo().await;
+    let data = random_bytes(6, 6 << 20);
+    let first = backup_bytes(&t.repo, "x", data.clone()).await;
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    let ids = snap.item("x").unwrap().chunks.clone();
+    assert!(ids.len() > 2, "{} chunks", ids.len());
+    t.repo.forget(&[first.snapshot]).await.unwrap();
+    // As a crash leaves it: the right name, the wrong length and bytes.
+    let damaged = chunk_path(&t, &ids[1]);
+    std::fs::write(&damaged, b"torn").unwrap();
+    let second = backup_bytes(&t.repo, "x", data.clone()).await;
+    assert_eq!(
+        second.chunks_new, 1,
+        "the sound orphans are reused, the damaged one is written again"
+    );
+    assert!(std::fs::metadata(&damaged).unwrap().len() > 4);
+    assert_eq!(restore_bytes(&t.repo, "x").await.unwrap(), data);
+    assert!(read_all(&t.repo).await.problems.is_empty());
+}
+
 #[tokio::test]
 async fn storage_that_goes_away_mid_backup_leaves_no_snapshot() {
     let dir = tempfile::tempdir().unwrap();

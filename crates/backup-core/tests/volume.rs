@@ -505,3 +505,48 @@ async fn racy_files_are_cut_like_cached_ones() {
     let (a, b) = (racy.item("data").unwrap(), snap.item("data").unwrap());
     assert_eq!((&a.chunks, &a.sha256), (&b.chunks, &b.sha256));
 }
+
+/// Small files are grouped into chunks of a few files, cut at file boundaries: an edit to one
+/// stores about its group, not a stretch of the between-files chunk size (128 KiB minimum)
+/// around it, and the groups after it are the same chunks as before.
+#[tokio::test]
+async fn an_edited_small_file_stores_about_its_group() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Incompressible, so stored bytes are plain bytes: 300 files of 3–9 KB, ~1.8 MB in all.
+    for i in 0..300u64 {
+        let len = 3000 + (i * 7919 % 6000) as usize;
+        fs::write(src.join(format!("f{i:03}.txt")), random_bytes(100 + i, len)).unwrap();
+    }
+    let first = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        first.items[0].chunks >= 40,
+        "groups of a few files, not one chunk of 1.8 MB: {} chunks",
+        first.items[0].chunks
+    );
+    let before = t.repo.find_snapshot("latest").await.unwrap();
+    let mut edited = fs::read(src.join("f150.txt")).unwrap();
+    edited.splice(100..100, random_bytes(9, 500));
+    fs::write(src.join("f150.txt"), edited).unwrap();
+    let second = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        second.chunks_new <= 3 && second.stored_bytes < 80_000,
+        "{} chunks, {} bytes stored for a 500-byte edit",
+        second.chunks_new,
+        second.stored_bytes
+    );
+    let after = t.repo.find_snapshot("latest").await.unwrap();
+    let (a, b) = (before.item("data").unwrap(), after.item("data").unwrap());
+    let shared = b.chunks.iter().filter(|c| a.chunks.contains(c)).count();
+    assert!(
+        shared + 3 >= a.chunks.len(),
+        "{shared} of {} chunks kept",
+        a.chunks.len()
+    );
+    restore_and_compare(&t, &src, "out").await;
+}

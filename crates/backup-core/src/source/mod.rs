@@ -107,4 +107,9 @@ pub struct PieceContext {
     /// Files at least this large get cuts around their data (the chunker's minimum size:
     /// smaller files would become chunks below it).
     pub aligned_min: u64,
+    /// Smaller files start a new chunk at their header once this many bytes have gone into the
+    /// current one (0: never). An edit to a small file then stores its group of a few files,
+    /// not a stretch of the chunker's between-files size; the groups resynchronise after at most
+    /// a run of files smaller than this.
+    pub group_min: u64,
 }

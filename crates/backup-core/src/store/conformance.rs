@@ -13,6 +13,7 @@ const P: &str = "conformance";
 /// Runs every check against `store`.
 pub async fn run(store: &dyn Store) {
     put_get_head(store).await;
+    batched(store).await;
     create_only(store).await;
     ranges(store).await;
     listing(store).await;
@@ -54,6 +55,34 @@ pub async fn run_concurrent(store: Arc<dyn Store>) {
         "the winner's bytes are stored"
     );
     store.delete(&key).await.unwrap();
+}
+
+/// A batched put is an ordinary put to readers (atomic, create-only honoured), and a flush
+/// with nothing pending succeeds.
+async fn batched(s: &dyn Store) {
+    let k = format!("{P}/batched/one");
+    s.put_batched(&k, b"batched".to_vec(), PutMode::CreateOnly)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&k).await.unwrap(),
+        b"batched",
+        "a batched put is readable at once"
+    );
+    let again = s
+        .put_batched(&k, b"other".to_vec(), PutMode::CreateOnly)
+        .await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "a batched create-only put over an existing key must fail with AlreadyExists, got {again:?}"
+    );
+    s.put_batched(&k, b"replaced".to_vec(), PutMode::Overwrite)
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(s.get(&k).await.unwrap(), b"replaced");
+    s.delete(&k).await.unwrap();
 }
 
 async fn put_get_head(s: &dyn Store) {

@@ -70,17 +70,21 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
-        let fail = self.faults.lock().unwrap().iter().any(|f| match f {
-            Fault::FailPutsAfter(n) => self.puts.load(Ordering::SeqCst) >= *n,
-            Fault::FailPutsWithPrefix(p) => key.starts_with(p.as_str()),
-            Fault::FailGetsWithPrefix(_) => false,
-        });
-        if fail {
-            return Err(self.injected("put", key));
-        }
+        self.check_put(key)?;
         self.inner.put(key, data, mode).await?;
         self.puts.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    async fn put_batched(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
+        self.check_put(key)?;
+        self.inner.put_batched(key, data, mode).await?;
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -115,6 +119,18 @@ impl<S: Store> Store for FaultyStore<S> {
 }
 
 impl<S: Store> FaultyStore<S> {
+    fn check_put(&self, key: &str) -> Result<()> {
+        let fail = self.faults.lock().unwrap().iter().any(|f| match f {
+            Fault::FailPutsAfter(n) => self.puts.load(Ordering::SeqCst) >= *n,
+            Fault::FailPutsWithPrefix(p) => key.starts_with(p.as_str()),
+            Fault::FailGetsWithPrefix(_) => false,
+        });
+        if fail {
+            return Err(self.injected("put", key));
+        }
+        Ok(())
+    }
+
     fn check_get(&self, key: &str) -> Result<()> {
         let fail = self
             .faults

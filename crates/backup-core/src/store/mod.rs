@@ -3,7 +3,8 @@
 //! Guarantees every implementation gives (checked by [`conformance::run`]):
 //! - keys are `/`-separated relative names of `[A-Za-z0-9._-]` segments; anything else is refused;
 //! - `put` is atomic: readers see the whole old object, the whole new one, or nothing, and a put
-//!   that returned `Ok` is durable;
+//!   that returned `Ok` is durable; a `put_batched` that returned is durable once a later
+//!   `flush` returns (until then a crash of the machine may leave it damaged under its name);
 //! - `put` with [`PutMode::CreateOnly`] fails with [`Error::AlreadyExists`] and leaves the
 //!   existing object untouched; of concurrent create-only puts of one key exactly one wins;
 //! - `get`/`get_range`/`head` on a missing key fail with [`Error::NotFound`] and nothing else does;
@@ -50,6 +51,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
     /// Stores `data` under `key`.
     async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()>;
+    /// As `put`, but durable only after the next [`Store::flush`]: a store may then make many
+    /// objects durable at once (one `syncfs` instead of two fsyncs each).
+    async fn put_batched(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
+        self.put(key, data, mode).await
+    }
+    /// Makes every `put_batched` that returned before this call durable.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
     /// Reads a whole object.
     async fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Reads `range` of an object; a range past the end is clamped to the object's size.

@@ -187,6 +187,7 @@ impl<'a> Walker<'a> {
             tx,
             batch: Vec::new(),
             plan: plan.clone(),
+            since_cut: 0,
         });
         tar.mode(tar::HeaderMode::Complete);
         let now_ns = std::time::SystemTime::now()
@@ -355,6 +356,11 @@ impl<'a> Walker<'a> {
             }
         };
         let reused = stored.is_some();
+        // A large file's header stays with the group before it: a cut there would make a chunk
+        // of one header.
+        if !fenced && self.ctx.group_min > 0 && self.tar.get_ref().since_cut >= self.ctx.group_min {
+            self.tar.get_mut().cut().map_err(ioerr)?;
+        }
         if fenced {
             // Racy files are fenced (same chunks either way) but not remembered.
             let key = key.filter(|k| k.ctime_ns < self.racy_after_ns);
@@ -467,12 +473,17 @@ struct PieceWriter {
     tx: mpsc::Sender<Piece>,
     batch: Vec<u8>,
     plan: Rc<RefCell<DataPlan>>,
+    /// Bytes sent since the last piece that ends a chunk.
+    since_cut: u64,
 }
 
 const BATCH: usize = 64 << 10;
 
 impl PieceWriter {
     fn send(&mut self, piece: Piece) -> io::Result<()> {
+        if !matches!(piece, Piece::Bytes(_)) {
+            self.since_cut = 0;
+        }
         self.tx
             .blocking_send(piece)
             .map_err(|_| io::Error::new(ErrorKind::BrokenPipe, "the backup stopped reading"))
@@ -486,11 +497,18 @@ impl PieceWriter {
         self.send(Piece::Bytes(b))
     }
 
+    /// Ends the current chunk before the next entry.
+    fn cut(&mut self) -> io::Result<()> {
+        self.send_batch()?;
+        self.send(Piece::Cut)
+    }
+
     fn push(&mut self, data: &[u8]) -> io::Result<()> {
         if self.batch.capacity() == 0 {
             self.batch.reserve(BATCH);
         }
         self.batch.extend_from_slice(data);
+        self.since_cut += data.len() as u64;
         if self.batch.len() >= BATCH {
             self.send_batch()?;
         }
