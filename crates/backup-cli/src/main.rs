@@ -288,13 +288,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 if !out.quiet || !report.ok() {
                     println!(
-                        "checked {} snapshots, {} items, {} chunks ({} read, {}); {} unreferenced chunks; {}",
+                        "checked {} snapshots, {} items, {} chunks ({} read, {}), {} packs; {} unreferenced chunks{}; {}",
                         report.snapshots,
                         report.items,
                         report.chunks,
                         report.chunks_read,
                         human_bytes(report.bytes_read),
+                        report.packs,
                         report.unreferenced_chunks,
+                        if report.orphan_packs > 0 {
+                            format!(", {} packs without an index", report.orphan_packs)
+                        } else {
+                            String::new()
+                        },
                         if report.ok() {
                             "no problems".to_string()
                         } else {

@@ -289,7 +289,12 @@ fn killed_backup_leaves_no_snapshot_and_the_next_run_reuses_chunks() {
         new < total,
         "the rerun reused chunks of the killed run ({new} new of {total})"
     );
-    assert_eq!(e.chunk_count() as u64, stored as u64 + new);
+    // Every new chunk is a chunk object, but for the stream's last one, which is small and
+    // goes into a pack of its own.
+    assert_eq!(
+        (e.chunk_count() + count(&e.p("repo/packs"))) as u64,
+        stored as u64 + new
+    );
 }
 
 #[test]

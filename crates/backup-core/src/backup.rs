@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::gc::RunMarker;
 use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot, validate_item_name};
+use crate::pack::{PACK_BELOW, Packer};
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::source::{
@@ -161,16 +162,24 @@ async fn run_items(
     time: chrono::DateTime<Utc>,
 ) -> Result<(Snapshot, Vec<ItemReport>)> {
     let known = Arc::new(Mutex::new(Repository::chunks_of(&repo.snapshots().await?)));
+    // Read now, after the GC protocol let this run start: an index read earlier may name
+    // packs a GC has deleted since.
+    let packer = Arc::new(Packer::new(repo.reload_packs().await?));
     let mut items = Vec::new();
     let mut reports = Vec::new();
     let mut reused = HashSet::new();
     let mut caches = Vec::new();
     for mut src in sources {
-        let (item, report, item_reused, cache) = backup_item(repo, &mut *src, &known, opts).await?;
+        let (item, report, item_reused, cache) =
+            backup_item(repo, &mut *src, &known, &packer, opts).await?;
         caches.extend(cache);
         items.push(item);
         reports.push(report);
         reused.extend(item_reused);
+    }
+    if let Some(last) = packer.take() {
+        last.write(&**repo.store(), repo.keys(), packer.index())
+            .await?;
     }
     if repo.store().retention_days().is_some() {
         extend_retention(repo, reused, opts.concurrency).await?;
@@ -248,6 +257,7 @@ async fn backup_item(
     repo: &Repository,
     src: &mut dyn Source,
     known: &Arc<Mutex<HashSet<ChunkId>>>,
+    packer: &Arc<Packer>,
     opts: &BackupOptions,
 ) -> Result<ItemOutcome> {
     let t0 = Instant::now();
@@ -298,7 +308,16 @@ async fn backup_item(
         };
     let per_chunk = matches!(feed, Feed::Pieces(_));
     let mut results = messages
-        .map(|m| process(repo, m, known.clone(), opts.compression_level, per_chunk))
+        .map(|m| {
+            process(
+                repo,
+                m,
+                known.clone(),
+                packer.clone(),
+                opts.compression_level,
+                per_chunk,
+            )
+        })
         .buffered(opts.concurrency.max(1));
 
     let mut chunks = Vec::new();
@@ -419,11 +438,12 @@ async fn process(
     repo: &Repository,
     m: Chunked,
     known: Arc<Mutex<HashSet<ChunkId>>>,
+    packer: Arc<Packer>,
     level: i32,
     per_chunk: bool,
 ) -> Result<Outcome> {
     match m {
-        Chunked::Data(data) => store_chunk(repo, data, known, level, per_chunk).await,
+        Chunked::Data(data) => store_chunk(repo, data, known, &packer, level, per_chunk).await,
         Chunked::Stored(c) => Ok(Outcome::Chunk {
             id: c.id,
             len: c.len,
@@ -441,8 +461,22 @@ async fn extend_retention(
     chunks: HashSet<ChunkId>,
     concurrency: usize,
 ) -> Result<()> {
-    let mut work = futures::stream::iter(chunks)
-        .map(|id| async move { repo.store().extend_retention(&id.object_key()).await })
+    let mut objects = HashSet::new();
+    let packs = repo.packs().await?;
+    for id in chunks {
+        match packs.get(&id) {
+            // A locked pack is only readable through its index: both must last.
+            Some(at) => {
+                objects.insert(at.pack.object_key());
+                objects.insert(at.pack.index_key());
+            }
+            None => {
+                objects.insert(id.object_key());
+            }
+        }
+    }
+    let mut work = futures::stream::iter(objects)
+        .map(|key| async move { repo.store().extend_retention(&key).await })
         .buffer_unordered(concurrency.max(4) * 2);
     while let Some(r) = work.next().await {
         r?;
@@ -454,6 +488,7 @@ async fn store_chunk(
     repo: &Repository,
     data: Arc<Vec<u8>>,
     known: Arc<Mutex<HashSet<ChunkId>>>,
+    packer: &Packer,
     level: i32,
     per_chunk: bool,
 ) -> Result<Outcome> {
@@ -475,16 +510,24 @@ async fn store_chunk(
     if known.lock().unwrap().contains(&id) {
         return done(Stored::Reused);
     }
+    let packs = packer.index();
+    if packs.get(&id).is_some() {
+        known.lock().unwrap().insert(id);
+        return done(Stored::Reused);
+    }
     // Not named by any snapshot, but a run that was interrupted may have stored it already.
     // Its puts were batched, so a crash of the machine before its flush may have left the object
-    // damaged under its name: reuse it only if it opens, and replace it otherwise.
+    // damaged under its name: reuse it only if it opens, and replace it otherwise. (Small chunks
+    // are packed: not worth a request each to find a loose copy.)
     let key = id.object_key();
     let mut mode = PutMode::CreateOnly;
-    let found = match repo.store().head(&key).await {
-        Ok(_) => true,
-        Err(Error::NotFound { .. }) => false,
-        Err(e) => return Err(e),
-    };
+    let small = data.len() < PACK_BELOW;
+    let found = !small
+        && match repo.store().head(&key).await {
+            Ok(_) => true,
+            Err(Error::NotFound { .. }) => false,
+            Err(e) => return Err(e),
+        };
     if found {
         let max = data.len();
         let sound = match repo.store().get(&key).await {
@@ -504,6 +547,16 @@ async fn store_chunk(
     let keys = repo.keys().clone();
     let object = blocking(move || keys.seal_chunk(&id, &data, level)).await?;
     let n = object.len() as u64;
+    if small {
+        let Some(full) = packer.add(id, &object) else {
+            return done(Stored::Reused);
+        };
+        known.lock().unwrap().insert(id);
+        if let Some(pack) = full {
+            pack.write(&**repo.store(), repo.keys(), packs).await?;
+        }
+        return done(Stored::New(n));
+    }
     let stored = match repo.store().put_batched(&key, object, mode).await {
         Ok(()) => Stored::New(n),
         // Same chunk twice in flight, or a concurrent run: the content is identical by construction.

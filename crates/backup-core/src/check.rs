@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, SnapshotId};
+use crate::id::{ChunkId, PackId, SnapshotId};
 use crate::repository::Repository;
 use crate::restore::fetch_chunk;
 
@@ -52,6 +52,10 @@ pub struct CheckReport {
     pub bytes_read: u64,
     /// Chunk objects no snapshot names (left by interrupted runs; removed by prune).
     pub unreferenced_chunks: usize,
+    /// Pack objects, and those without an index (a run killed between the two; removed by
+    /// prune).
+    pub packs: usize,
+    pub orphan_packs: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -89,13 +93,42 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
             }
         }
     }
-    let stored: HashSet<ChunkId> = repo
+    let mut stored: HashSet<ChunkId> = repo
         .store()
         .list("chunks/")
         .await?
         .iter()
         .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()))
         .collect();
+    let packs = repo.reload_packs().await?;
+    let pack_objects: HashSet<PackId> = repo
+        .store()
+        .list("packs/")
+        .await?
+        .iter()
+        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()))
+        .collect();
+    let by_pack = packs.by_pack();
+    for (pack, chunks) in &by_pack {
+        // A chunk listed by an index whose pack is gone is missing (reported below if used).
+        if pack_objects.contains(pack) {
+            stored.extend(chunks.iter().map(|(id, _)| *id));
+        }
+    }
+    let orphan_packs = pack_objects
+        .iter()
+        .filter(|p| !by_pack.contains_key(p))
+        .count();
+    for key in packs.damaged() {
+        problems.push(Problem {
+            snapshot: None,
+            item: None,
+            chunk: None,
+            message: format!(
+                "index object {key} cannot be read or opened: the chunks of its pack count as missing"
+            ),
+        });
+    }
     let mut present = Vec::new();
     for (chunk, (snapshot, item)) in &users {
         if stored.contains(chunk) {
@@ -110,6 +143,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         }
     }
     let unreferenced_chunks = stored.iter().filter(|c| !users.contains_key(c)).count();
+    let packs_total = pack_objects.len();
     if let Some(days) = repo.store().retention_days() {
         problems.extend(check_retention(repo, &snapshots, days, opts.concurrency).await?);
     }
@@ -137,6 +171,8 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         chunks_read,
         bytes_read,
         unreferenced_chunks,
+        packs: packs_total,
+        orphan_packs,
         problems,
     })
 }
@@ -164,19 +200,39 @@ async fn check_retention(
     // An hour of slack for clock differences between this host and the store.
     let slack = chrono::Duration::hours(1);
     let mut out = Vec::new();
-    let mut lookups = futures::stream::iter(need)
-        .map(|(chunk, (until, snap, item))| async move {
-            let have = repo.store().retention_until(&chunk.object_key()).await;
-            (chunk, until, snap, item, have)
+    // One lookup per object: a pack holds many chunks, and must be locked for the longest.
+    let mut per_object: BTreeMap<
+        String,
+        (ChunkId, chrono::DateTime<chrono::Utc>, SnapshotId, String),
+    > = BTreeMap::new();
+    let packs = repo.packs().await?;
+    for (chunk, (until, snap, item)) in need {
+        let keys = match packs.get(&chunk) {
+            Some(at) => vec![at.pack.object_key(), at.pack.index_key()],
+            None => vec![chunk.object_key()],
+        };
+        for key in keys {
+            let e = per_object
+                .entry(key)
+                .or_insert_with(|| (chunk, until, snap, item.clone()));
+            if until > e.1 {
+                *e = (chunk, until, snap, item.clone());
+            }
+        }
+    }
+    let mut lookups = futures::stream::iter(per_object)
+        .map(|(key, (chunk, until, snap, item))| async move {
+            let have = repo.store().retention_until(&key).await;
+            (key, chunk, until, snap, item, have)
         })
         .buffer_unordered(concurrency.max(4) * 2);
-    while let Some((chunk, until, snap, item, have)) = lookups.next().await {
+    while let Some((key, chunk, until, snap, item, have)) = lookups.next().await {
         let message = match have? {
             None => format!(
-                "chunk {chunk} of item {item} in snapshot {snap} has no Object Lock retention"
+                "{key} (chunk {chunk} of item {item} in snapshot {snap}) has no Object Lock retention"
             ),
             Some(h) if h + slack < until => format!(
-                "chunk {chunk} of item {item} in snapshot {snap} is locked until {h}, short of {until}"
+                "{key} (chunk {chunk} of item {item} in snapshot {snap}) is locked until {h}, short of {until}"
             ),
             Some(_) => continue,
         };

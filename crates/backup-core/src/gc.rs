@@ -20,7 +20,8 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
+use crate::id::{ChunkId, PackId};
+use crate::pack::PackIndex;
 use crate::repository::Repository;
 use crate::store::{ObjectMeta, PutMode, Store};
 
@@ -65,6 +66,15 @@ pub struct GcReport {
     /// Objects the store refused to delete because of retention (Object Lock).
     pub skipped_retained: Vec<String>,
     pub stale_markers_removed: usize,
+    pub packs_total: usize,
+    /// Packs none of whose chunks a snapshot names, or without an index, past the grace period.
+    pub packs_deleted: usize,
+    pub pack_bytes_deleted: u64,
+    /// Bytes of unreferenced chunks in packs that still hold referenced ones (kept: packs are
+    /// deleted whole, never rewritten).
+    pub pack_bytes_unreferenced: u64,
+    /// Index objects whose pack is gone (removed: they would make backups reuse nothing).
+    pub dangling_indexes_removed: usize,
     /// Partial writes of killed runs (local temp files) older than the grace period.
     pub incomplete_removed: usize,
     pub incomplete_bytes: u64,
@@ -194,6 +204,42 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
             doomed.push(m.clone());
         }
     }
+    let index = PackIndex::read(&*store, repo.keys()).await?;
+    let by_pack = index.by_pack();
+    let pack_objects = store.list("packs/").await?;
+    report.packs_total = pack_objects.len();
+    let mut present = HashSet::new();
+    // (index key if any, pack object) to delete, index first: an index must never outlive
+    // its pack, or backups would reuse chunks that are gone.
+    let mut doomed_packs = Vec::new();
+    for m in &pack_objects {
+        let Some(pack) = m
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<PackId>().ok())
+        else {
+            continue;
+        };
+        present.insert(pack);
+        let chunks = by_pack.get(&pack).map_or(&[][..], |v| v.as_slice());
+        let unreferenced: u64 = chunks
+            .iter()
+            .filter(|(id, _)| !referenced.contains(id))
+            .map(|(_, at)| u64::from(at.length))
+            .sum();
+        let all_unreferenced = chunks.iter().all(|(id, _)| !referenced.contains(id));
+        if all_unreferenced && age(m) >= opts.grace {
+            doomed_packs.push(((!chunks.is_empty()).then(|| pack.index_key()), m.clone()));
+        } else {
+            report.pack_bytes_unreferenced += unreferenced;
+        }
+    }
+    let dangling: Vec<String> = by_pack
+        .keys()
+        .filter(|p| !present.contains(p))
+        .map(PackId::index_key)
+        .collect();
     // A backup that started while we listed may rely on any of these: check again.
     let (live, _) = markers(&*store, "markers/run-", opts.stale_after).await?;
     if let Some(m) = live.first() {
@@ -217,6 +263,32 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
             Err(Error::Retained { key, .. }) => report.skipped_retained.push(key),
             Err(e) => return Err(e),
         }
+    }
+    for (index_key, m) in doomed_packs {
+        if !opts.dry_run {
+            let deleted = async {
+                if let Some(k) = &index_key {
+                    store.delete(k).await?;
+                }
+                store.delete(&m.key).await
+            };
+            match deleted.await {
+                Ok(()) => {}
+                Err(Error::Retained { key, .. }) => {
+                    report.skipped_retained.push(key);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        report.packs_deleted += 1;
+        report.pack_bytes_deleted += m.size;
+    }
+    for key in dangling {
+        if !opts.dry_run {
+            store.delete(&key).await?;
+        }
+        report.dangling_indexes_removed += 1;
     }
     for m in stale {
         if !opts.dry_run {

@@ -78,6 +78,11 @@ hex_id!(
     16
 );
 hex_id!(
+    /// Random id of a pack (many small chunk objects in one store object).
+    PackId,
+    16
+);
+hex_id!(
     /// Identifies the data key that sealed an object (room for key rotation).
     KeyId,
     8
@@ -93,6 +98,24 @@ impl ChunkId {
     pub fn object_key(&self) -> String {
         let h = self.to_hex();
         format!("chunks/{}/{}", &h[..2], h)
+    }
+}
+
+impl PackId {
+    /// A fresh random pack id.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Store key of the pack: `packs/<first two hex digits>/<hex id>`.
+    pub fn object_key(&self) -> String {
+        let h = self.to_hex();
+        format!("packs/{}/{}", &h[..2], h)
+    }
+
+    /// Store key of the pack's index object.
+    pub fn index_key(&self) -> String {
+        format!("index/{self}")
     }
 }
 

@@ -13,6 +13,7 @@ use crate::codec::{Keys, ObjectType};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SlotId, SnapshotId};
 use crate::manifest::Snapshot;
+use crate::pack::PackIndex;
 use crate::secret::Secret;
 use crate::store::{PutMode, Store};
 
@@ -54,14 +55,15 @@ impl ChunkerParams {
     }
 
     /// Bytes after which a volume's next small file starts a chunk of its own ([`PieceContext`]
-    /// `group_min`): a 32nd of the minimum size, 16 KiB by default. Measured on a 1.6 GB tree
-    /// after a ~2 % change (docs/BENCHMARKS.md): without groups 68 MB stored, 16 KiB 32.6 MB
-    /// (restic 30.0), 4 KiB 30.3 MB; a first backup takes 5.2, 5.9 and 8.6 s (every object is
-    /// a file the filesystem allocates).
+    /// `group_min`): a 512th of the minimum size, 1 KiB by default, so nearly every file is a
+    /// chunk of its own (small chunks are packed, see [`crate::pack`]) and only runs of tiny
+    /// files share one. Measured on a 1.6 GB tree after a ~2 % change (docs/BENCHMARKS.md):
+    /// without groups 68 MB stored, 16 KiB 32.6 MB, 4 KiB 30.3 MB, 1 KiB 30.0 MB (restic
+    /// 28.5–30.6); first backup 5.42, 5.56 and 5.64 s with packs.
     ///
     /// [`PieceContext`]: crate::source::PieceContext
     pub fn file_group(&self) -> u64 {
-        u64::from(self.min_size / 32)
+        u64::from(self.min_size / 512)
     }
 
     fn validate(&self) -> Result<()> {
@@ -159,6 +161,8 @@ pub struct Repository {
     config: RepoConfig,
     slot: SlotId,
     cache: Option<PathBuf>,
+    /// The pack index as last read (shared by clones).
+    packs: Arc<std::sync::RwLock<Option<Arc<PackIndex>>>>,
 }
 
 impl Repository {
@@ -209,6 +213,7 @@ impl Repository {
             config,
             slot: slot.id,
             cache,
+            packs: Arc::default(),
         })
     }
 
@@ -256,6 +261,7 @@ impl Repository {
             config,
             slot,
             cache,
+            packs: Arc::default(),
         })
     }
 
@@ -267,6 +273,46 @@ impl Repository {
     /// The unwrapped keys.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The pack index, read on first use.
+    pub async fn packs(&self) -> Result<Arc<PackIndex>> {
+        if let Some(p) = self.packs.read().unwrap().clone() {
+            return Ok(p);
+        }
+        self.reload_packs().await
+    }
+
+    /// Reads the pack index again (other processes may have written or deleted packs).
+    pub async fn reload_packs(&self) -> Result<Arc<PackIndex>> {
+        let fresh = Arc::new(PackIndex::read(&*self.store, &self.keys).await?);
+        *self.packs.write().unwrap() = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// A chunk's sealed object, from its pack or its own object; `NotFound` if neither has it.
+    pub async fn chunk_object(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        if let Some(at) = self.packs().await?.get(id) {
+            return self
+                .store
+                .get_range(&at.pack.object_key(), at.range())
+                .await;
+        }
+        match self.store.get(&id.object_key()).await {
+            // Packed by a run that ended after this process read the index.
+            Err(Error::NotFound { .. }) => match self.reload_packs().await?.get(id) {
+                Some(at) => {
+                    self.store
+                        .get_range(&at.pack.object_key(), at.range())
+                        .await
+                }
+                None => Err(Error::NotFound {
+                    key: id.object_key(),
+                    location: self.location(),
+                }),
+            },
+            other => other,
+        }
     }
 
     /// The repository config.

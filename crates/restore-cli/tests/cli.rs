@@ -92,9 +92,10 @@ async fn list_show_and_plan() {
     let s: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(s["items"][0]["name"], "site");
     assert_eq!(s["items"][0]["facts"]["files"], 2, "volume facts are shown");
-    assert_eq!(
-        s["items"][0]["chunks"], 1,
-        "chunk lists are summarised as counts"
+    assert!(
+        s["items"][0]["chunks"].as_u64().is_some_and(|n| n >= 1),
+        "chunk lists are summarised as counts: {}",
+        s["items"][0]["chunks"]
     );
     let plan = e.run(&[
         "plan",
@@ -163,17 +164,22 @@ async fn export_to_stdout_and_file_and_corruption_exit_code() {
     let names = String::from_utf8_lossy(&listing.stdout);
     assert!(names.contains("img/logo.svg"), "a standard tar: {names}");
 
-    // Corrupt every chunk object: restore fails with the integrity exit code and names the chunk.
-    let mut chunks = Vec::new();
-    for d in std::fs::read_dir(e.p("repo/chunks")).unwrap().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            chunks.push(f.path());
+    // Corrupt every chunk object, loose or packed (a byte in every 16 hits each object in a
+    // pack): restore fails with the integrity exit code and names the chunk.
+    let mut objects = Vec::new();
+    for dir in ["repo/chunks", "repo/packs"] {
+        for d in std::fs::read_dir(e.p(dir)).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                objects.push(f.path());
+            }
         }
     }
-    for c in &chunks {
+    assert!(!objects.is_empty());
+    for c in &objects {
         let mut b = std::fs::read(c).unwrap();
-        let n = b.len() - 1;
-        b[n] ^= 0xff;
+        for i in (0..b.len()).step_by(16) {
+            b[i] ^= 0xff;
+        }
         std::fs::write(c, b).unwrap();
     }
     let bad = e.run(&[

@@ -34,6 +34,8 @@ pub enum ObjectType {
     Snapshot = 2,
     /// A volume's local file cache (never stored in the repository); name = `files/` + item.
     FileCache = 3,
+    /// The index of a pack (which chunks it holds, where); name = pack id.
+    PackIndex = 4,
 }
 
 /// Why an envelope could not be opened.

@@ -551,7 +551,7 @@ async fn fetch_chunk_digested(
     id: ChunkId,
     digest: bool,
 ) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
-    let object = match repo.store().get(&id.object_key()).await {
+    let object = match repo.chunk_object(&id).await {
         Ok(o) => o,
         Err(Error::NotFound { .. }) => {
             return Err(Error::ChunkMissing {

@@ -396,7 +396,7 @@ impl Store for S3Store {
         }
         // Data and keys are locked; coordination objects (markers, protection marks) must stay
         // deletable, or a finished backup's marker would block GC for the retention period.
-        let data = ["chunks/", "snapshots/", "keys/"]
+        let data = ["chunks/", "packs/", "index/", "snapshots/", "keys/"]
             .iter()
             .any(|p| key.starts_with(p))
             || key == "config";

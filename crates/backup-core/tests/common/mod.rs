@@ -39,6 +39,14 @@ impl TestRepo {
     pub fn chunk_files(&self) -> usize {
         walk_count(&self.path().join("chunks"))
     }
+
+    pub fn pack_files(&self) -> usize {
+        walk_count(&self.path().join("packs"))
+    }
+
+    pub fn index_files(&self) -> usize {
+        walk_count(&self.path().join("index"))
+    }
 }
 
 pub fn walk_count(dir: &std::path::Path) -> usize {

@@ -1,0 +1,233 @@
+//! Packs: small chunk objects written many to a store object, found through index objects.
+//!
+//! A chunk object below [`PACK_BELOW`] bytes (a group of small files, a stream's last chunk) is
+//! appended to the run's open pack instead of being an object of its own; at [`PACK_TARGET`]
+//! bytes, and at the end of the run, the pack is written (`packs/<xx>/<pack id>`, durable) and
+//! then its index (`index/<pack id>`: chunk id, offset, length of each object in it). The
+//! objects inside are byte for byte the chunk objects a loose chunk would be, so reading one is
+//! a range read and the same `open_chunk`. Large chunks stay loose (`chunks/…`): they are
+//! already few per gigabyte, and a range read of a pack would gain them nothing.
+//!
+//! Why the order: an index is trusted by later runs (a chunk it lists is reused), so it must
+//! never name a pack that a crash could leave torn; the pack is durable before its index is
+//! written. A pack without an index (a run killed in between) is an orphan that GC removes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Keys, ObjectType};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, PackId};
+use crate::store::{PutMode, Store};
+
+/// Chunk objects smaller than this go into packs.
+pub const PACK_BELOW: usize = 512 << 10;
+/// A pack is written once it holds this many bytes.
+pub const PACK_TARGET: usize = 8 << 20;
+
+/// Where a packed chunk object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedAt {
+    pub pack: PackId,
+    pub offset: u64,
+    pub length: u32,
+}
+
+impl PackedAt {
+    /// The byte range of the object in its pack.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + u64::from(self.length)
+    }
+}
+
+/// The plaintext of an index object.
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexFile {
+    version: u32,
+    pack: PackId,
+    chunks: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexEntry {
+    id: ChunkId,
+    offset: u64,
+    length: u32,
+}
+
+/// Every index of the repository, as read at one moment.
+#[derive(Debug, Default)]
+pub struct PackIndex {
+    map: RwLock<HashMap<ChunkId, PackedAt>>,
+    damaged: Vec<String>,
+}
+
+impl PackIndex {
+    /// Reads every index object. Those that cannot be read or opened are listed in
+    /// [`PackIndex::damaged`] (their chunks count as missing; `check` reports them).
+    pub async fn read(store: &dyn Store, keys: &Keys) -> Result<PackIndex> {
+        let listed = store.list("index/").await?;
+        let mut index = PackIndex::default();
+        let mut reads = futures::stream::iter(listed)
+            .map(|m| async move {
+                let got = store.get(&m.key).await;
+                (m.key, got)
+            })
+            .buffer_unordered(16);
+        while let Some((key, got)) = reads.next().await {
+            let raw = match got {
+                Ok(raw) => raw,
+                // Deleted by a GC since the listing: its pack went with it.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            match open_index(keys, &key, &raw) {
+                Some(file) => index.insert(&file),
+                None => index.damaged.push(key),
+            }
+        }
+        Ok(index)
+    }
+
+    fn insert(&self, file: &IndexFile) {
+        let mut map = self.map.write().unwrap();
+        for e in &file.chunks {
+            map.insert(
+                e.id,
+                PackedAt {
+                    pack: file.pack,
+                    offset: e.offset,
+                    length: e.length,
+                },
+            );
+        }
+    }
+
+    /// Where `id` is packed, if it is.
+    pub fn get(&self, id: &ChunkId) -> Option<PackedAt> {
+        self.map.read().unwrap().get(id).copied()
+    }
+
+    /// Every packed chunk, by pack.
+    pub fn by_pack(&self) -> HashMap<PackId, Vec<(ChunkId, PackedAt)>> {
+        let mut out: HashMap<PackId, Vec<(ChunkId, PackedAt)>> = HashMap::new();
+        for (id, at) in self.map.read().unwrap().iter() {
+            out.entry(at.pack).or_default().push((*id, *at));
+        }
+        out
+    }
+
+    /// Index objects that could not be read or opened.
+    pub fn damaged(&self) -> &[String] {
+        &self.damaged
+    }
+}
+
+fn open_index(keys: &Keys, key: &str, raw: &[u8]) -> Option<IndexFile> {
+    let pack: PackId = key.strip_prefix("index/")?.parse().ok()?;
+    let plain = keys
+        .open(ObjectType::PackIndex, &pack.0, raw, 64 << 20)
+        .ok()?;
+    let file: IndexFile = serde_json::from_slice(&plain).ok()?;
+    (file.pack == pack).then_some(file)
+}
+
+/// A pack being filled.
+struct OpenPack {
+    id: PackId,
+    data: Vec<u8>,
+    chunks: Vec<IndexEntry>,
+}
+
+impl OpenPack {
+    fn new() -> Self {
+        OpenPack {
+            id: PackId::random(),
+            data: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+}
+
+/// A pack ready to be written.
+pub struct FullPack(OpenPack);
+
+/// The packs of one backup run, and the index it dedups against.
+pub struct Packer {
+    index: Arc<PackIndex>,
+    open: Mutex<OpenPack>,
+    /// Chunks packed by this run, written or not: a second copy in flight is not packed again.
+    seen: Mutex<HashSet<ChunkId>>,
+}
+
+impl Packer {
+    /// A packer for a run that read `index` after the GC protocol let it start (an index read
+    /// earlier may name packs a GC has deleted since).
+    pub fn new(index: Arc<PackIndex>) -> Self {
+        Packer {
+            index,
+            open: Mutex::new(OpenPack::new()),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// The run's index; packs this run writes are added to it.
+    pub fn index(&self) -> &PackIndex {
+        &self.index
+    }
+
+    /// Appends a sealed chunk object; `None` if this run packed it already. Returns the pack
+    /// to write once it is full.
+    pub fn add(&self, id: ChunkId, object: &[u8]) -> Option<Option<FullPack>> {
+        if !self.seen.lock().unwrap().insert(id) {
+            return None;
+        }
+        let mut open = self.open.lock().unwrap();
+        if open.data.capacity() == 0 {
+            open.data.reserve(PACK_TARGET + PACK_BELOW);
+        }
+        let offset = open.data.len() as u64;
+        open.data.extend_from_slice(object);
+        open.chunks.push(IndexEntry {
+            id,
+            offset,
+            length: object.len() as u32,
+        });
+        if open.data.len() < PACK_TARGET {
+            return Some(None);
+        }
+        Some(Some(FullPack(std::mem::replace(
+            &mut *open,
+            OpenPack::new(),
+        ))))
+    }
+
+    /// The last, partly filled pack (at the end of a run).
+    pub fn take(&self) -> Option<FullPack> {
+        let mut open = self.open.lock().unwrap();
+        (!open.chunks.is_empty()).then(|| FullPack(std::mem::replace(&mut *open, OpenPack::new())))
+    }
+}
+
+impl FullPack {
+    /// Writes the pack, durably, then its index, and records its chunks in `index`.
+    pub async fn write(self, store: &dyn Store, keys: &Keys, index: &PackIndex) -> Result<()> {
+        let OpenPack { id, data, chunks } = self.0;
+        store
+            .put(&id.object_key(), data, PutMode::CreateOnly)
+            .await?;
+        let file = IndexFile {
+            version: 1,
+            pack: id,
+            chunks,
+        };
+        let json = serde_json::to_vec(&file).expect("index serialises");
+        let raw = keys.seal(ObjectType::PackIndex, &id.0, &json, 3);
+        store.put(&id.index_key(), raw, PutMode::CreateOnly).await?;
+        index.insert(&file);
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! Packs: small chunks are written many to an object, read back by range, checked, and
+//! collected whole; damage to a pack or its index is named, never silently reused.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use backup_core::Error;
+use backup_core::backup::{BackupOptions, BackupReport, backup};
+use backup_core::check::{CheckOptions, check};
+use backup_core::gc::{GcOptions, collect};
+use backup_core::restore::{ApplyOptions, RestoreOptions, apply, plan};
+use backup_core::source::{Source, VolumeOptions, VolumeSource};
+use common::*;
+
+fn volume(name: &str, src: &Path) -> Vec<Box<dyn Source>> {
+    vec![Box::new(VolumeSource::new(
+        name,
+        src,
+        VolumeOptions::default(),
+    ))]
+}
+
+/// `n` incompressible small files (4–12 KB) under `dir`.
+fn small_files(dir: &Path, seed: u64, n: u64) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let len = 4000 + (i * 7919 % 8000) as usize;
+        fs::write(
+            dir.join(format!("f{i:04}")),
+            random_bytes(seed * 10_000 + i, len),
+        )
+        .unwrap();
+    }
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn restore_volume(t: &TestRepo, item: &str, out: &str) -> backup_core::Result<()> {
+    let snap = t.repo.find_snapshot("latest").await?;
+    let ropts = RestoreOptions {
+        to: Some(t.dir.path().join(out)),
+        only: vec![item.to_string()],
+        ..Default::default()
+    };
+    let p = plan(&snap, &ropts).await?;
+    apply(&t.repo, &snap, &p, &ApplyOptions::default()).await?;
+    Ok(())
+}
+
+fn read_data() -> CheckOptions {
+    CheckOptions {
+        read_data: true,
+        ..Default::default()
+    }
+}
+
+fn now_gc() -> GcOptions {
+    GcOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+/// 800 small files (~6.4 MB) become one or two packs and their indexes, not hundreds of
+/// objects; they restore byte for byte and `check --read-data` reads every packed chunk.
+#[tokio::test]
+async fn small_files_are_packed_and_restore_from_their_packs() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    small_files(&src, 1, 800);
+    let r = backup(&t.repo, volume("data", &src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert!(r.items[0].chunks > 200, "{} chunks", r.items[0].chunks);
+    assert_eq!(t.chunk_files(), 0, "no small chunk is an object of its own");
+    assert!(
+        (1..=2).contains(&t.pack_files()),
+        "{} packs",
+        t.pack_files()
+    );
+    assert_eq!(t.index_files(), t.pack_files());
+    let c = check(&t.repo, &read_data()).await.unwrap();
+    assert!(c.ok(), "{:?}", c.problems);
+    assert_eq!(
+        (c.chunks_read, c.packs, c.orphan_packs),
+        (c.chunks, t.pack_files(), 0)
+    );
+    restore_volume(&t, "data", "out").await.unwrap();
+    assert_eq!(files(&t.dir.path().join("out/data")), files(&src));
+
+    // The same files again, from a fresh process's point of view: all found in the index.
+    let again = backup(&t.repo, volume("data", &src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.chunks_new, 0);
+}
+
+/// A flipped byte inside a pack is the chunk's damage, named by restore and check; a damaged
+/// index is reported by check and its chunks count as missing, never as present.
+#[tokio::test]
+async fn damage_to_a_pack_or_its_index_is_named() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    small_files(&src, 2, 100);
+    backup(&t.repo, volume("data", &src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let pack = walk(&t.path().join("packs"))[0].clone();
+    let good = fs::read(&pack).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    fs::write(&pack, &bad).unwrap();
+    let e = restore_volume(&t, "data", "out").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::ChunkCorrupt { item, .. } if item == "data"),
+        "{e:?}"
+    );
+    let c = check(&t.repo, &read_data()).await.unwrap();
+    assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
+    assert!(c.problems[0].chunk.is_some());
+    fs::write(&pack, &good).unwrap();
+
+    let index = walk(&t.path().join("index"))[0].clone();
+    fs::write(&index, b"not an index").unwrap();
+    // A new process (fresh repository handle) reads the indexes again.
+    let reopened = reopen(&t).await;
+    let c = check(&reopened, &CheckOptions::default()).await.unwrap();
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.message.contains("index object") && p.message.contains("cannot be read")),
+        "{:?}",
+        c.problems
+    );
+    assert!(
+        c.problems.iter().any(|p| p.message.contains("missing")),
+        "the chunks of an unreadable index are missing: {:?}",
+        c.problems
+    );
+}
+
+/// GC deletes a pack (index first) once no snapshot names any of its chunks, keeps a pack that
+/// still holds a referenced chunk (reporting the dead bytes), removes a pack without an index
+/// and an index without a pack; what is left restores.
+#[tokio::test]
+async fn packs_are_collected_whole() {
+    let t = new_repo().await;
+    let dirs: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let d = t.dir.path().join(n);
+            small_files(&d, 10 + i as u64, 60);
+            d
+        })
+        .collect();
+    let a = run(&t, &dirs, &[0]).await;
+    run(&t, &dirs, &[1]).await;
+    let cd = run(&t, &dirs, &[2, 3]).await;
+    assert_eq!(t.pack_files(), 3, "one pack per run here");
+    let c_only = run(&t, &dirs, &[2]).await;
+    assert_eq!((c_only.chunks_new, t.pack_files()), (0, 3));
+
+    // a's pack is wholly dead; c+d's pack is half dead (c is still named).
+    t.repo.forget(&[a.snapshot, cd.snapshot]).await.unwrap();
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    assert!(r.deferred.is_none());
+    assert_eq!((r.packs_total, r.packs_deleted), (3, 1), "{r:?}");
+    assert!(r.pack_bytes_unreferenced > 60 * 4000, "d's bytes: {r:?}");
+    assert_eq!((t.pack_files(), t.index_files()), (2, 2));
+    let c = check(&reopen(&t).await, &read_data()).await.unwrap();
+    assert!(c.ok() && c.unreferenced_chunks > 0, "{c:?}");
+    restore_volume(&t, "c", "out").await.unwrap();
+    assert_eq!(files(&t.dir.path().join("out/c")), files(&dirs[2]));
+
+    // A pack a killed run wrote without its index, and an index whose pack was lost.
+    // A pack a killed run wrote without its index.
+    let orphan = t.path().join("packs/00/00000000000000000000000000000001");
+    fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    fs::write(&orphan, b"partial").unwrap();
+    t.repo.forget(&[c_only.snapshot]).await.unwrap();
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    assert_eq!(
+        r.packs_deleted, 2,
+        "the orphan and the dead c+d pack: {r:?}"
+    );
+    assert!(!orphan.exists());
+    assert_eq!((t.pack_files(), t.index_files()), (1, 1));
+}
+
+async fn run(t: &TestRepo, dirs: &[std::path::PathBuf], items: &[usize]) -> BackupReport {
+    let mut sources = Vec::new();
+    for &i in items {
+        sources.extend(volume(["a", "b", "c", "d"][i], &dirs[i]));
+    }
+    backup(&t.repo, sources, &BackupOptions::default())
+        .await
+        .unwrap()
+}
+
+/// An index whose pack is gone would make backups reuse chunks that are not there: GC removes
+/// it, and the next backup stores those chunks again.
+#[tokio::test]
+async fn an_index_without_its_pack_is_removed_and_its_chunks_stored_again() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    small_files(&src, 20, 50);
+    let first = backup(&t.repo, volume("data", &src), &BackupOptions::default())
+        .await
+        .unwrap();
+    t.repo.forget(&[first.snapshot]).await.unwrap();
+    for p in walk(&t.path().join("packs")) {
+        fs::remove_file(p).unwrap();
+    }
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    assert_eq!(r.dangling_indexes_removed, 1, "{r:?}");
+    assert_eq!(t.index_files(), 0);
+    let fresh = reopen(&t).await;
+    let again = backup(&fresh, volume("data", &src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.chunks_new, again.items[0].chunks);
+    let c = check(&fresh, &read_data()).await.unwrap();
+    assert!(c.ok(), "{:?}", c.problems);
+}
+
+async fn reopen(t: &TestRepo) -> backup_core::repository::Repository {
+    use backup_core::repository::{CacheOptions, Repository};
+    use backup_core::store::{LocalStore, Store};
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(LocalStore::new(t.path()));
+    Repository::open(store, &passphrase("test"), CacheOptions::default())
+        .await
+        .unwrap()
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(d).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
