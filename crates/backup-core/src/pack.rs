@@ -106,6 +106,18 @@ impl PackIndex {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&self, pack: PackId, chunks: &[(ChunkId, u64, u32)]) {
+        self.insert(&IndexFile {
+            version: 1,
+            pack,
+            chunks: chunks
+                .iter()
+                .map(|&(id, offset, length)| IndexEntry { id, offset, length })
+                .collect(),
+        });
+    }
+
     /// Where `id` is packed, if it is.
     pub fn get(&self, id: &ChunkId) -> Option<PackedAt> {
         self.map.read().unwrap().get(id).copied()

@@ -290,7 +290,7 @@ impl Store for LocalStore {
             let start = range.start.min(len);
             let end = range.end.clamp(start, len);
             f.seek(SeekFrom::Start(start)).map_err(e)?;
-            let mut buf = Vec::with_capacity((end - start) as usize);
+            let mut buf = crate::buffer::take((end - start) as usize);
             f.take(end - start).read_to_end(&mut buf).map_err(e)?;
             Ok(buf)
         })

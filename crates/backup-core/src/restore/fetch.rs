@@ -1,0 +1,179 @@
+//! Fetch plans for restores: chunks that lie back to back in one pack are read with one request.
+//!
+//! A volume of small files is mostly packed chunks, written in stream order, so an item's chunk
+//! list walks through its packs nearly sequentially. Reading each chunk on its own cost a
+//! request (a file open, or an HTTP GET against an 8 MiB object) per small file: restoring a
+//! 1.6 GB tree of 24 000 chunks from S3 took 27 s. A run of adjacent packed chunks is one range
+//! read, split and verified chunk by chunk.
+
+use std::ops::Range;
+
+use sha2::{Digest, Sha256};
+
+use crate::backup::blocking;
+use crate::codec::ObjectType;
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, PackId, SnapshotId};
+use crate::pack::PackIndex;
+use crate::repository::Repository;
+
+/// Bytes of sealed objects one read may cover: bounds the memory of the reads in flight.
+const RUN_BYTES: u64 = 2 << 20;
+
+/// One read: a loose chunk, or adjacent chunks of one pack.
+pub(crate) enum Fetch {
+    Loose(ChunkId),
+    Packed {
+        pack: PackId,
+        range: Range<u64>,
+        chunks: Vec<(ChunkId, u32)>,
+    },
+}
+
+/// Groups `chunks` (in stream order) into reads.
+pub(crate) fn plan(packs: &PackIndex, chunks: &[ChunkId]) -> Vec<Fetch> {
+    let mut out: Vec<Fetch> = Vec::new();
+    for id in chunks {
+        let Some(at) = packs.get(id) else {
+            out.push(Fetch::Loose(*id));
+            continue;
+        };
+        if let Some(Fetch::Packed {
+            pack,
+            range,
+            chunks,
+        }) = out.last_mut()
+            && *pack == at.pack
+            && range.end == at.offset
+            && range.end - range.start + u64::from(at.length) <= RUN_BYTES
+        {
+            range.end += u64::from(at.length);
+            chunks.push((*id, at.length));
+            continue;
+        }
+        out.push(Fetch::Packed {
+            pack: at.pack,
+            range: at.range(),
+            chunks: vec![(*id, at.length)],
+        });
+    }
+    out
+}
+
+/// Plaintexts (with their SHA-256 when `digest`) of one read's chunks, in order.
+pub(crate) async fn fetch(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &str,
+    f: Fetch,
+    digest: bool,
+) -> Result<Vec<(Vec<u8>, Option<[u8; 32]>)>> {
+    let (pack, range, chunks) = match f {
+        Fetch::Loose(id) => {
+            return Ok(vec![
+                super::fetch_chunk_digested(repo, snapshot, item, id, digest, false).await?,
+            ]);
+        }
+        Fetch::Packed {
+            pack,
+            range,
+            chunks,
+        } => (pack, range, chunks),
+    };
+    let want = range.end - range.start;
+    let mut data = match repo.store().get_range(&pack.object_key(), range).await {
+        Ok(d) => d,
+        Err(Error::NotFound { .. }) => {
+            return Err(Error::ChunkMissing {
+                snapshot,
+                item: item.to_string(),
+                chunk: chunks[0].0,
+                location: repo.location(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let keys = repo.keys().clone();
+    let max = repo.config().chunker_params.max_size as usize;
+    let item = item.to_string();
+    blocking(move || {
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut at = 0usize;
+        for (id, len) in chunks {
+            let corrupt = |reason: String| Error::ChunkCorrupt {
+                snapshot,
+                item: item.clone(),
+                chunk: id,
+                reason,
+            };
+            let end = at + len as usize;
+            let got = data.len();
+            let Some(object) = data.get_mut(at..end) else {
+                return Err(corrupt(format!(
+                    "its pack {pack} ends at {got} bytes of the {want} this read needs"
+                )));
+            };
+            at = end;
+            // By the tag alone, as for loose chunks in a restore (`open_chunk_owned_by_tag`).
+            let plain = keys
+                .open_in_place(ObjectType::Chunk, &id.0, object, max)
+                .map_err(|e| corrupt(e.to_string()))?;
+            let sha = digest.then(|| <[u8; 32]>::from(Sha256::digest(&plain)));
+            out.push((plain, sha));
+        }
+        crate::buffer::give(data);
+        Ok(out)
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    /// Adjacent chunks of one pack share a read; a gap, another pack, a loose chunk or the size
+    /// cap start a new one.
+    #[test]
+    fn adjacent_packed_chunks_share_a_read() {
+        let (p, q) = (PackId([1; 16]), PackId([2; 16]));
+        let index = PackIndex::default();
+        index.insert_for_test(p, &[(id(1), 0, 100), (id(2), 100, 50), (id(3), 400, 10)]);
+        index.insert_for_test(
+            q,
+            &[
+                (id(4), 0, 1 << 20),
+                (id(5), 1 << 20, 1 << 20),
+                (id(6), 2 << 20, 10),
+            ],
+        );
+        let chunks = [id(1), id(2), id(3), id(9), id(4), id(5), id(6), id(1)];
+        let got: Vec<String> = plan(&index, &chunks)
+            .iter()
+            .map(|f| match f {
+                Fetch::Loose(c) => format!("loose {}", c.0[0]),
+                Fetch::Packed {
+                    pack,
+                    range,
+                    chunks,
+                } => {
+                    format!("{} {range:?} {}", pack.0[0], chunks.len())
+                }
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "1 0..150 2",
+                "1 400..410 1",
+                "loose 9",
+                "2 0..2097152 2",
+                "2 2097152..2097162 1",
+                "1 0..100 1",
+            ]
+        );
+    }
+}
