@@ -210,6 +210,9 @@ async fn run_items(
 enum Stored {
     New(u64),
     Reused,
+    /// A sealed small chunk, packed by the item's ordered loop: packs then hold chunks in
+    /// stream order, and a restore reads runs of neighbours with one request.
+    Pack(Vec<u8>),
 }
 
 /// One result of the pipeline, in stream order.
@@ -327,6 +330,9 @@ async fn backup_item(
     let mut cache = per_chunk.then(FileCache::new);
     let mut file: Option<OpenFile> = None;
     let mut failure = None;
+    // Full packs being written: at most two at a time, the loop goes on meanwhile.
+    let mut writes: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>> =
+        Default::default();
     while let Some(r) = results.next().await {
         match r {
             Ok(Outcome::File(key)) => {
@@ -344,12 +350,35 @@ async fn backup_item(
             }) => {
                 chunks.push(id);
                 size += len;
+                let stored = match stored {
+                    Stored::Pack(object) => match packer.add(id, &object) {
+                        None => Stored::Reused,
+                        Some(full) => {
+                            if let Some(pack) = full {
+                                let (repo, index) = (repo.clone(), packer.index().clone());
+                                writes.push_back(tokio::spawn(async move {
+                                    pack.write(&**repo.store(), repo.keys(), &index).await
+                                }));
+                            }
+                            Stored::New(object.len() as u64)
+                        }
+                    },
+                    other => other,
+                };
                 match stored {
                     Stored::New(n) => {
                         chunks_new += 1;
                         stored_bytes += n;
                     }
                     Stored::Reused => reused.push(id),
+                    Stored::Pack(_) => unreachable!("packed above"),
+                }
+                if writes.len() > 2
+                    && let Some(w) = writes.pop_front()
+                    && let Err(e) = join_write(w).await
+                {
+                    failure = Some(e);
+                    break;
                 }
                 if let Some(sha256) = sha256 {
                     list_digest.update(sha256);
@@ -379,7 +408,18 @@ async fn backup_item(
         }
     }
     drop(results);
+    if failure.is_none() {
+        for w in writes.drain(..) {
+            if let Err(e) = join_write(w).await {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
     if let Some(e) = failure {
+        for w in writes {
+            w.abort();
+        }
         feed.abort();
         return Err(e);
     }
@@ -452,6 +492,11 @@ async fn process(
         }),
         Chunked::File(key) => Ok(Outcome::File(key)),
     }
+}
+
+async fn join_write(w: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    w.await
+        .map_err(|e| Error::io("pack writer task", std::io::Error::other(e)))?
 }
 
 /// Object Lock: a reused chunk may be locked for less time than this snapshot needs; extend it
@@ -548,14 +593,8 @@ async fn store_chunk(
     let object = blocking(move || keys.seal_chunk(&id, &data, level)).await?;
     let n = object.len() as u64;
     if small {
-        let Some(full) = packer.add(id, &object) else {
-            return done(Stored::Reused);
-        };
         known.lock().unwrap().insert(id);
-        if let Some(pack) = full {
-            pack.write(&**repo.store(), repo.keys(), packs).await?;
-        }
-        return done(Stored::New(n));
+        return done(Stored::Pack(object));
     }
     let stored = match repo.store().put_batched(&key, object, mode).await {
         Ok(()) => Stored::New(n),

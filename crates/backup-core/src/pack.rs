@@ -187,7 +187,7 @@ impl Packer {
     }
 
     /// The run's index; packs this run writes are added to it.
-    pub fn index(&self) -> &PackIndex {
+    pub fn index(&self) -> &Arc<PackIndex> {
         &self.index
     }
 

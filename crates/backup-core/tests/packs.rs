@@ -95,6 +95,21 @@ async fn small_files_are_packed_and_restore_from_their_packs() {
         t.pack_files()
     );
     assert_eq!(t.index_files(), t.pack_files());
+    // Packed in stream order, so a restore reads neighbours with one request.
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    let packs = t.repo.packs().await.unwrap();
+    let at: Vec<_> = snap
+        .item("data")
+        .unwrap()
+        .chunks
+        .iter()
+        .map(|c| packs.get(c).unwrap())
+        .collect();
+    let out_of_order = at
+        .windows(2)
+        .filter(|w| w[0].pack == w[1].pack && w[1].offset != w[0].offset + u64::from(w[0].length))
+        .count();
+    assert_eq!(out_of_order, 0);
     let c = check(&t.repo, &read_data()).await.unwrap();
     assert!(c.ok(), "{:?}", c.problems);
     assert_eq!(

@@ -1,7 +1,8 @@
-//! Restore: store → fetch (parallel, ordered) → decrypt/decompress → verify → sink.
+//! Restore: store → fetch (parallel, ordered; packed neighbours in one read) → decrypt and
+//! decompress → verify → sink.
 //!
-//! Every chunk is checked against its keyed id and every stream against its SHA-256 and size
-//! before a sink commits. [`plan`] says what would go where and touches nothing; [`apply`]
+//! Every chunk is authenticated (its tag binds its id) and every stream checked against its
+//! SHA-256 and size before a sink commits. [`plan`] says what would go where and touches nothing; [`apply`]
 //! refuses to start if any target is in the way (unless forced).
 
 mod fetch;
