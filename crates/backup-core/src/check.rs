@@ -100,7 +100,8 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         .iter()
         .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()))
         .collect();
-    let packs = repo.reload_packs().await?;
+    // The store's copies, not the local cache: a damaged index in the store is a problem.
+    let packs = crate::pack::PackIndex::read(&**repo.store(), repo.keys(), None).await?;
     let pack_objects: HashSet<PackId> = repo
         .store()
         .list("packs/")

@@ -21,7 +21,6 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
-use crate::pack::PackIndex;
 use crate::repository::Repository;
 use crate::store::{ObjectMeta, PutMode, Store};
 
@@ -204,7 +203,7 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
             doomed.push(m.clone());
         }
     }
-    let index = PackIndex::read(&*store, repo.keys()).await?;
+    let index = repo.reload_packs().await?;
     let by_pack = index.by_pack();
     let pack_objects = store.list("packs/").await?;
     report.packs_total = pack_objects.len();

@@ -13,6 +13,7 @@
 //! written. A pack without an index (a run killed in between) is an orphan that GC removes.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{Keys, ObjectType};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
-use crate::store::{PutMode, Store};
+use crate::store::{ObjectMeta, PutMode, Store};
 
 /// Chunk objects smaller than this go into packs.
 pub const PACK_BELOW: usize = 512 << 10;
@@ -68,25 +69,43 @@ pub struct PackIndex {
 impl PackIndex {
     /// Reads every index object. Those that cannot be read or opened are listed in
     /// [`PackIndex::damaged`] (their chunks count as missing; `check` reports them).
-    pub async fn read(store: &dyn Store, keys: &Keys) -> Result<PackIndex> {
+    ///
+    /// With `cache` (a directory on this host), an index already there is read from it, if it
+    /// still opens, instead of from the store (index objects never change; a repository of a
+    /// terabyte has ~100 000), new ones are added and those the store no longer lists removed.
+    pub async fn read(store: &dyn Store, keys: &Keys, cache: Option<&Path>) -> Result<PackIndex> {
         let listed = store.list("index/").await?;
         let mut index = PackIndex::default();
+        if let Some(dir) = cache {
+            prune_cache(dir, &listed);
+        }
         let mut reads = futures::stream::iter(listed)
             .map(|m| async move {
+                let cached = cache.and_then(|d| {
+                    let raw = std::fs::read(d.join(m.key.strip_prefix("index/")?)).ok()?;
+                    open_index(keys, &m.key, &raw)
+                });
+                if let Some(file) = cached {
+                    return (m.key, Ok(Ok(file)));
+                }
                 let got = store.get(&m.key).await;
-                (m.key, got)
+                let file = got.map(|raw| {
+                    let file = open_index(keys, &m.key, &raw);
+                    if let (Some(d), Some(_)) = (cache, &file) {
+                        write_cache(d, &m.key, &raw);
+                    }
+                    file.ok_or(())
+                });
+                (m.key, file)
             })
             .buffer_unordered(16);
         while let Some((key, got)) = reads.next().await {
-            let raw = match got {
-                Ok(raw) => raw,
+            match got {
+                Ok(Ok(file)) => index.insert(&file),
+                Ok(Err(())) => index.damaged.push(key),
                 // Deleted by a GC since the listing: its pack went with it.
-                Err(Error::NotFound { .. }) => continue,
+                Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
-            };
-            match open_index(keys, &key, &raw) {
-                Some(file) => index.insert(&file),
-                None => index.damaged.push(key),
             }
         }
         Ok(index)
@@ -135,6 +154,35 @@ impl PackIndex {
     /// Index objects that could not be read or opened.
     pub fn damaged(&self) -> &[String] {
         &self.damaged
+    }
+}
+
+/// An optimisation: failing to write the cache must not fail anything.
+fn write_cache(dir: &Path, key: &str, raw: &[u8]) {
+    let Some(name) = key.strip_prefix("index/") else {
+        return;
+    };
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp{}", rand::random::<u32>()));
+    let ok = std::fs::create_dir_all(dir).is_ok()
+        && std::fs::write(&tmp, raw).is_ok()
+        && std::fs::rename(&tmp, &path).is_ok();
+    if !ok {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+fn prune_cache(dir: &Path, listed: &[ObjectMeta]) {
+    let live: HashSet<&str> = listed
+        .iter()
+        .filter_map(|m| m.key.strip_prefix("index/"))
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if !live.contains(&*e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 

@@ -283,9 +283,11 @@ impl Repository {
         self.reload_packs().await
     }
 
-    /// Reads the pack index again (other processes may have written or deleted packs).
+    /// Reads the pack index again (other processes may have written or deleted packs); index
+    /// objects already in the local cache are read from it.
     pub async fn reload_packs(&self) -> Result<Arc<PackIndex>> {
-        let fresh = Arc::new(PackIndex::read(&*self.store, &self.keys).await?);
+        let cache = self.cache.as_ref().map(|c| c.join("index"));
+        let fresh = Arc::new(PackIndex::read(&*self.store, &self.keys, cache.as_deref()).await?);
         *self.packs.write().unwrap() = Some(fresh.clone());
         Ok(fresh)
     }

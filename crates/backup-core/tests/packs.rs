@@ -119,11 +119,28 @@ async fn small_files_are_packed_and_restore_from_their_packs() {
     restore_volume(&t, "data", "out").await.unwrap();
     assert_eq!(files(&t.dir.path().join("out/data")), files(&src));
 
-    // The same files again, from a fresh process's point of view: all found in the index.
+    // The same files again: all found in the index.
     let again = backup(&t.repo, volume("data", &src), &BackupOptions::default())
         .await
         .unwrap();
     assert_eq!(again.chunks_new, 0);
+
+    // Index objects are cached on this host; a damaged cached copy is read from the store again.
+    let cached = walk(&t.dir.path().join("cache"))
+        .into_iter()
+        .filter(|p| p.parent().unwrap().ends_with("index"))
+        .collect::<Vec<_>>();
+    assert_eq!(cached.len(), t.index_files(), "{cached:?}");
+    fs::write(&cached[0], b"garbage").unwrap();
+    let third = backup(&t.repo, volume("data", &src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(third.chunks_new, 0);
+    assert_eq!(
+        fs::read(&cached[0]).unwrap(),
+        fs::read(t.path().join("index").join(cached[0].file_name().unwrap())).unwrap(),
+        "the damaged copy was replaced by the store's"
+    );
 }
 
 /// A flipped byte inside a pack is the chunk's damage, named by restore and check; a damaged
@@ -260,7 +277,12 @@ async fn reopen(t: &TestRepo) -> backup_core::repository::Repository {
     use backup_core::repository::{CacheOptions, Repository};
     use backup_core::store::{LocalStore, Store};
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(LocalStore::new(t.path()));
-    Repository::open(store, &passphrase("test"), CacheOptions::default())
+    // No local cache: what a fresh host sees.
+    let cache = CacheOptions {
+        dir: None,
+        disabled: true,
+    };
+    Repository::open(store, &passphrase("test"), cache)
         .await
         .unwrap()
 }
