@@ -1,7 +1,8 @@
 //! Packs: small chunk objects written many to a store object, found through index objects.
 //!
-//! A chunk object below [`PACK_BELOW`] bytes (a group of small files, a stream's last chunk) is
-//! appended to the run's open pack instead of being an object of its own; at [`PACK_TARGET`]
+//! The object of a chunk whose plaintext is below [`PACK_BELOW`] bytes (a small file, a stream's
+//! last chunk) is appended to the run's open pack, in stream order, instead of being an object
+//! of its own; at [`PACK_TARGET`]
 //! bytes, and at the end of the run, the pack is written (`packs/<xx>/<pack id>`, durable) and
 //! then its index (`index/<pack id>`: chunk id, offset, length of each object in it). The
 //! objects inside are byte for byte the chunk objects a loose chunk would be, so reading one is
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::store::{ObjectMeta, PutMode, Store};
 
-/// Chunk objects smaller than this go into packs.
+/// Chunks whose plaintext is smaller than this go into packs.
 pub const PACK_BELOW: usize = 512 << 10;
 /// A pack is written once it holds this many bytes.
 pub const PACK_TARGET: usize = 8 << 20;
