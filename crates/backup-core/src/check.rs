@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, PackId, SnapshotId};
+use crate::id::{ChunkId, PackId, SnapshotId, id_in_key};
 use crate::repository::Repository;
 use crate::restore::fetch_chunk;
 
@@ -98,7 +98,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         .list("chunks/")
         .await?
         .iter()
-        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()))
+        .filter_map(|m| id_in_key(&m.key))
         .collect();
     // The store's copies, not the local cache: a damaged index in the store is a problem.
     let packs = crate::pack::PackIndex::read(&**repo.store(), repo.keys(), None).await?;
@@ -107,7 +107,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         .list("packs/")
         .await?
         .iter()
-        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()))
+        .filter_map(|m| id_in_key(&m.key))
         .collect();
     let by_pack = packs.by_pack();
     for (pack, chunks) in &by_pack {
@@ -144,9 +144,8 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         }
     }
     let unreferenced_chunks = stored.iter().filter(|c| !users.contains_key(c)).count();
-    let packs_total = pack_objects.len();
     if let Some(days) = repo.store().retention_days() {
-        problems.extend(check_retention(repo, &snapshots, days, opts.concurrency).await?);
+        problems.extend(check_retention(repo, &packs, &snapshots, days, opts.concurrency).await?);
     }
     let (mut chunks_read, mut bytes_read) = (0, 0u64);
     if opts.read_data {
@@ -172,7 +171,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         chunks_read,
         bytes_read,
         unreferenced_chunks,
-        packs: packs_total,
+        packs: pack_objects.len(),
         orphan_packs,
         problems,
     })
@@ -181,6 +180,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
 /// Every object of a live snapshot must be locked until the snapshot's time plus `days`.
 async fn check_retention(
     repo: &Repository,
+    packs: &crate::pack::PackIndex,
     snapshots: &[crate::manifest::Snapshot],
     days: u32,
     concurrency: usize,
@@ -206,7 +206,6 @@ async fn check_retention(
         String,
         (ChunkId, chrono::DateTime<chrono::Utc>, SnapshotId, String),
     > = BTreeMap::new();
-    let packs = repo.packs().await?;
     for (chunk, (until, snap, item)) in need {
         let keys = match packs.get(&chunk) {
             Some(at) => vec![at.pack.object_key(), at.pack.index_key()],

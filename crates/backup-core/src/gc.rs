@@ -20,7 +20,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, PackId};
+use crate::id::{ChunkId, PackId, id_in_key};
 use crate::repository::Repository;
 use crate::store::{ObjectMeta, PutMode, Store};
 
@@ -187,12 +187,7 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
     report.chunks_total = chunks.len();
     let mut doomed = Vec::new();
     for m in &chunks {
-        let Some(id) = m
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse::<ChunkId>().ok())
-        else {
+        let Some(id) = id_in_key::<ChunkId>(&m.key) else {
             continue;
         };
         if referenced.contains(&id) {
@@ -212,12 +207,7 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
     // its pack, or backups would reuse chunks that are gone.
     let mut doomed_packs = Vec::new();
     for m in &pack_objects {
-        let Some(pack) = m
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse::<PackId>().ok())
-        else {
+        let Some(pack) = id_in_key::<PackId>(&m.key) else {
             continue;
         };
         present.insert(pack);

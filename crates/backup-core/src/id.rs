@@ -101,6 +101,11 @@ impl ChunkId {
     }
 }
 
+/// The id an object key ends in (`chunks/ab/<id>`, `packs/ab/<id>`), if it parses as `T`.
+pub fn id_in_key<T: FromStr>(key: &str) -> Option<T> {
+    key.rsplit('/').next()?.parse().ok()
+}
+
 impl PackId {
     /// A fresh random pack id.
     pub fn random() -> Self {

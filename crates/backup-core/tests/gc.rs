@@ -12,13 +12,6 @@ use backup_core::store::PutMode;
 use common::*;
 use tokio::sync::Notify;
 
-fn now_gc() -> GcOptions {
-    GcOptions {
-        grace: Duration::ZERO,
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn forget_and_prune_reclaim_space_and_leave_a_sound_repository() {
     let t = new_repo().await;

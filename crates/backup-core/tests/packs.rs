@@ -5,12 +5,11 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
 use backup_core::Error;
 use backup_core::backup::{BackupOptions, BackupReport, backup};
 use backup_core::check::{CheckOptions, check};
-use backup_core::gc::{GcOptions, collect};
+use backup_core::gc::collect;
 use backup_core::restore::{ApplyOptions, RestoreOptions, apply, plan};
 use backup_core::source::{Source, VolumeOptions, VolumeSource};
 use common::*;
@@ -66,13 +65,6 @@ async fn restore_volume(t: &TestRepo, item: &str, out: &str) -> backup_core::Res
 fn read_data() -> CheckOptions {
     CheckOptions {
         read_data: true,
-        ..Default::default()
-    }
-}
-
-fn now_gc() -> GcOptions {
-    GcOptions {
-        grace: Duration::ZERO,
         ..Default::default()
     }
 }

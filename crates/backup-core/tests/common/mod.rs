@@ -64,6 +64,14 @@ pub fn walk_count(dir: &std::path::Path) -> usize {
         .sum()
 }
 
+/// GC without a grace period: unreferenced objects go at once.
+pub fn now_gc() -> backup_core::gc::GcOptions {
+    backup_core::gc::GcOptions {
+        grace: std::time::Duration::ZERO,
+        ..Default::default()
+    }
+}
+
 pub async fn new_repo() -> TestRepo {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("repo")));
