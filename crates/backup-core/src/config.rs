@@ -153,6 +153,9 @@ pub struct S3Config {
     pub secret_access_key_file: Option<PathBuf>,
     /// Attempts per request, retries included (default 8).
     pub max_attempts: Option<u32>,
+    /// Sign uploaded bodies with SigV4 (default false: objects are sealed with AES-GCM, and
+    /// signing costs a SHA-256 pass over every byte uploaded).
+    pub sign_payload: Option<bool>,
     /// `{ mode = "governance" | "compliance", days = N }`.
     pub object_lock: Option<ObjectLockConfig>,
 }
@@ -668,6 +671,7 @@ pub async fn open_store(url: &str, s3: &S3Config) -> Result<Arc<dyn Store>> {
         if let Some(n) = s3.max_attempts {
             o.max_attempts = n;
         }
+        o.sign_payload = s3.sign_payload.unwrap_or(false);
         if let Some(l) = &s3.object_lock {
             let compliance = match l.mode.to_ascii_lowercase().as_str() {
                 "compliance" => true,

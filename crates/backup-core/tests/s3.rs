@@ -552,3 +552,64 @@ async fn volume_command_postgres_and_redis_round_trip_through_s3() {
         assert!(r.items[0].sink.note.as_deref().unwrap().contains("checked"));
     }
 }
+
+/// Answers one S3 request with 200 and returns the request's head (lower-cased).
+async fn capture_one_request() -> (u16, tokio::task::JoinHandle<String>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let head = tokio::spawn(async move {
+        let (mut c, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request head incomplete");
+            got.extend_from_slice(&buf[..n]);
+        }
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    });
+    (port, head)
+}
+
+#[tokio::test]
+async fn uploads_are_unsigned_but_checksummed_unless_signing_is_asked_for() {
+    use sha2::Digest;
+    let body = random_bytes(3, 100_000);
+    for sign in [false, true] {
+        let (port, head) = capture_one_request().await;
+        let mut o = S3Options::from_url("s3://b/p").unwrap();
+        o.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        o.path_style = true;
+        o.access_key_id = Some("test".into());
+        o.secret_access_key = Some("test".into());
+        o.max_attempts = 1;
+        o.sign_payload = sign;
+        let st = S3Store::new(o).await.unwrap();
+        st.put(
+            "locks/x",
+            body.clone(),
+            backup_core::store::PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        let head = head.await.unwrap();
+        let payload = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-amz-content-sha256:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string();
+        if sign {
+            assert_eq!(payload, hex::encode(sha2::Sha256::digest(&body)), "{head}");
+        } else {
+            assert_eq!(payload, "unsigned-payload", "{head}");
+            assert!(
+                head.contains("x-amz-checksum-crc32:"),
+                "an unsigned upload still carries a checksum: {head}"
+            );
+        }
+    }
+}

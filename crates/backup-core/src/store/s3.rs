@@ -50,6 +50,10 @@ pub struct S3Options {
     /// Attempts per request, retries included (default 8).
     pub max_attempts: u32,
     pub object_lock: Option<ObjectLock>,
+    /// SigV4-sign uploaded bodies (one SHA-256 pass over every byte sent). Off by default:
+    /// every object is authenticated by AES-GCM and checked by its content address when read,
+    /// and the SDK's CRC32 checksum still guards the transfer.
+    pub sign_payload: bool,
 }
 
 impl S3Options {
@@ -403,7 +407,12 @@ impl Store for S3Store {
         if let (Some(m), Some(u), true) = (self.lock_mode(), self.lock_until(), data) {
             req = req.object_lock_mode(m).object_lock_retain_until_date(u);
         }
-        req.send().await.map_err(|e| self.err("put", key, e))?;
+        let sent = if self.opts.sign_payload {
+            req.send().await
+        } else {
+            req.customize().disable_payload_signing().send().await
+        };
+        sent.map_err(|e| self.err("put", key, e))?;
         Ok(())
     }
 
