@@ -220,8 +220,6 @@ enum Outcome {
     Chunk {
         id: ChunkId,
         len: u64,
-        /// The chunk's plain SHA-256, for items digested over their chunks.
-        sha256: Option<[u8; 32]>,
         stored: Stored,
     },
     File(Option<FileKey>),
@@ -311,16 +309,7 @@ async fn backup_item(
         };
     let per_chunk = matches!(feed, Feed::Pieces(_));
     let mut results = messages
-        .map(|m| {
-            process(
-                repo,
-                m,
-                known.clone(),
-                packer.clone(),
-                opts.compression_level,
-                per_chunk,
-            )
-        })
+        .map(|m| process(repo, m, known.clone(), packer.clone(), opts.compression_level))
         .buffered(opts.concurrency.max(1));
 
     let mut chunks = Vec::new();
@@ -342,12 +331,7 @@ async fn backup_item(
                     chunks: Vec::new(),
                 })
             }
-            Ok(Outcome::Chunk {
-                id,
-                len,
-                sha256,
-                stored,
-            }) => {
+            Ok(Outcome::Chunk { id, len, stored }) => {
                 chunks.push(id);
                 size += len;
                 let stored = match stored {
@@ -380,11 +364,11 @@ async fn backup_item(
                     failure = Some(e);
                     break;
                 }
-                if let Some(sha256) = sha256 {
-                    list_digest.update(sha256);
+                if per_chunk {
+                    list_digest.update(id.0);
                     if let Some(f) = &mut file {
                         f.got += len;
-                        f.chunks.push(CachedChunk { id, len, sha256 });
+                        f.chunks.push(CachedChunk { id, len });
                     }
                 }
                 // Cuts fence a file's data, so its chunks end exactly at its size.
@@ -445,7 +429,7 @@ async fn backup_item(
     let facts = src.finish().await?;
     let (size, sha256, digest) = match stream_digest {
         Some(d) => (d.size, d.sha256, DigestKind::Stream),
-        None => (size, list_digest.finalize().into(), DigestKind::ChunkList),
+        None => (size, list_digest.finalize().into(), DigestKind::ChunkIds),
     };
     let item = Item {
         name: name.clone(),
@@ -480,14 +464,12 @@ async fn process(
     known: Arc<Mutex<HashSet<ChunkId>>>,
     packer: Arc<Packer>,
     level: i32,
-    per_chunk: bool,
 ) -> Result<Outcome> {
     match m {
-        Chunked::Data(data) => store_chunk(repo, data, known, &packer, level, per_chunk).await,
+        Chunked::Data(data) => store_chunk(repo, data, known, &packer, level).await,
         Chunked::Stored(c) => Ok(Outcome::Chunk {
             id: c.id,
             len: c.len,
-            sha256: Some(c.sha256),
             stored: Stored::Reused,
         }),
         Chunked::File(key) => Ok(Outcome::File(key)),
@@ -535,23 +517,11 @@ async fn store_chunk(
     known: Arc<Mutex<HashSet<ChunkId>>>,
     packer: &Packer,
     level: i32,
-    per_chunk: bool,
 ) -> Result<Outcome> {
     let len = data.len() as u64;
     let keys = repo.keys().clone();
-    let (id, sha256, data) = blocking(move || {
-        let sha = per_chunk.then(|| <[u8; 32]>::from(Sha256::digest(&data[..])));
-        (keys.chunk_id(&data), sha, data)
-    })
-    .await?;
-    let done = |stored| {
-        Ok(Outcome::Chunk {
-            id,
-            len,
-            sha256,
-            stored,
-        })
-    };
+    let (id, data) = blocking(move || (keys.chunk_id(&data), data)).await?;
+    let done = |stored| Ok(Outcome::Chunk { id, len, stored });
     if known.lock().unwrap().contains(&id) {
         return done(Stored::Reused);
     }

@@ -186,7 +186,7 @@ pub enum Chunked {
 /// is cut with `params`; everything between files (small files, tar headers) with
 /// [`ChunkerParams::between_files`], so that an edit to one small file stores a few of its
 /// neighbours rather than a megabyte of them. No stream digest here: such items are
-/// digested over their chunks' digests (see `DigestKind::ChunkList`). The task ends when the
+/// digested over their chunk ids (see `DigestKind::ChunkIds`). The task ends when the
 /// source closes its side; the source's own result says whether that was success.
 pub fn spawn_piece_chunker(
     mut pieces: PieceStream,
@@ -317,7 +317,6 @@ mod tests {
         let cached = CachedChunk {
             id: crate::id::ChunkId([9; 32]),
             len: 5,
-            sha256: [1; 32],
         };
         for lead in [1000usize, 70_000] {
             let (tx, rx) = mpsc::channel(4);

@@ -70,9 +70,13 @@ pub enum DigestKind {
     #[default]
     Stream,
     /// The concatenated SHA-256s of the chunks, in order (head included as if a chunk).
-    /// Volumes use it: a file taken from the file cache is never read, so the stream as a
-    /// whole is never hashed, but its chunks' digests are known.
+    /// Volumes written before `ChunkIds` use it.
     ChunkList,
+    /// The concatenated chunk ids, in order (head's SHA-256 first, if any). Volumes use it: a
+    /// file taken from the file cache is never read, so the stream as a whole is never hashed,
+    /// and the keyed ids are computed anyway (a plain SHA-256 per chunk besides was a second
+    /// pass over every byte). A restore recomputes each chunk's id, so every byte is covered.
+    ChunkIds,
 }
 
 impl DigestKind {

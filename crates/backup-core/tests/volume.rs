@@ -424,7 +424,7 @@ async fn unchanged_large_files_come_from_the_file_cache() {
     assert_eq!(fact(&second, "bytes_from_cache"), (3 << 20) + (2 << 20));
     assert_eq!(again.chunks_new, 0);
     let (a, b) = (first.item("data").unwrap(), second.item("data").unwrap());
-    assert_eq!(b.digest, backup_core::manifest::DigestKind::ChunkList);
+    assert_eq!(b.digest, backup_core::manifest::DigestKind::ChunkIds);
     assert_eq!(
         (&a.chunks, &a.sha256, a.size),
         (&b.chunks, &b.sha256, b.size)
@@ -549,4 +549,91 @@ async fn an_edited_small_file_stores_about_its_group() {
         a.chunks.len()
     );
     restore_and_compare(&t, &src, "out").await;
+}
+
+async fn restore_snapshot(
+    t: &TestRepo,
+    snap: &backup_core::manifest::Snapshot,
+    out: &str,
+) -> backup_core::Result<()> {
+    let ropts = RestoreOptions {
+        to: Some(t.dir.path().join(out)),
+        ..Default::default()
+    };
+    let p = plan(snap, &ropts).await?;
+    apply(&t.repo, snap, &p, &ApplyOptions::default()).await?;
+    Ok(())
+}
+
+/// A volume's digest is taken over its chunk ids (a second hash of every byte saved), so a
+/// restore must recompute each chunk's id: a chunk sealed with the right key under the wrong
+/// id passes the tag and the digest, and only that check refuses it. Items written with the
+/// older chunk-list digest still restore.
+#[tokio::test]
+async fn volumes_are_digested_over_chunk_ids_and_restores_prove_each_id() {
+    use backup_core::manifest::DigestKind;
+    use sha2::{Digest, Sha256};
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), random_bytes(4, 3 << 20)).unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("s{i}.txt")), format!("small file {i}\n")).unwrap();
+    }
+    backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    let item = snap.item("data").unwrap().clone();
+    assert_eq!(item.digest, DigestKind::ChunkIds);
+    let mut over_ids = Sha256::new();
+    for id in &item.chunks {
+        over_ids.update(id.0);
+    }
+    assert_eq!(item.sha256, hex::encode(over_ids.finalize()));
+    restore_and_compare(&t, &src, "out").await;
+
+    // The same item as an older Lifeboat wrote it: digest over each chunk's plain SHA-256.
+    let mut over_plain = Sha256::new();
+    for id in &item.chunks {
+        let plain = backup_core::restore::fetch_chunk(&t.repo, snap.id, "data", *id)
+            .await
+            .unwrap();
+        over_plain.update(Sha256::digest(&plain));
+    }
+    let mut legacy = snap.clone();
+    legacy.id = backup_core::id::SnapshotId::random();
+    for it in &mut legacy.items {
+        it.digest = DigestKind::ChunkList;
+        it.sha256 = hex::encode(over_plain.clone().finalize());
+    }
+    t.repo.save_snapshot(&legacy).await.unwrap();
+    restore_snapshot(&t, &legacy, "legacy").await.unwrap();
+    assert_eq!(describe(&t.dir.path().join("legacy/data")), describe(&src));
+
+    // A loose chunk of big.bin replaced by other bytes sealed under its id.
+    let loose = item
+        .chunks
+        .iter()
+        .find(|id| t.path().join(id.object_key()).exists())
+        .copied()
+        .expect("big.bin has a loose chunk");
+    let key = loose.object_key();
+    let real = fs::read(t.path().join(&key)).unwrap();
+    let honest = backup_core::restore::fetch_chunk(&t.repo, snap.id, "data", loose)
+        .await
+        .unwrap();
+    let forged = t
+        .repo
+        .keys()
+        .seal_chunk(&loose, &random_bytes(5, honest.len()), 1);
+    fs::write(t.path().join(&key), &forged).unwrap();
+    let err = restore_snapshot(&t, &snap, "forged").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ChunkCorrupt { chunk, .. } if *chunk == loose),
+        "{err}"
+    );
+    assert!(!t.dir.path().join("forged/data/big.bin").exists());
+    fs::write(t.path().join(&key), real).unwrap();
+    restore_snapshot(&t, &snap, "again").await.unwrap();
 }

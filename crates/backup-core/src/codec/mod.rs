@@ -225,18 +225,6 @@ impl Keys {
         self.seal(ObjectType::Chunk, &id.0, plaintext, level)
     }
 
-    /// As [`Keys::open_chunk_owned`] without recomputing the id: the tag still proves a key
-    /// holder sealed this object under `id`. For restores, whose item digest (checked before any
-    /// sink commits) covers every byte anyway; `check --read-data` recomputes ids.
-    pub fn open_chunk_owned_by_tag(
-        &self,
-        id: &ChunkId,
-        object: Vec<u8>,
-        max_len: usize,
-    ) -> Result<Vec<u8>, OpenError> {
-        self.open_owned(ObjectType::Chunk, &id.0, object, max_len)
-    }
-
     /// Opens a chunk object and proves its content matches `id`.
     pub fn open_chunk(
         &self,

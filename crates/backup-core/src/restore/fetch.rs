@@ -8,14 +8,13 @@
 
 use std::ops::Range;
 
-use sha2::{Digest, Sha256};
-
 use crate::backup::blocking;
-use crate::codec::ObjectType;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId};
 use crate::pack::PackIndex;
 use crate::repository::Repository;
+
+use super::Verify;
 
 /// Bytes of sealed objects one read may cover: bounds the memory of the reads in flight.
 const RUN_BYTES: u64 = 2 << 20;
@@ -60,18 +59,19 @@ pub(crate) fn plan(packs: &PackIndex, chunks: &[ChunkId]) -> Vec<Fetch> {
     out
 }
 
-/// Plaintexts (with their SHA-256 when `digest`) of one read's chunks, in order.
+/// Plaintexts (with their part of the item digest, see [`Verify`]) of one read's chunks, in
+/// order.
 pub(crate) async fn fetch(
     repo: &Repository,
     snapshot: SnapshotId,
     item: &str,
     f: Fetch,
-    digest: bool,
+    verify: Verify,
 ) -> Result<Vec<(Vec<u8>, Option<[u8; 32]>)>> {
     let (pack, range, chunks) = match f {
         Fetch::Loose(id) => {
             return Ok(vec![
-                super::fetch_chunk_digested(repo, snapshot, item, id, digest, false).await?,
+                super::fetch_chunk_verified(repo, snapshot, item, id, verify).await?,
             ]);
         }
         Fetch::Packed {
@@ -114,12 +114,11 @@ pub(crate) async fn fetch(
                 )));
             };
             at = end;
-            // By the tag alone, as for loose chunks in a restore (`open_chunk_owned_by_tag`).
-            let plain = keys
-                .open_in_place(ObjectType::Chunk, &id.0, object, max)
-                .map_err(|e| corrupt(e.to_string()))?;
-            let sha = digest.then(|| <[u8; 32]>::from(Sha256::digest(&plain)));
-            out.push((plain, sha));
+            out.push(
+                verify
+                    .open(&keys, &id, object, max)
+                    .map_err(|e| corrupt(e.to_string()))?,
+            );
         }
         crate::buffer::give(data);
         Ok(out)

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{Keys, ObjectType};
 use crate::id::ChunkId;
 
-const VERSION: u32 = 1;
+/// 2: chunks no longer carry a plain SHA-256 (items are digested over chunk ids).
+const VERSION: u32 = 2;
 /// Cache files above this are not ours to open (a chunk list per large file is small).
 const MAX_LEN: usize = 256 << 20;
 
@@ -29,13 +30,11 @@ pub struct FileKey {
     pub ino: u64,
 }
 
-/// One chunk of a cached file: enough to name it in a manifest and fold it into the item digest.
+/// One chunk of a cached file: enough to name it in a manifest (and so in the item digest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedChunk {
     pub id: ChunkId,
     pub len: u64,
-    /// SHA-256 of the chunk's plaintext (see `DigestKind::ChunkList`).
-    pub sha256: [u8; 32],
 }
 
 /// A file's data as chunks.
