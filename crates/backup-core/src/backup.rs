@@ -309,7 +309,15 @@ async fn backup_item(
         };
     let per_chunk = matches!(feed, Feed::Pieces(_));
     let mut results = messages
-        .map(|m| process(repo, m, known.clone(), packer.clone(), opts.compression_level))
+        .map(|m| {
+            process(
+                repo,
+                m,
+                known.clone(),
+                packer.clone(),
+                opts.compression_level,
+            )
+        })
         .buffered(opts.concurrency.max(1));
 
     let mut chunks = Vec::new();
