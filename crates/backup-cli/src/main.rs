@@ -81,6 +81,10 @@ enum Cmd {
         /// interrupted backup reuses them.
         #[arg(long)]
         grace: Option<String>,
+        /// Percent of pack bytes that may stay unreferenced (default 10): above it the
+        /// emptiest packs are rewritten without their unreferenced chunks; 100 never repacks.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        max_unused: Option<u8>,
     },
     /// Never let a retention policy remove this snapshot.
     Protect { snapshot: String },
@@ -350,6 +354,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             keep,
             dry_run,
             grace,
+            max_unused,
         } => {
             let repo = resolved.open().await?;
             let mut rc = keep
@@ -358,6 +363,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_default();
             if grace.is_some() {
                 rc.grace = grace;
+            }
+            if max_unused.is_some() {
+                rc.max_unused = max_unused;
             }
             retention_run(&repo, &rc, dry_run, true, &out).await?;
         }
@@ -581,6 +589,30 @@ async fn retention_run(
                         )
                     }
                 ),
+            }
+            if r.deferred.is_none() && r.packs_total > 0 {
+                let would = |done: &str, plan: &str| {
+                    if dry_run {
+                        plan.to_string()
+                    } else {
+                        done.to_string()
+                    }
+                };
+                println!(
+                    "packs: {} of {} {} ({}), {} {} ({} copied, {} freed); {} unreferenced left in packs",
+                    r.packs_deleted,
+                    r.packs_total,
+                    would("deleted", "would be deleted"),
+                    human_bytes(r.pack_bytes_deleted),
+                    r.packs_repacked,
+                    would("repacked", "would be repacked"),
+                    human_bytes(r.repack_bytes_written),
+                    human_bytes(r.repack_bytes_freed),
+                    human_bytes(r.pack_bytes_unreferenced),
+                );
+            }
+            for s in &r.repack_skipped {
+                println!("not repacked: {s}");
             }
             if r.incomplete_removed > 0 {
                 println!(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, id_in_key};
 use crate::repository::Repository;
-use crate::restore::fetch_chunk;
+use crate::restore::{Verify, fetch_chunk};
 
 /// What to check.
 #[derive(Debug, Clone)]
@@ -149,18 +149,49 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
     }
     let (mut chunks_read, mut bytes_read) = (0, 0u64);
     if opts.read_data {
-        let mut reads = futures::stream::iter(present)
-            .map(|(chunk, snapshot, item)| async move {
-                fetch_chunk(repo, snapshot, &item, chunk).await
+        // In pack order, so that neighbours in a pack are one read (as in a restore): one
+        // request per packed chunk made checking the 1.6 GB tree on S3 24 000 range requests.
+        present.sort_by_key(|(c, ..)| packs.get(c).map(|at| (at.pack, at.offset)));
+        let order: Vec<ChunkId> = present.iter().map(|(c, ..)| *c).collect();
+        let users = &users;
+        let mut reads = futures::stream::iter(crate::restore::fetch::plan(&packs, &order))
+            .map(|f| async move {
+                let ids = f.ids();
+                let (snapshot, item) = users[&ids[0]].clone();
+                match crate::restore::fetch::fetch(repo, snapshot, &item, f, Verify::Id).await {
+                    Ok(plains) => plains
+                        .into_iter()
+                        .map(|(plain, _)| {
+                            let n = plain.len() as u64;
+                            crate::buffer::give(plain);
+                            Ok(n)
+                        })
+                        .collect::<Vec<Result<u64>>>(),
+                    // Chunk by chunk, so each problem names its chunk and a user of it.
+                    Err(_) => {
+                        let mut out = Vec::with_capacity(ids.len());
+                        for id in ids {
+                            let (snapshot, item) = &users[&id];
+                            out.push(
+                                fetch_chunk(repo, *snapshot, item, id)
+                                    .await
+                                    .map(|p| p.len() as u64),
+                            );
+                        }
+                        out
+                    }
+                }
             })
             .buffer_unordered(opts.concurrency.max(1));
-        while let Some(r) = reads.next().await {
-            match r {
-                Ok(data) => {
-                    chunks_read += 1;
-                    bytes_read += data.len() as u64;
+        while let Some(results) = reads.next().await {
+            for r in results {
+                match r {
+                    Ok(n) => {
+                        chunks_read += 1;
+                        bytes_read += n;
+                    }
+                    Err(e) => problems.push(problem(e)),
                 }
-                Err(e) => problems.push(problem(e)),
             }
         }
     }

@@ -58,6 +58,9 @@ pub struct RetentionConfig {
     pub prune: Option<bool>,
     /// Grace period of unreferenced chunks (default 24h).
     pub grace: Option<String>,
+    /// Percent of pack bytes GC may leave unreferenced before it rewrites the emptiest packs
+    /// (default 10; 100 never repacks).
+    pub max_unused: Option<u8>,
 }
 
 impl RetentionConfig {
@@ -112,11 +115,19 @@ impl RetentionConfig {
         })
     }
 
-    /// GC options from `grace`.
+    /// GC options from `grace` and `max_unused`.
     pub fn gc_options(&self) -> Result<GcOptions> {
         let mut o = GcOptions::default();
         if let Some(g) = &self.grace {
             o.grace = parse_duration(g)?.to_std().unwrap_or_default();
+        }
+        if let Some(p) = self.max_unused {
+            if p > 100 {
+                return Err(Error::Usage(format!(
+                    "max_unused {p}: a percentage from 0 to 100"
+                )));
+            }
+            o.max_unused = f64::from(p) / 100.0;
         }
         Ok(o)
     }

@@ -11,6 +11,12 @@
 //! A marker not refreshed for `stale_after` belongs to a dead process and is ignored (and
 //! removed by GC). No marker is exclusive: two GCs may run together (both only delete
 //! unreferenced chunks), and a crashed holder never blocks the next cron run for long.
+//!
+//! Packs are deleted whole. When more than `max_unused` of the pack bytes are unreferenced,
+//! the emptiest packs past the grace period are repacked: their referenced chunks, each
+//! verified, are copied as sealed into new packs (pack, then index), and only then are the old
+//! index and pack deleted. A chunk that also lives elsewhere is not copied, so a GC that died
+//! between copying and deleting leaves duplicates that the next one clears.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -38,6 +44,9 @@ pub struct GcOptions {
     pub stale_after: Duration,
     /// Report only.
     pub dry_run: bool,
+    /// Fraction of pack bytes that may stay unreferenced; above it the emptiest packs are
+    /// repacked until it holds again (1.0: never repack).
+    pub max_unused: f64,
 }
 
 impl Default for GcOptions {
@@ -46,6 +55,7 @@ impl Default for GcOptions {
             grace: Duration::from_secs(24 * 3600),
             stale_after: STALE_AFTER,
             dry_run: false,
+            max_unused: 0.1,
         }
     }
 }
@@ -69,9 +79,18 @@ pub struct GcReport {
     /// Packs none of whose chunks a snapshot names, or without an index, past the grace period.
     pub packs_deleted: usize,
     pub pack_bytes_deleted: u64,
-    /// Bytes of unreferenced chunks in packs that still hold referenced ones (kept: packs are
-    /// deleted whole, never rewritten).
+    /// Bytes of unreferenced chunks left in packs that still hold referenced ones (after any
+    /// repacking).
     pub pack_bytes_unreferenced: u64,
+    /// Packs rewritten without their unreferenced chunks, and deleted.
+    pub packs_repacked: usize,
+    /// Referenced bytes copied into new packs by repacking.
+    pub repack_bytes_written: u64,
+    /// Bytes the repacked packs took, less what was copied out of them.
+    pub repack_bytes_freed: u64,
+    /// Packs chosen for repacking but left as they are, with the reason (a damaged chunk: run
+    /// `check --read-data`).
+    pub repack_skipped: Vec<String>,
     /// Index objects whose pack is gone (removed: they would make backups reuse nothing).
     pub dangling_indexes_removed: usize,
     /// Partial writes of killed runs (local temp files) older than the grace period.
@@ -206,6 +225,7 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
     // (index key if any, pack object) to delete, index first: an index must never outlive
     // its pack, or backups would reuse chunks that are gone.
     let mut doomed_packs = Vec::new();
+    let mut kept_packs = Vec::new();
     for m in &pack_objects {
         let Some(pack) = id_in_key::<PackId>(&m.key) else {
             continue;
@@ -222,6 +242,7 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
             doomed_packs.push(((!chunks.is_empty()).then(|| pack.index_key()), m.clone()));
         } else {
             report.pack_bytes_unreferenced += unreferenced;
+            kept_packs.push((pack, m.clone(), unreferenced));
         }
     }
     let dangling: Vec<String> = by_pack
@@ -279,6 +300,26 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
         }
         report.dangling_indexes_removed += 1;
     }
+    // Object Lock: the old packs could not be deleted before their retention ends.
+    if store.retention_days().is_none() {
+        let loose: HashSet<ChunkId> = chunks
+            .iter()
+            .filter_map(|m| id_in_key::<ChunkId>(&m.key))
+            .filter(|id| referenced.contains(id))
+            .collect();
+        let pick = choose_repacks(kept_packs, opts);
+        repack(
+            repo,
+            &index,
+            &by_pack,
+            &referenced,
+            &loose,
+            pick,
+            opts,
+            report,
+        )
+        .await?;
+    }
     for m in stale {
         if !opts.dry_run {
             store.delete(&m.key).await?;
@@ -287,5 +328,133 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
     }
     (report.incomplete_removed, report.incomplete_bytes) =
         store.sweep_incomplete(opts.grace, opts.dry_run).await?;
+    Ok(())
+}
+
+/// The emptiest packs past the grace period, until the unreferenced share of all kept pack
+/// bytes is at most `max_unused` (restic's prune works the same way).
+fn choose_repacks(
+    mut kept: Vec<(PackId, ObjectMeta, u64)>,
+    opts: &GcOptions,
+) -> Vec<(PackId, ObjectMeta, u64)> {
+    let total: u64 = kept.iter().map(|(_, m, _)| m.size).sum();
+    let mut unused: u64 = kept.iter().map(|(.., u)| u).sum();
+    let allowed = (opts.max_unused.clamp(0.0, 1.0) * total as f64) as u64;
+    kept.retain(|(_, m, u)| *u > 0 && age(m) >= opts.grace);
+    kept.sort_by(|a, b| {
+        let share = |(_, m, u): &(PackId, ObjectMeta, u64)| *u as f64 / m.size.max(1) as f64;
+        share(b).total_cmp(&share(a))
+    });
+    let mut pick = Vec::new();
+    for k in kept {
+        if unused <= allowed {
+            break;
+        }
+        unused -= k.2;
+        pick.push(k);
+    }
+    pick
+}
+
+/// Copies the referenced chunks of `pick` into new packs, then deletes the old packs.
+#[allow(clippy::too_many_arguments)]
+async fn repack(
+    repo: &Repository,
+    index: &Arc<crate::pack::PackIndex>,
+    by_pack: &std::collections::HashMap<PackId, Vec<(ChunkId, crate::pack::PackedAt)>>,
+    referenced: &HashSet<ChunkId>,
+    loose: &HashSet<ChunkId>,
+    pick: Vec<(PackId, ObjectMeta, u64)>,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<()> {
+    if pick.is_empty() {
+        return Ok(());
+    }
+    let store = repo.store().clone();
+    let picked: HashSet<PackId> = pick.iter().map(|(p, ..)| *p).collect();
+    // Referenced chunks with a copy outside the packs being rewritten need no new one.
+    let mut elsewhere: HashSet<ChunkId> = loose.clone();
+    for (pack, chunks) in by_pack {
+        if !picked.contains(pack) {
+            elsewhere.extend(chunks.iter().map(|(id, _)| *id));
+        }
+    }
+    let packer = crate::pack::Packer::new(index.clone());
+    let max = repo.config().chunker_params.max_size as usize;
+    let mut done = Vec::new();
+    for (pack, meta, unreferenced) in pick {
+        let copy: Vec<(ChunkId, crate::pack::PackedAt)> = by_pack
+            .get(&pack)
+            .map_or(&[][..], |v| v.as_slice())
+            .iter()
+            .filter(|(id, _)| referenced.contains(id) && !elsewhere.contains(id))
+            .cloned()
+            .collect();
+        let live: u64 = copy.iter().map(|(_, at)| u64::from(at.length)).sum();
+        if opts.dry_run {
+            report.packs_repacked += 1;
+            report.repack_bytes_written += live;
+            report.repack_bytes_freed += meta.size.saturating_sub(live);
+            report.pack_bytes_unreferenced -= unreferenced;
+            continue;
+        }
+        let data = match store.get(&meta.key).await {
+            Ok(d) => d,
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        // Every chunk to copy must open before any is copied: a damaged one stays where it is
+        // (with its pack) for `check` to report, rather than be carried on or lost.
+        let keys = repo.keys().clone();
+        let (data, verdict) = crate::backup::blocking(move || {
+            let mut verdict = Ok(());
+            for (id, at) in &copy {
+                let r = at.range();
+                let Some(sealed) = data.get(r.start as usize..r.end as usize) else {
+                    verdict = Err(format!("chunk {id} lies beyond the pack's end"));
+                    break;
+                };
+                let mut scratch = sealed.to_vec();
+                if let Err(e) =
+                    keys.open_in_place(crate::codec::ObjectType::Chunk, &id.0, &mut scratch, max)
+                {
+                    verdict = Err(format!("chunk {id}: {e}"));
+                    break;
+                }
+            }
+            (data, verdict.map(|()| copy))
+        })
+        .await?;
+        let copy = match verdict {
+            Ok(c) => c,
+            Err(why) => {
+                report
+                    .repack_skipped
+                    .push(format!("{}: {why}; run `check --read-data`", meta.key));
+                continue;
+            }
+        };
+        for (id, at) in copy {
+            let r = at.range();
+            if let Some(Some(full)) = packer.add(id, &data[r.start as usize..r.end as usize]) {
+                full.write(&*store, repo.keys(), index).await?;
+            }
+        }
+        report.packs_repacked += 1;
+        report.repack_bytes_written += live;
+        report.repack_bytes_freed += meta.size.saturating_sub(live);
+        report.pack_bytes_unreferenced -= unreferenced;
+        done.push((pack, meta));
+    }
+    if let Some(full) = packer.take() {
+        full.write(&*store, repo.keys(), index).await?;
+    }
+    // Copies are durable and indexed: now the old index (first, as always), then the pack.
+    for (pack, meta) in done {
+        store.delete(&pack.index_key()).await?;
+        store.delete(&meta.key).await?;
+    }
+    repo.reload_packs().await?;
     Ok(())
 }

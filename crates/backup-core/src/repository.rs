@@ -294,26 +294,24 @@ impl Repository {
 
     /// A chunk's sealed object, from its pack or its own object; `NotFound` if neither has it.
     pub async fn chunk_object(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        if let Some(at) = self.packs().await?.get(id) {
-            return self
-                .store
-                .get_range(&at.pack.object_key(), at.range())
-                .await;
-        }
-        match self.store.get(&id.object_key()).await {
-            // Packed by a run that ended after this process read the index.
-            Err(Error::NotFound { .. }) => match self.reload_packs().await?.get(id) {
-                Some(at) => {
-                    self.store
-                        .get_range(&at.pack.object_key(), at.range())
-                        .await
-                }
-                None => Err(Error::NotFound {
-                    key: id.object_key(),
-                    location: self.location(),
-                }),
-            },
+        match self.chunk_object_in(&*self.packs().await?, id).await {
+            // Packed by a run that ended after this process read the index, or moved to another
+            // pack by a GC since (repacking): where the index says now.
+            Err(Error::NotFound { .. }) => {
+                self.chunk_object_in(&*self.reload_packs().await?, id).await
+            }
             other => other,
+        }
+    }
+
+    async fn chunk_object_in(&self, packs: &PackIndex, id: &ChunkId) -> Result<Vec<u8>> {
+        match packs.get(id) {
+            Some(at) => {
+                self.store
+                    .get_range(&at.pack.object_key(), at.range())
+                    .await
+            }
+            None => self.store.get(&id.object_key()).await,
         }
     }
 

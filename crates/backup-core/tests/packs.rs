@@ -202,9 +202,15 @@ async fn packs_are_collected_whole() {
     let c_only = run(&t, &dirs, &[2]).await;
     assert_eq!((c_only.chunks_new, t.pack_files()), (0, 3));
 
-    // a's pack is wholly dead; c+d's pack is half dead (c is still named).
+    // a's pack is wholly dead; c+d's pack is half dead (c is still named), and kept whole
+    // when repacking is off.
     t.repo.forget(&[a.snapshot, cd.snapshot]).await.unwrap();
-    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    let whole = backup_core::gc::GcOptions {
+        max_unused: 1.0,
+        ..now_gc()
+    };
+    let r = collect(&t.repo, &whole).await.unwrap();
+    assert_eq!(r.packs_repacked, 0);
     assert!(r.deferred.is_none());
     assert_eq!((r.packs_total, r.packs_deleted), (3, 1), "{r:?}");
     assert!(r.pack_bytes_unreferenced > 60 * 4000, "d's bytes: {r:?}");
@@ -220,7 +226,7 @@ async fn packs_are_collected_whole() {
     fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     fs::write(&orphan, b"partial").unwrap();
     t.repo.forget(&[c_only.snapshot]).await.unwrap();
-    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    let r = collect(&t.repo, &whole).await.unwrap();
     assert_eq!(
         r.packs_deleted, 2,
         "the orphan and the dead c+d pack: {r:?}"
@@ -290,4 +296,96 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Restores `item` of the latest snapshot with `repo` (which may hold an old index).
+async fn restore_with(
+    repo: &backup_core::repository::Repository,
+    t: &TestRepo,
+    item: &str,
+    out: &str,
+) -> backup_core::Result<()> {
+    let snap = repo.find_snapshot("latest").await?;
+    let ropts = RestoreOptions {
+        to: Some(t.dir.path().join(out)),
+        only: vec![item.to_string()],
+        ..Default::default()
+    };
+    let p = plan(&snap, &ropts).await?;
+    apply(repo, &snap, &p, &ApplyOptions::default()).await?;
+    Ok(())
+}
+
+/// A pack half of whose chunks no snapshot names is rewritten with the other half, and the old
+/// one deleted; a restore that read the index before still finds every chunk; a pack with a
+/// damaged chunk is left as it is and named.
+#[tokio::test]
+async fn half_dead_packs_are_repacked() {
+    let t = new_repo().await;
+    let dirs: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let d = t.dir.path().join(n);
+            small_files(&d, 30 + i as u64, 60);
+            d
+        })
+        .collect();
+    let cd = run(&t, &dirs, &[2, 3]).await;
+    run(&t, &dirs, &[2]).await;
+    let old_packs = walk(&t.path().join("packs"));
+    assert_eq!(old_packs.len(), 1);
+    let stale = reopen(&t).await;
+    stale.packs().await.unwrap();
+    t.repo.forget(&[cd.snapshot]).await.unwrap();
+
+    let dry = backup_core::gc::GcOptions {
+        dry_run: true,
+        ..now_gc()
+    };
+    let r = collect(&t.repo, &dry).await.unwrap();
+    assert_eq!(r.packs_repacked, 1, "{r:?}");
+    assert_eq!(
+        walk(&t.path().join("packs")),
+        old_packs,
+        "a dry run changes nothing"
+    );
+
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    let pack_size = fs::metadata(&old_packs[0]).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(pack_size, 0, "the old pack is deleted");
+    assert_eq!(r.packs_repacked, 1, "{r:?}");
+    assert!(
+        r.repack_bytes_written > 60 * 4000 && r.repack_bytes_freed > 60 * 4000,
+        "c's chunks copied, d's freed: {r:?}"
+    );
+    assert_eq!(r.pack_bytes_unreferenced, 0, "{r:?}");
+    assert_eq!((t.pack_files(), t.index_files()), (1, 1));
+    let c = check(&reopen(&t).await, &read_data()).await.unwrap();
+    assert!(c.ok() && c.unreferenced_chunks == 0, "{c:?}");
+    restore_with(&stale, &t, "c", "out").await.unwrap();
+    assert_eq!(files(&t.dir.path().join("out/c")), files(&dirs[2]));
+
+    // a and b in one pack, then a alone; a's first chunk damaged in the pack.
+    let ab = run(&t, &dirs, &[0, 1]).await;
+    let a = run(&t, &dirs, &[0]).await;
+    t.repo.forget(&[ab.snapshot]).await.unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    assert_eq!(snap.id, a.snapshot);
+    let first = snap.item("a").unwrap().chunks[0];
+    let at = t.repo.reload_packs().await.unwrap().get(&first).unwrap();
+    let pack_file = t.path().join(at.pack.object_key());
+    let mut bytes = fs::read(&pack_file).unwrap();
+    bytes[at.offset as usize + 40] ^= 1;
+    fs::write(&pack_file, &bytes).unwrap();
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    assert_eq!(r.packs_repacked, 0, "{r:?}");
+    assert_eq!(r.repack_skipped.len(), 1, "{r:?}");
+    assert!(
+        r.repack_skipped[0].contains(&at.pack.to_string())
+            && r.repack_skipped[0].contains(&first.to_string()),
+        "{:?}",
+        r.repack_skipped
+    );
+    assert!(pack_file.exists(), "the damaged pack is kept");
 }

@@ -29,6 +29,16 @@ pub(crate) enum Fetch {
     },
 }
 
+impl Fetch {
+    /// The chunks this read covers, in order.
+    pub(crate) fn ids(&self) -> Vec<ChunkId> {
+        match self {
+            Fetch::Loose(id) => vec![*id],
+            Fetch::Packed { chunks, .. } => chunks.iter().map(|(id, _)| *id).collect(),
+        }
+    }
+}
+
 /// Groups `chunks` (in stream order) into reads.
 pub(crate) fn plan(packs: &PackIndex, chunks: &[ChunkId]) -> Vec<Fetch> {
     let mut out: Vec<Fetch> = Vec::new();
@@ -83,13 +93,14 @@ pub(crate) async fn fetch(
     let want = range.end - range.start;
     let mut data = match repo.store().get_range(&pack.object_key(), range).await {
         Ok(d) => d,
+        // Repacked by a GC since this restore read the index: chunk by chunk, from wherever the
+        // index says now (`ChunkMissing` if nowhere).
         Err(Error::NotFound { .. }) => {
-            return Err(Error::ChunkMissing {
-                snapshot,
-                item: item.to_string(),
-                chunk: chunks[0].0,
-                location: repo.location(),
-            });
+            let mut out = Vec::with_capacity(chunks.len());
+            for (id, _) in chunks {
+                out.push(super::fetch_chunk_verified(repo, snapshot, item, id, verify).await?);
+            }
+            return Ok(out);
         }
         Err(e) => return Err(e),
     };

@@ -5,7 +5,7 @@
 //! SHA-256 and size before a sink commits. [`plan`] says what would go where and touches nothing; [`apply`]
 //! refuses to start if any target is in the way (unless forced).
 
-mod fetch;
+pub(crate) mod fetch;
 pub mod postgres;
 pub mod redis;
 pub mod sink;
