@@ -6,8 +6,10 @@
 # Tools that are not installed are left out (and said so). Writes a Markdown report.
 #
 #   bench/run.sh [--datasets pg,redis,tree] [--tools lifeboat,restic,rustic,borg,zstd]
-#                [--stores local,s3] [--scale 1.0] [--out FILE] [--merge EARLIER.tsv]
+#                [--stores local,s3] [--scale 1.0] [--repeat 1] [--out FILE] [--merge EARLIER.tsv]
 #
+# --repeat N runs each tool's sequence N times (alternating tools) and reports the median wall
+# time of each step with the range; single runs on these VMs move by 10–20 %.
 # --merge takes the rows of tools not run this time from an earlier run's .tsv (to rerun one
 # tool after a change without re-measuring the others).
 #
@@ -16,7 +18,7 @@
 # GNU time; ministack (.ci/venv) for --stores s3.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-datasets="pg,redis,tree" tools="lifeboat,restic,rustic,borg,zstd" stores="local,s3" scale=1.0
+datasets="pg,redis,tree" tools="lifeboat,restic,rustic,borg,zstd" stores="local,s3" scale=1.0 repeat=1
 out="$root/.cache/bench-report.md" merge=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,6 +26,7 @@ while [ $# -gt 0 ]; do
     --tools) tools="$2"; shift 2 ;;
     --stores) stores="$2"; shift 2 ;;
     --scale) scale="$2"; shift 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --merge) merge="$(realpath "$2")"; shift 2 ;;
     *) sed -n '2,16p' "$0"; exit 2 ;;
@@ -145,12 +148,19 @@ if has "$stores" s3; then
   if [ ! -x "$root/.ci/venv/bin/ministack" ]; then
     python3 -m venv "$root/.ci/venv" && "$root/.ci/venv/bin/pip" install --quiet ministack==1.5.33
   fi
+fi
+# A fresh ministack for each tool's sequence: it keeps every object in memory, and a server
+# holding the gigabytes of earlier runs answered more slowly than a fresh one.
+ms_pid=""
+ms_start() {
+  [ -n "$ms_pid" ] && { kill "$ms_pid" 2>/dev/null; wait "$ms_pid" 2>/dev/null || true; }
   ms_port=$(free_port)
   GATEWAY_PORT=$ms_port BIND_HOST=127.0.0.1 SERVICES=s3 LOG_LEVEL=WARNING \
     "$root/.ci/venv/bin/ministack" >/dev/null 2>&1 &
+  ms_pid=$!
   pids+=($!)
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$ms_port") 2>/dev/null && break; sleep 0.1; done
-fi
+}
 mkbucket() { python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:$ms_port/$1', method='PUT'))"; }
 
 echo benchpw > "$work/pw"
@@ -179,7 +189,7 @@ repo_for() {
   else echo "$work/repo-$1-$3"; fi
 }
 # Lifeboat's environment for one store and dataset: the S3 endpoint and a cache of its own.
-lb_env() { echo "env AWS_ENDPOINT_URL=http://127.0.0.1:$ms_port LIFEBOAT_CACHE_DIR=$work/lbcache-$1-$2"; }
+lb_env() { echo "env AWS_ENDPOINT_URL=http://127.0.0.1:$ms_port LIFEBOAT_CACHE_DIR=$work/lbcache-$1-$2-${pass:-1}"; }
 init_repo() { # tool store dataset
   local repo; repo=$(repo_for "$@")
   [ "$2" = s3 ] && mkbucket "bench-$1-$3"
@@ -268,6 +278,7 @@ run_dataset() { # dataset store
     redis) first="$data/redis/dump-0.rdb" second="$data/redis/dump-1.rdb" ;;
     tree) first="$data/tree/base" second="" is_dir=1 ;;
   esac
+  for pass in $(seq "$repeat"); do
   for tool in ${available//,/ }; do
     [ "$store" = s3 ] && ! has "lifeboat,restic" "$tool" && continue
     echo "== $ds / $store / $tool" >&2
@@ -279,6 +290,7 @@ run_dataset() { # dataset store
     # the same timestamp tick would go unseen), so right after a bulk copy its next run reads
     # them all again. A nightly backup does not start within a second of such a copy.
     sleep 2
+    [ "$store" = s3 ] && ms_start
     init_repo "$tool" "$store" "$ds"
     local repo sz step n=0 t
     repo=$(repo_for "$tool" "$store" "$ds")
@@ -301,6 +313,7 @@ run_dataset() { # dataset store
     t=$(timed sh -c "$(dump_cmd "$tool" "$store" "$ds" "$is_dir" "$n" "$live")")
     record "$ds\t$store\t$tool\trestore to a pipe\t$(size_of "$live")\t$t\t"
     rm -rf "$to" "$repo" 2>/dev/null || true
+  done
   done
   rm -rf "$live"
 }
@@ -332,24 +345,34 @@ assert not bad, bad
 order = {k: i for i, k in enumerate(["pg", "redis", "tree", "local", "s3", "lifeboat", "restic",
          "rustic", "borg", "zstd", "first", "unchanged", "changed", "restore", "restore to a pipe"])}
 rows.sort(key=lambda r: (order[r[0]], order[r[1]], order[r[2]], order[r[3]]))
+# Repeated runs (--repeat): the run with the median wall time, and the range.
+runs = collections.OrderedDict()
+for r in rows:
+    runs.setdefault(tuple(r[:4]), []).append(r)
 by = collections.OrderedDict()
-for ds, store, tool, step, size, wall, rss, cpu, repo in rows:
-    by.setdefault((ds, store), []).append((tool, step, int(size), float(wall), int(rss), cpu, repo))
+for rs in runs.values():
+    rs.sort(key=lambda r: float(r[5]))
+    ds, store, tool, step, size, wall, rss, cpu, repo = rs[len(rs) // 2]
+    spread = f"{float(rs[0][5]):.2f}–{float(rs[-1][5]):.2f}" if len(rs) > 1 else ""
+    by.setdefault((ds, store), []).append((tool, step, int(size), float(wall), int(rss), cpu, repo, spread))
+many = any(r[-1] for rs in by.values() for r in rs)
 names = {"pg": "PostgreSQL dump", "redis": "Redis RDB", "tree": "directory"}
 for (ds, store), rs in by.items():
     size = rs[0][2]
     print(f"### {names[ds]}, {size / 1e6:.0f} MB, {store} repository\n")
-    print("| tool | step | wall s | MB/s | CPU % | peak RSS MiB | repo MB | added MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| tool | step | wall s | " + ("range s | " if many else "") +
+          "MB/s | CPU % | peak RSS MiB | repo MB | added MB |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if many else ""))
     prev = {}
-    for tool, step, size, wall, rss, cpu, repo in rs:
+    for tool, step, size, wall, rss, cpu, repo, spread in rs:
         added = ""
         if repo:
             if tool in prev:
                 added = f"{(int(repo) - prev[tool]) / 1e6:.1f}"
             prev[tool] = int(repo)
             repo = f"{int(repo) / 1e6:.0f}"
-        print(f"| {tool} | {step} | {wall:.2f} | {size / 1e6 / max(wall, 0.01):.0f} | {cpu} | "
+        print(f"| {tool} | {step} | {wall:.2f} | " + (f"{spread} | " if many else "") +
+              f"{size / 1e6 / max(wall, 0.01):.0f} | {cpu} | "
               f"{rss / 1024:.0f} | {repo} | {added} |")
     print()
 PY
