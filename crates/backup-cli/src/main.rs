@@ -480,6 +480,9 @@ async fn run_backup(
     drop(ticker);
     let report =
         result.context("backup failed, no snapshot was written; retention was not applied")?;
+    for w in &report.warnings {
+        eprintln!("lifeboat-backup: warning: {w}");
+    }
     out.result(&serde_json::to_value(&report)?, || {
         let mut s = format!(
             "snapshot {} saved: {} item(s), {} in {} ({} new chunks, {} stored)",

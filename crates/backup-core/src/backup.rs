@@ -112,6 +112,9 @@ pub struct BackupReport {
     pub seconds: f64,
     /// Store requests retried during the run (throttling, 5xx, dropped connections).
     pub store_retries: u64,
+    /// What went wrong without failing the run (a volume's file cache not saved).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Backs up every source into one snapshot, all or nothing.
@@ -143,7 +146,7 @@ pub async fn backup(
     let marker = RunMarker::start(repo, opts.stale_after).await?;
     let result = run_items(repo, sources, opts, time).await;
     marker.finish().await;
-    let (snapshot, reports) = result?;
+    let (snapshot, reports, warnings) = result?;
     Ok(BackupReport {
         snapshot: snapshot.id,
         size: reports.iter().map(|r| r.size).sum(),
@@ -152,6 +155,7 @@ pub async fn backup(
         items: reports,
         seconds: t0.elapsed().as_secs_f64(),
         store_retries: repo.store().retries() - retries_before,
+        warnings,
     })
 }
 
@@ -160,7 +164,7 @@ async fn run_items(
     sources: Vec<Box<dyn Source>>,
     opts: &BackupOptions,
     time: chrono::DateTime<Utc>,
-) -> Result<(Snapshot, Vec<ItemReport>)> {
+) -> Result<(Snapshot, Vec<ItemReport>, Vec<String>)> {
     let known = Arc::new(Mutex::new(Repository::chunks_of(&repo.snapshots().await?)));
     // Read now, after the GC protocol let this run start: an index read earlier may name
     // packs a GC has deleted since.
@@ -178,8 +182,13 @@ async fn run_items(
         reused.extend(item_reused);
     }
     if let Some(last) = packer.take() {
-        last.write(&**repo.store(), repo.keys(), packer.index())
-            .await?;
+        last.write(
+            &**repo.store(),
+            repo.keys(),
+            packer.index(),
+            repo.index_cache().as_deref(),
+        )
+        .await?;
     }
     if repo.store().retention_days().is_some() {
         extend_retention(repo, reused, opts.concurrency).await?;
@@ -200,11 +209,19 @@ async fn run_items(
     repo.save_snapshot(&snapshot).await?;
     // Only now: a cache naming chunks of a snapshot that was never written would be trusted
     // next time while those chunks may be collected.
+    let mut warnings = Vec::new();
     for (slot, cache) in caches {
-        // An optimisation: failing to write it must not fail the backup.
-        let _ = slot.save(&cache);
+        // An optimisation: failing to write it must not fail the backup, but the operator
+        // should know why the next run reads every file again.
+        if let Err(e) = slot.save(&cache) {
+            warnings.push(format!(
+                "file cache {} not saved: {e}; the next backup reads every file of {} again (check that the cache directory is writable, or set --cache-dir)",
+                slot.path().display(),
+                slot.item()
+            ));
+        }
     }
-    Ok((snapshot, reports))
+    Ok((snapshot, reports, warnings))
 }
 
 enum Stored {
@@ -349,7 +366,14 @@ async fn backup_item(
                             if let Some(pack) = full {
                                 let (repo, index) = (repo.clone(), packer.index().clone());
                                 writes.push_back(tokio::spawn(async move {
-                                    pack.write(&**repo.store(), repo.keys(), &index).await
+                                    let cache = repo.index_cache();
+                                    pack.write(
+                                        &**repo.store(),
+                                        repo.keys(),
+                                        &index,
+                                        cache.as_deref(),
+                                    )
+                                    .await
                                 }));
                             }
                             Stored::New(object.len() as u64)

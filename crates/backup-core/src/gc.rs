@@ -181,11 +181,27 @@ pub async fn collect(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         ..Default::default()
     };
     let gc_key = format!("markers/gc-{}", hex::encode(rand::random::<[u8; 8]>()));
+    let mut heartbeat = None;
     if !opts.dry_run {
         store.put(&gc_key, Vec::new(), PutMode::CreateOnly).await?;
+        // Refreshed like a run marker: a repack of a large repository can outlast
+        // `stale_after`, and a backup must not take a live GC for a dead one.
+        let (s, k, every) = (
+            store.clone(),
+            gc_key.clone(),
+            HEARTBEAT.min(opts.stale_after / 4),
+        );
+        heartbeat = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let _ = s.put(&k, Vec::new(), PutMode::Overwrite).await;
+            }
+        }));
     }
     let result = collect_marked(repo, opts, &mut report).await;
-    if !opts.dry_run {
+    if let Some(h) = heartbeat {
+        h.abort();
+        let _ = h.await;
         let _ = store.delete(&gc_key).await;
     }
     result.map(|()| report)
@@ -381,6 +397,7 @@ async fn repack(
         }
     }
     let packer = crate::pack::Packer::new(index.clone());
+    let cache = repo.index_cache();
     let max = repo.config().chunker_params.max_size as usize;
     let mut done = Vec::new();
     for (pack, meta, unreferenced) in pick {
@@ -438,7 +455,8 @@ async fn repack(
         for (id, at) in copy {
             let r = at.range();
             if let Some(Some(full)) = packer.add(id, &data[r.start as usize..r.end as usize]) {
-                full.write(&*store, repo.keys(), index).await?;
+                full.write(&*store, repo.keys(), index, cache.as_deref())
+                    .await?;
             }
         }
         report.packs_repacked += 1;
@@ -448,7 +466,8 @@ async fn repack(
         done.push((pack, meta));
     }
     if let Some(full) = packer.take() {
-        full.write(&*store, repo.keys(), index).await?;
+        full.write(&*store, repo.keys(), index, cache.as_deref())
+            .await?;
     }
     // Copies are durable and indexed: now the old index (first, as always), then the pack.
     for (pack, meta) in done {

@@ -274,8 +274,16 @@ impl Packer {
 }
 
 impl FullPack {
-    /// Writes the pack, durably, then its index, and records its chunks in `index`.
-    pub async fn write(self, store: &dyn Store, keys: &Keys, index: &PackIndex) -> Result<()> {
+    /// Writes the pack, durably, then its index, and records its chunks in `index`; the index
+    /// object goes into the host's `cache` too, so the next run need not fetch what this one
+    /// wrote.
+    pub async fn write(
+        self,
+        store: &dyn Store,
+        keys: &Keys,
+        index: &PackIndex,
+        cache: Option<&Path>,
+    ) -> Result<()> {
         let OpenPack { id, data, chunks } = self.0;
         store
             .put(&id.object_key(), data, PutMode::CreateOnly)
@@ -287,7 +295,12 @@ impl FullPack {
         };
         let json = serde_json::to_vec(&file).expect("index serialises");
         let raw = keys.seal(ObjectType::PackIndex, &id.0, &json, 3);
-        store.put(&id.index_key(), raw, PutMode::CreateOnly).await?;
+        store
+            .put(&id.index_key(), raw.clone(), PutMode::CreateOnly)
+            .await?;
+        if let Some(d) = cache {
+            write_cache(d, &id.index_key(), &raw);
+        }
         index.insert(&file);
         Ok(())
     }

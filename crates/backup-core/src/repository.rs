@@ -286,10 +286,15 @@ impl Repository {
     /// Reads the pack index again (other processes may have written or deleted packs); index
     /// objects already in the local cache are read from it.
     pub async fn reload_packs(&self) -> Result<Arc<PackIndex>> {
-        let cache = self.cache.as_ref().map(|c| c.join("index"));
+        let cache = self.index_cache();
         let fresh = Arc::new(PackIndex::read(&*self.store, &self.keys, cache.as_deref()).await?);
         *self.packs.write().unwrap() = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Where this host keeps copies of index objects (none without a cache).
+    pub(crate) fn index_cache(&self) -> Option<std::path::PathBuf> {
+        self.cache.as_ref().map(|c| c.join("index"))
     }
 
     /// A chunk's sealed object, from its pack or its own object; `NotFound` if neither has it.

@@ -87,6 +87,15 @@ async fn small_files_are_packed_and_restore_from_their_packs() {
         t.pack_files()
     );
     assert_eq!(t.index_files(), t.pack_files());
+    let cached_by_the_run = walk(&t.dir.path().join("cache"))
+        .into_iter()
+        .filter(|p| p.parent().unwrap().ends_with("index"))
+        .count();
+    assert_eq!(
+        cached_by_the_run,
+        t.index_files(),
+        "the run cached the indexes it wrote"
+    );
     // Packed in stream order, so a restore reads neighbours with one request.
     let snap = t.repo.find_snapshot("latest").await.unwrap();
     let packs = t.repo.packs().await.unwrap();
@@ -388,4 +397,65 @@ async fn half_dead_packs_are_repacked() {
         r.repack_skipped
     );
     assert!(pack_file.exists(), "the damaged pack is kept");
+}
+
+/// A repack that outlasts `stale_after` keeps its marker fresh: a backup starting meanwhile
+/// waits for it (and gives up), rather than taking the GC for a dead one and reusing chunks
+/// that are about to go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_repack_keeps_its_marker_alive() {
+    use backup_core::repository::{CacheOptions, InitOptions, Repository};
+    use backup_core::store::{Fault, FaultyStore, LocalStore, Store};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(FaultyStore::new(LocalStore::new(dir.path().join("repo"))));
+    let store: Arc<dyn Store> = faulty.clone();
+    let opts = InitOptions {
+        kdf: FAST_KDF,
+        cache: CacheOptions {
+            dir: None,
+            disabled: true,
+        },
+        ..Default::default()
+    };
+    let repo = Repository::init(store, &passphrase("test"), opts)
+        .await
+        .unwrap();
+    let (c, d) = (dir.path().join("c"), dir.path().join("d"));
+    small_files(&c, 50, 60);
+    small_files(&d, 51, 60);
+    let mut both = volume("c", &c);
+    both.extend(volume("d", &d));
+    let cd = backup(&repo, both, &BackupOptions::default())
+        .await
+        .unwrap();
+    backup(&repo, volume("c", &c), &BackupOptions::default())
+        .await
+        .unwrap();
+    repo.forget(&[cd.snapshot]).await.unwrap();
+
+    faulty.inject(Fault::DelayGetsWithPrefix(
+        "packs/".into(),
+        Duration::from_millis(1500),
+    ));
+    let stale_after = Duration::from_millis(400);
+    let gc_opts = backup_core::gc::GcOptions {
+        stale_after,
+        ..now_gc()
+    };
+    let gc = tokio::spawn({
+        let repo = repo.clone();
+        async move { collect(&repo, &gc_opts).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waited = backup_core::gc::RunMarker::start(&repo, stale_after).await;
+    assert!(
+        !gc.is_finished(),
+        "the GC is still repacking when the backup gives up"
+    );
+    let err = waited.expect_err("the backup waits for the live GC");
+    assert!(err.to_string().contains("garbage collection"), "{err}");
+    let r = gc.await.unwrap().unwrap();
+    assert_eq!(r.packs_repacked, 1, "{r:?}");
 }

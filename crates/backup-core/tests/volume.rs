@@ -637,3 +637,33 @@ async fn volumes_are_digested_over_chunk_ids_and_restores_prove_each_id() {
     fs::write(t.path().join(&key), real).unwrap();
     restore_snapshot(&t, &snap, "again").await.unwrap();
 }
+
+/// A file cache that cannot be written does not fail the backup, but is reported: otherwise
+/// every later run reads every file again without anyone knowing why.
+#[tokio::test]
+async fn a_file_cache_that_cannot_be_saved_is_a_warning() {
+    let t = new_repo().await;
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), random_bytes(6, 2 << 20)).unwrap();
+    let cache = t.repo.file_cache_path("data").unwrap();
+    let parent = cache.parent().unwrap().to_path_buf();
+    fs::create_dir_all(parent.parent().unwrap()).unwrap();
+    let _ = fs::remove_dir_all(&parent);
+    fs::write(&parent, b"in the way").unwrap();
+    let r = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains(&cache.display().to_string()) && r.warnings[0].contains("data"),
+        "{:?}",
+        r.warnings
+    );
+    fs::remove_file(&parent).unwrap();
+    let r = backup(&t.repo, volume(&src), &BackupOptions::default())
+        .await
+        .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert!(cache.exists());
+}

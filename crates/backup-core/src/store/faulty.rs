@@ -18,6 +18,8 @@ pub enum Fault {
     FailPutsWithPrefix(String),
     /// Gets of keys starting with this prefix fail with a non-NotFound error.
     FailGetsWithPrefix(String),
+    /// Gets of keys starting with this prefix take this long first (a slow store).
+    DelayGetsWithPrefix(String, std::time::Duration),
 }
 
 /// Wraps a store and fails operations according to the configured faults. Counts puts.
@@ -88,12 +90,12 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
-        self.check_get(key)?;
+        self.check_get(key).await?;
         self.inner.get(key).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
-        self.check_get(key)?;
+        self.check_get(key).await?;
         self.inner.get_range(key, range).await
     }
 
@@ -123,7 +125,7 @@ impl<S: Store> FaultyStore<S> {
         let fail = self.faults.lock().unwrap().iter().any(|f| match f {
             Fault::FailPutsAfter(n) => self.puts.load(Ordering::SeqCst) >= *n,
             Fault::FailPutsWithPrefix(p) => key.starts_with(p.as_str()),
-            Fault::FailGetsWithPrefix(_) => false,
+            Fault::FailGetsWithPrefix(_) | Fault::DelayGetsWithPrefix(..) => false,
         });
         if fail {
             return Err(self.injected("put", key));
@@ -131,7 +133,14 @@ impl<S: Store> FaultyStore<S> {
         Ok(())
     }
 
-    fn check_get(&self, key: &str) -> Result<()> {
+    async fn check_get(&self, key: &str) -> Result<()> {
+        let delay = self.faults.lock().unwrap().iter().find_map(|f| match f {
+            Fault::DelayGetsWithPrefix(p, d) if key.starts_with(p.as_str()) => Some(*d),
+            _ => None,
+        });
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let fail = self
             .faults
             .lock()

@@ -106,6 +106,16 @@ impl CacheSlot {
         }
     }
 
+    /// The cache file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The volume item it belongs to.
+    pub fn item(&self) -> &str {
+        &self.item
+    }
+
     /// The cache; `None` when there is none or it cannot be used.
     pub fn load(&self) -> Option<FileCache> {
         let sealed = std::fs::read(&self.path).ok()?;
