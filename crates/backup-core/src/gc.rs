@@ -425,22 +425,20 @@ async fn repack(
         // (with its pack) for `check` to report, rather than be carried on or lost.
         let keys = repo.keys().clone();
         let (data, verdict) = crate::backup::blocking(move || {
-            let mut verdict = Ok(());
-            for (id, at) in &copy {
+            let mut opened = Vec::with_capacity(copy.len());
+            for (id, at) in copy {
                 let r = at.range();
                 let Some(sealed) = data.get(r.start as usize..r.end as usize) else {
-                    verdict = Err(format!("chunk {id} lies beyond the pack's end"));
-                    break;
+                    return (data, Err(format!("chunk {id} lies beyond the pack's end")));
                 };
                 let mut scratch = sealed.to_vec();
-                if let Err(e) =
-                    keys.open_in_place(crate::codec::ObjectType::Chunk, &id.0, &mut scratch, max)
+                match keys.open_in_place(crate::codec::ObjectType::Chunk, &id.0, &mut scratch, max)
                 {
-                    verdict = Err(format!("chunk {id}: {e}"));
-                    break;
+                    Ok(plain) => opened.push((id, at, plain.len() as u32)),
+                    Err(e) => return (data, Err(format!("chunk {id}: {e}"))),
                 }
             }
-            (data, verdict.map(|()| copy))
+            (data, Ok(opened))
         })
         .await?;
         let copy = match verdict {
@@ -452,9 +450,10 @@ async fn repack(
                 continue;
             }
         };
-        for (id, at) in copy {
+        for (id, at, plain) in copy {
             let r = at.range();
-            if let Some(Some(full)) = packer.add(id, &data[r.start as usize..r.end as usize]) {
+            if let Some(Some(full)) = packer.add(id, &data[r.start as usize..r.end as usize], plain)
+            {
                 full.write(&*store, repo.keys(), index, cache.as_deref())
                     .await?;
             }

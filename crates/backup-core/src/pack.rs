@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::store::{ObjectMeta, PutMode, Store};
 
-/// Chunks whose plaintext is smaller than this go into packs.
+/// Chunks whose sealed object is smaller than this go into packs.
 pub const PACK_BELOW: usize = 512 << 10;
 /// A pack is written once it holds this many bytes.
 pub const PACK_TARGET: usize = 8 << 20;
@@ -36,12 +36,20 @@ pub struct PackedAt {
     pub pack: PackId,
     pub offset: u64,
     pub length: u32,
+    /// The chunk's plaintext length, when the index records it (see [`PackedAt::plain_bound`]).
+    pub plain: Option<u32>,
 }
 
 impl PackedAt {
     /// The byte range of the object in its pack.
     pub fn range(&self) -> std::ops::Range<u64> {
         self.offset..self.offset + u64::from(self.length)
+    }
+
+    /// At most how many bytes the chunk opens to: indexes written before `plain` was recorded
+    /// hold only chunks whose plaintext was below [`PACK_BELOW`].
+    pub fn plain_bound(&self) -> u64 {
+        u64::from(self.plain.unwrap_or(PACK_BELOW as u32))
     }
 }
 
@@ -58,6 +66,10 @@ struct IndexEntry {
     id: ChunkId,
     offset: u64,
     length: u32,
+    /// Plaintext length: a compressible chunk of up to 8 MiB may seal to a few kilobytes, and
+    /// a restore bounds its memory by what a read opens to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plain: Option<u32>,
 }
 
 /// Every index of the repository, as read at one moment.
@@ -121,19 +133,29 @@ impl PackIndex {
                     pack: file.pack,
                     offset: e.offset,
                     length: e.length,
+                    plain: e.plain,
                 },
             );
         }
     }
 
     #[cfg(test)]
-    pub(crate) fn insert_for_test(&self, pack: PackId, chunks: &[(ChunkId, u64, u32)]) {
+    pub(crate) fn insert_for_test(
+        &self,
+        pack: PackId,
+        chunks: &[(ChunkId, u64, u32, Option<u32>)],
+    ) {
         self.insert(&IndexFile {
             version: 1,
             pack,
             chunks: chunks
                 .iter()
-                .map(|&(id, offset, length)| IndexEntry { id, offset, length })
+                .map(|&(id, offset, length, plain)| IndexEntry {
+                    id,
+                    offset,
+                    length,
+                    plain,
+                })
                 .collect(),
         });
     }
@@ -240,9 +262,9 @@ impl Packer {
         &self.index
     }
 
-    /// Appends a sealed chunk object; `None` if this run packed it already. Returns the pack
-    /// to write once it is full.
-    pub fn add(&self, id: ChunkId, object: &[u8]) -> Option<Option<FullPack>> {
+    /// Appends a sealed chunk object (of `plain` bytes plaintext); `None` if this run packed it
+    /// already. Returns the pack to write once it is full.
+    pub fn add(&self, id: ChunkId, object: &[u8], plain: u32) -> Option<Option<FullPack>> {
         if !self.seen.lock().unwrap().insert(id) {
             return None;
         }
@@ -256,6 +278,7 @@ impl Packer {
             id,
             offset,
             length: object.len() as u32,
+            plain: Some(plain),
         });
         if open.data.len() < PACK_TARGET {
             return Some(None);

@@ -16,8 +16,12 @@ use crate::repository::Repository;
 
 use super::Verify;
 
-/// Bytes of sealed objects one read may cover: bounds the memory of the reads in flight.
+/// Bytes of sealed objects one read may cover.
 const RUN_BYTES: u64 = 2 << 20;
+/// Plaintext bytes one read may open to: with the reads in flight, this bounds a restore's
+/// memory (a compressible dump's chunks seal to a fraction of their size, and 2 MiB of them
+/// opened to 40 MiB: a dump's restore peaked at 190 MiB instead of 110).
+const RUN_PLAIN: u64 = 8 << 20;
 
 /// One read: a loose chunk, or adjacent chunks of one pack.
 pub(crate) enum Fetch {
@@ -26,6 +30,8 @@ pub(crate) enum Fetch {
         pack: PackId,
         range: Range<u64>,
         chunks: Vec<(ChunkId, u32)>,
+        /// At most this many plaintext bytes.
+        plain: u64,
     },
 }
 
@@ -51,19 +57,23 @@ pub(crate) fn plan(packs: &PackIndex, chunks: &[ChunkId]) -> Vec<Fetch> {
             pack,
             range,
             chunks,
+            plain,
         }) = out.last_mut()
             && *pack == at.pack
             && range.end == at.offset
             && range.end - range.start + u64::from(at.length) <= RUN_BYTES
+            && *plain + at.plain_bound() <= RUN_PLAIN
         {
             range.end += u64::from(at.length);
             chunks.push((*id, at.length));
+            *plain += at.plain_bound();
             continue;
         }
         out.push(Fetch::Packed {
             pack: at.pack,
             range: at.range(),
             chunks: vec![(*id, at.length)],
+            plain: at.plain_bound(),
         });
     }
     out
@@ -88,6 +98,7 @@ pub(crate) async fn fetch(
             pack,
             range,
             chunks,
+            ..
         } => (pack, range, chunks),
     };
     let want = range.end - range.start;
@@ -149,18 +160,47 @@ mod tests {
     /// cap start a new one.
     #[test]
     fn adjacent_packed_chunks_share_a_read() {
-        let (p, q) = (PackId([1; 16]), PackId([2; 16]));
+        let (p, q, r) = (PackId([1; 16]), PackId([2; 16]), PackId([3; 16]));
         let index = PackIndex::default();
-        index.insert_for_test(p, &[(id(1), 0, 100), (id(2), 100, 50), (id(3), 400, 10)]);
+        index.insert_for_test(
+            p,
+            &[
+                (id(1), 0, 100, None),
+                (id(2), 100, 50, None),
+                (id(3), 400, 10, None),
+            ],
+        );
         index.insert_for_test(
             q,
             &[
-                (id(4), 0, 1 << 20),
-                (id(5), 1 << 20, 1 << 20),
-                (id(6), 2 << 20, 10),
+                (id(4), 0, 1 << 20, None),
+                (id(5), 1 << 20, 1 << 20, None),
+                (id(6), 2 << 20, 10, None),
             ],
         );
-        let chunks = [id(1), id(2), id(3), id(9), id(4), id(5), id(6), id(1)];
+        // Small objects that open to 3 MiB each: two to a read (the plaintext cap).
+        let three = Some(3 << 20);
+        index.insert_for_test(
+            r,
+            &[
+                (id(7), 0, 100, three),
+                (id(8), 100, 100, three),
+                (id(10), 200, 100, three),
+            ],
+        );
+        let chunks = [
+            id(1),
+            id(2),
+            id(3),
+            id(9),
+            id(4),
+            id(5),
+            id(6),
+            id(1),
+            id(7),
+            id(8),
+            id(10),
+        ];
         let got: Vec<String> = plan(&index, &chunks)
             .iter()
             .map(|f| match f {
@@ -169,6 +209,7 @@ mod tests {
                     pack,
                     range,
                     chunks,
+                    ..
                 } => {
                     format!("{} {range:?} {}", pack.0[0], chunks.len())
                 }
@@ -183,6 +224,8 @@ mod tests {
                 "2 0..2097152 2",
                 "2 2097152..2097162 1",
                 "1 0..100 1",
+                "3 0..200 2",
+                "3 200..300 1",
             ]
         );
     }
