@@ -195,15 +195,7 @@ async fn damage_to_a_pack_or_its_index_is_named() {
 #[tokio::test]
 async fn packs_are_collected_whole() {
     let t = new_repo().await;
-    let dirs: Vec<_> = ["a", "b", "c", "d"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let d = t.dir.path().join(n);
-            small_files(&d, 10 + i as u64, 60);
-            d
-        })
-        .collect();
+    let dirs = four_dirs(&t, 10);
     let a = run(&t, &dirs, &[0]).await;
     run(&t, &dirs, &[1]).await;
     let cd = run(&t, &dirs, &[2, 3]).await;
@@ -242,6 +234,19 @@ async fn packs_are_collected_whole() {
     );
     assert!(!orphan.exists());
     assert_eq!((t.pack_files(), t.index_files()), (1, 1));
+}
+
+/// Directories a, b, c and d of 60 small files each (the items `run` backs up).
+fn four_dirs(t: &TestRepo, seed: u64) -> Vec<std::path::PathBuf> {
+    ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let d = t.dir.path().join(n);
+            small_files(&d, seed + i as u64, 60);
+            d
+        })
+        .collect()
 }
 
 async fn run(t: &TestRepo, dirs: &[std::path::PathBuf], items: &[usize]) -> BackupReport {
@@ -331,15 +336,7 @@ async fn restore_with(
 #[tokio::test]
 async fn half_dead_packs_are_repacked() {
     let t = new_repo().await;
-    let dirs: Vec<_> = ["a", "b", "c", "d"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let d = t.dir.path().join(n);
-            small_files(&d, 30 + i as u64, 60);
-            d
-        })
-        .collect();
+    let dirs = four_dirs(&t, 30);
     let cd = run(&t, &dirs, &[2, 3]).await;
     run(&t, &dirs, &[2]).await;
     let old_packs = walk(&t.path().join("packs"));
