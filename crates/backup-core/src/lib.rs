@@ -16,7 +16,7 @@
 //! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command, pg_restore, Redis) |
 //! | [`check`] | repository verification |
 //! | [`buffer`] | reusable chunk-sized buffers |
-//! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection |
+//! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection and repacking |
 //! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
 //! | [`scratch`] | throw-away PostgreSQL, redis-server and S3 servers on free loopback ports |
 //! | [`error`] | the one error enum, with exit codes and hints |
