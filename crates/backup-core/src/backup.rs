@@ -168,7 +168,7 @@ async fn run_items(
     let known = Arc::new(Mutex::new(Repository::chunks_of(&repo.snapshots().await?)));
     // Read now, after the GC protocol let this run start: an index read earlier may name
     // packs a GC has deleted since.
-    let packer = Arc::new(Packer::new(repo.reload_packs().await?));
+    let packer = Arc::new(Packer::new(repo.reload_packs().await?, repo.index_cache()));
     let mut items = Vec::new();
     let mut reports = Vec::new();
     let mut reused = HashSet::new();
@@ -182,13 +182,7 @@ async fn run_items(
         reused.extend(item_reused);
     }
     if let Some(last) = packer.take() {
-        last.write(
-            &**repo.store(),
-            repo.keys(),
-            packer.index(),
-            repo.index_cache().as_deref(),
-        )
-        .await?;
+        packer.write(last, &**repo.store(), repo.keys()).await?;
     }
     if repo.store().retention_days().is_some() {
         extend_retention(repo, reused, opts.concurrency).await?;
@@ -364,16 +358,9 @@ async fn backup_item(
                         None => Stored::Reused,
                         Some(full) => {
                             if let Some(pack) = full {
-                                let (repo, index) = (repo.clone(), packer.index().clone());
+                                let (repo, packer) = (repo.clone(), packer.clone());
                                 writes.push_back(tokio::spawn(async move {
-                                    let cache = repo.index_cache();
-                                    pack.write(
-                                        &**repo.store(),
-                                        repo.keys(),
-                                        &index,
-                                        cache.as_deref(),
-                                    )
-                                    .await
+                                    packer.write(pack, &**repo.store(), repo.keys()).await
                                 }));
                             }
                             Stored::New(object.len() as u64)

@@ -115,6 +115,20 @@ async fn markers(
     Ok(all.into_iter().partition(|m| age(m) < stale_after))
 }
 
+/// Overwrites the marker `key` in the background, so that others see its holder alive.
+fn spawn_heartbeat(
+    store: Arc<dyn Store>,
+    key: String,
+    stale_after: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(HEARTBEAT.min(stale_after / 4)).await;
+            let _ = store.put(&key, Vec::new(), PutMode::Overwrite).await;
+        }
+    })
+}
+
 /// A running backup's marker; refreshed in the background until finished or dropped.
 #[derive(Debug)]
 pub struct RunMarker {
@@ -129,13 +143,7 @@ impl RunMarker {
         let store = repo.store().clone();
         let key = format!("markers/run-{}", hex::encode(rand::random::<[u8; 8]>()));
         store.put(&key, Vec::new(), PutMode::CreateOnly).await?;
-        let (s, k) = (store.clone(), key.clone());
-        let heartbeat = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT.min(stale_after / 4)).await;
-                let _ = s.put(&k, Vec::new(), PutMode::Overwrite).await;
-            }
-        });
+        let heartbeat = spawn_heartbeat(store.clone(), key.clone(), stale_after);
         let marker = RunMarker {
             store,
             key,
@@ -186,17 +194,11 @@ pub async fn collect(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         store.put(&gc_key, Vec::new(), PutMode::CreateOnly).await?;
         // Refreshed like a run marker: a repack of a large repository can outlast
         // `stale_after`, and a backup must not take a live GC for a dead one.
-        let (s, k, every) = (
+        heartbeat = Some(spawn_heartbeat(
             store.clone(),
             gc_key.clone(),
-            HEARTBEAT.min(opts.stale_after / 4),
-        );
-        heartbeat = Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let _ = s.put(&k, Vec::new(), PutMode::Overwrite).await;
-            }
-        }));
+            opts.stale_after,
+        ));
     }
     let result = collect_marked(repo, opts, &mut report).await;
     if let Some(h) = heartbeat {
@@ -396,8 +398,7 @@ async fn repack(
             elsewhere.extend(chunks.iter().map(|(id, _)| *id));
         }
     }
-    let packer = crate::pack::Packer::new(index.clone());
-    let cache = repo.index_cache();
+    let packer = crate::pack::Packer::new(index.clone(), repo.index_cache());
     let max = repo.config().chunker_params.max_size as usize;
     let mut done = Vec::new();
     for (pack, meta, unreferenced) in pick {
@@ -409,11 +410,14 @@ async fn repack(
             .cloned()
             .collect();
         let live: u64 = copy.iter().map(|(_, at)| u64::from(at.length)).sum();
-        if opts.dry_run {
+        let count = |report: &mut GcReport| {
             report.packs_repacked += 1;
             report.repack_bytes_written += live;
             report.repack_bytes_freed += meta.size.saturating_sub(live);
             report.pack_bytes_unreferenced -= unreferenced;
+        };
+        if opts.dry_run {
+            count(report);
             continue;
         }
         let data = match store.get(&meta.key).await {
@@ -454,19 +458,14 @@ async fn repack(
             let r = at.range();
             if let Some(Some(full)) = packer.add(id, &data[r.start as usize..r.end as usize], plain)
             {
-                full.write(&*store, repo.keys(), index, cache.as_deref())
-                    .await?;
+                packer.write(full, &*store, repo.keys()).await?;
             }
         }
-        report.packs_repacked += 1;
-        report.repack_bytes_written += live;
-        report.repack_bytes_freed += meta.size.saturating_sub(live);
-        report.pack_bytes_unreferenced -= unreferenced;
+        count(report);
         done.push((pack, meta));
     }
     if let Some(full) = packer.take() {
-        full.write(&*store, repo.keys(), index, cache.as_deref())
-            .await?;
+        packer.write(full, &*store, repo.keys()).await?;
     }
     // Copies are durable and indexed: now the old index (first, as always), then the pack.
     for (pack, meta) in done {

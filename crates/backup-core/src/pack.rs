@@ -14,7 +14,7 @@
 //! written. A pack without an index (a run killed in between) is an orphan that GC removes.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
@@ -241,6 +241,8 @@ pub struct FullPack(OpenPack);
 /// The packs of one backup run, and the index it dedups against.
 pub struct Packer {
     index: Arc<PackIndex>,
+    /// This host's copies of index objects (see [`PackIndex::read`]).
+    cache: Option<PathBuf>,
     open: Mutex<OpenPack>,
     /// Chunks packed by this run, written or not: a second copy in flight is not packed again.
     seen: Mutex<HashSet<ChunkId>>,
@@ -248,10 +250,12 @@ pub struct Packer {
 
 impl Packer {
     /// A packer for a run that read `index` after the GC protocol let it start (an index read
-    /// earlier may name packs a GC has deleted since).
-    pub fn new(index: Arc<PackIndex>) -> Self {
+    /// earlier may name packs a GC has deleted since). Indexes it writes are also copied into
+    /// `cache`, so the next run need not fetch what this one wrote.
+    pub fn new(index: Arc<PackIndex>, cache: Option<PathBuf>) -> Self {
         Packer {
             index,
+            cache,
             open: Mutex::new(OpenPack::new()),
             seen: Mutex::default(),
         }
@@ -296,18 +300,10 @@ impl Packer {
     }
 }
 
-impl FullPack {
-    /// Writes the pack, durably, then its index, and records its chunks in `index`; the index
-    /// object goes into the host's `cache` too, so the next run need not fetch what this one
-    /// wrote.
-    pub async fn write(
-        self,
-        store: &dyn Store,
-        keys: &Keys,
-        index: &PackIndex,
-        cache: Option<&Path>,
-    ) -> Result<()> {
-        let OpenPack { id, data, chunks } = self.0;
+impl Packer {
+    /// Writes a full pack, durably, then its index, and records its chunks in the run's index.
+    pub async fn write(&self, pack: FullPack, store: &dyn Store, keys: &Keys) -> Result<()> {
+        let OpenPack { id, data, chunks } = pack.0;
         store
             .put(&id.object_key(), data, PutMode::CreateOnly)
             .await?;
@@ -321,10 +317,10 @@ impl FullPack {
         store
             .put(&id.index_key(), raw.clone(), PutMode::CreateOnly)
             .await?;
-        if let Some(d) = cache {
+        if let Some(d) = &self.cache {
             write_cache(d, &id.index_key(), &raw);
         }
-        index.insert(&file);
+        self.index.insert(&file);
         Ok(())
     }
 }

@@ -284,22 +284,7 @@ async fn a_damaged_orphan_chunk_is_replaced_not_reused() {
 async fn storage_that_goes_away_mid_backup_leaves_no_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let faulty = Arc::new(FaultyStore::new(LocalStore::new(dir.path().join("repo"))));
-    let store: Arc<dyn Store> = faulty.clone();
-    let cache = CacheOptions {
-        dir: None,
-        disabled: true,
-    };
-    let repo = Repository::init(
-        store,
-        &passphrase("p"),
-        InitOptions {
-            kdf: FAST_KDF,
-            cache: cache.clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let repo = init_uncached(faulty.clone()).await;
     let data = random_bytes(11, 24 << 20);
     faulty.inject(Fault::FailPutsAfter(faulty.puts() + 5));
     let e = backup(

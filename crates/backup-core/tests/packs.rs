@@ -51,15 +51,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 async fn restore_volume(t: &TestRepo, item: &str, out: &str) -> backup_core::Result<()> {
-    let snap = t.repo.find_snapshot("latest").await?;
-    let ropts = RestoreOptions {
-        to: Some(t.dir.path().join(out)),
-        only: vec![item.to_string()],
-        ..Default::default()
-    };
-    let p = plan(&snap, &ropts).await?;
-    apply(&t.repo, &snap, &p, &ApplyOptions::default()).await?;
-    Ok(())
+    restore_with(&t.repo, t, item, out).await
 }
 
 fn read_data() -> CheckOptions {
@@ -401,24 +393,12 @@ async fn half_dead_packs_are_repacked() {
 /// that are about to go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_repack_keeps_its_marker_alive() {
-    use backup_core::repository::{CacheOptions, InitOptions, Repository};
-    use backup_core::store::{Fault, FaultyStore, LocalStore, Store};
+    use backup_core::store::{Fault, FaultyStore, LocalStore};
     use std::sync::Arc;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let faulty = Arc::new(FaultyStore::new(LocalStore::new(dir.path().join("repo"))));
-    let store: Arc<dyn Store> = faulty.clone();
-    let opts = InitOptions {
-        kdf: FAST_KDF,
-        cache: CacheOptions {
-            dir: None,
-            disabled: true,
-        },
-        ..Default::default()
-    };
-    let repo = Repository::init(store, &passphrase("test"), opts)
-        .await
-        .unwrap();
+    let repo = init_uncached(faulty.clone()).await;
     let (c, d) = (dir.path().join("c"), dir.path().join("d"));
     small_files(&c, 50, 60);
     small_files(&d, 51, 60);

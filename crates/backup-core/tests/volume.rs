@@ -372,14 +372,7 @@ fn fact(snap: &backup_core::manifest::Snapshot, name: &str) -> u64 {
 
 async fn restore_and_compare(t: &TestRepo, src: &Path, out: &str) {
     let snap = t.repo.find_snapshot("latest").await.unwrap();
-    let ropts = RestoreOptions {
-        to: Some(t.dir.path().join(out)),
-        ..Default::default()
-    };
-    let p = plan(&snap, &ropts).await.unwrap();
-    apply(&t.repo, &snap, &p, &ApplyOptions::default())
-        .await
-        .unwrap();
+    restore_snapshot(t, &snap, out).await.unwrap();
     assert_eq!(
         describe(&t.dir.path().join(out).join("data")),
         describe(src)

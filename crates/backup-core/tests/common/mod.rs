@@ -72,6 +72,22 @@ pub fn now_gc() -> backup_core::gc::GcOptions {
     }
 }
 
+/// A repository initialised on `store` (passphrase "test") without a host cache: every read
+/// goes to the store, as on a fresh host.
+pub async fn init_uncached(store: Arc<dyn Store>) -> Repository {
+    let opts = InitOptions {
+        kdf: FAST_KDF,
+        cache: CacheOptions {
+            dir: None,
+            disabled: true,
+        },
+        ..Default::default()
+    };
+    Repository::init(store, &passphrase("test"), opts)
+        .await
+        .unwrap()
+}
+
 pub async fn new_repo() -> TestRepo {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("repo")));
