@@ -251,18 +251,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run(args) => return run_backup(&resolved, config.as_ref(), args, &out).await,
         Cmd::Snapshots => {
             let repo = resolved.open().await?;
-            let snaps = repo.snapshots().await?;
+            let listing = repo.snapshot_listing().await?;
+            let snaps = &listing.snapshots;
             if out.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&snaps.iter().map(summary).collect::<Vec<_>>())?
-                );
+                let mut all: Vec<serde_json::Value> = snaps.iter().map(summary).collect();
+                all.extend(listing.damaged.iter().map(
+                    |d| serde_json::json!({"id": d.id, "damaged": d.reason, "stored": d.stored}),
+                ));
+                println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 println!(
                     "{:<10} {:<20} {:<16} {:>10}  ITEMS",
                     "ID", "TIME (UTC)", "HOST", "SIZE"
                 );
-                for s in &snaps {
+                for s in snaps {
                     println!(
                         "{:<10} {:<20} {:<16} {:>10}  {}",
                         s.id.short(),
@@ -272,6 +274,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         s.source_set().join(",")
                     );
                 }
+                for d in &listing.damaged {
+                    println!(
+                        "{:<10} {:<20} {:<16} {:>10}  DAMAGED: {}",
+                        d.id.short(),
+                        d.stored
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                            .unwrap_or_else(|| "?".into()),
+                        "?",
+                        "?",
+                        d.reason
+                    );
+                }
+            }
+            // Listed, not fatal: the other snapshots are what the operator needs now.
+            for d in &listing.damaged {
+                eprintln!("damaged: {d}");
             }
         }
         Cmd::Check { read_data } => {
@@ -330,7 +348,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !snapshots.is_empty() {
                 let mut ids = Vec::new();
                 for q in &snapshots {
-                    ids.push(repo.find_snapshot(q).await?.id);
+                    // By id without opening it: a damaged manifest must be removable.
+                    ids.push(repo.find_snapshot_id(q).await?);
                 }
                 let (done, retained) = if dry_run {
                     (ids.clone(), Vec::new())
@@ -347,7 +366,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 });
             } else {
                 let rc = policy_from(&keep, config.as_ref())?;
-                retention_run(&repo, &rc, dry_run, false, &out).await?;
+                if retention_run(&repo, &rc, dry_run, false, &out).await? {
+                    return Ok(ExitCode::from(6));
+                }
             }
         }
         Cmd::Prune {
@@ -367,7 +388,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if max_unused.is_some() {
                 rc.max_unused = max_unused;
             }
-            retention_run(&repo, &rc, dry_run, true, &out).await?;
+            if retention_run(&repo, &rc, dry_run, true, &out).await? {
+                return Ok(ExitCode::from(6));
+            }
         }
         Cmd::Protect { snapshot } => {
             let repo = resolved.open().await?;
@@ -517,9 +540,13 @@ async fn run_backup(
             json: false,
             quiet: out.quiet || out.json,
         };
-        retention_run(&repo, rc, false, rc.prune.unwrap_or(true), &quiet)
+        let damaged = retention_run(&repo, rc, false, rc.prune.unwrap_or(true), &quiet)
             .await
             .context("the backup succeeded, but applying the retention policy failed")?;
+        if damaged {
+            // The snapshot is good; what is damaged is older, and someone must look at it.
+            return Ok(ExitCode::from(6));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -540,13 +567,15 @@ async fn retention_run(
     dry_run: bool,
     gc: bool,
     out: &Output,
-) -> Result<()> {
+) -> Result<bool> {
     let mut json = serde_json::json!({"dry_run": dry_run});
     let has_policy = !rc.policy()?.is_empty();
+    let listing = repo.snapshot_listing().await?;
+    let mut damaged: Vec<String> = listing.damaged.iter().map(|d| d.to_string()).collect();
     if has_policy {
         let plan = retention::plan(
             &rc.policy()?,
-            &repo.snapshots().await?,
+            &listing.snapshots,
             &repo.protected().await?,
             Utc::now(),
         )?;
@@ -631,11 +660,21 @@ async fn retention_run(
             }
         }
         json["gc"] = serde_json::to_value(&r)?;
+        damaged = r.damaged.clone();
     }
     if out.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
-    Ok(())
+    // Always on stderr, even with --quiet: a damaged object needs a person.
+    for d in &damaged {
+        eprintln!("damaged: {d}");
+    }
+    if !damaged.is_empty() {
+        eprintln!(
+            "hint: nothing was deleted because it could not be read; run `lifeboat-backup check --read-data`, and forget snapshots that cannot be recovered"
+        );
+    }
+    Ok(!damaged.is_empty())
 }
 
 fn print_retention(plan: &retention::RetentionPlan, dry_run: bool) {
@@ -693,6 +732,12 @@ async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()>
                         s.label.unwrap_or_default()
                     );
                 }
+            }
+            for d in repo.damaged_key_slots().await? {
+                eprintln!(
+                    "damaged: key slot {} ({}); it opens nothing; delete the object if you have no copy of it",
+                    d.key, d.reason
+                );
             }
         }
         KeyCmd::Add {

@@ -1,15 +1,16 @@
 //! Repository check: every snapshot readable, every chunk it names present, and with
 //! `read_data` every chunk decrypted and verified against its id.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, id_in_key};
+use crate::pack::{PackIndex, PackedAt};
 use crate::repository::Repository;
-use crate::restore::{Verify, fetch_chunk};
+use crate::restore::Verify;
 
 /// What to check.
 #[derive(Debug, Clone)]
@@ -69,19 +70,7 @@ impl CheckReport {
 /// Checks the repository.
 pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     let mut problems = Vec::new();
-    let ids = repo.snapshot_ids().await?;
-    let mut snapshots = Vec::new();
-    for id in &ids {
-        match repo.load_snapshot_from_store(id).await {
-            Ok(s) => snapshots.push(s),
-            Err(e) => problems.push(Problem {
-                snapshot: Some(*id),
-                item: None,
-                chunk: None,
-                message: e.to_string(),
-            }),
-        }
-    }
+    let snapshots = read_snapshots(repo, &mut problems).await?;
     // First user of each chunk: enough to name it in a message.
     let mut users: BTreeMap<ChunkId, (SnapshotId, String)> = BTreeMap::new();
     let mut items = 0;
@@ -93,15 +82,16 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
             }
         }
     }
-    let mut stored: HashSet<ChunkId> = repo
+    let loose: HashSet<ChunkId> = repo
         .store()
         .list("chunks/")
         .await?
         .iter()
         .filter_map(|m| id_in_key(&m.key))
         .collect();
-    // The store's copies, not the local cache: a damaged index in the store is a problem.
-    let packs = crate::pack::PackIndex::read(&**repo.store(), repo.keys(), None).await?;
+    // The store's copies, not the local cache (a damaged index in the store is a problem), and
+    // installed as the repository's view: the reads below go the way a restore's go.
+    let packs = repo.reload_packs_from_store().await?;
     let pack_objects: HashSet<PackId> = repo
         .store()
         .list("packs/")
@@ -109,32 +99,12 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         .iter()
         .filter_map(|m| id_in_key(&m.key))
         .collect();
-    let by_pack = packs.by_pack();
-    for (pack, chunks) in &by_pack {
-        // A chunk listed by an index whose pack is gone is missing (reported below if used).
-        if pack_objects.contains(pack) {
-            stored.extend(chunks.iter().map(|(id, _)| *id));
-        }
-    }
-    let orphan_packs = pack_objects
-        .iter()
-        .filter(|p| !by_pack.contains_key(p))
-        .count();
-    for key in packs.damaged() {
-        problems.push(Problem {
-            snapshot: None,
-            item: None,
-            chunk: None,
-            message: format!(
-                "index object {key} cannot be read or opened: the chunks of its pack count as missing"
-            ),
-        });
-    }
+    let view = View::new(&packs, &pack_objects, &loose);
+    problems.extend(view.index_problems(&packs));
     let mut present = Vec::new();
     for (chunk, (snapshot, item)) in &users {
-        if stored.contains(chunk) {
-            present.push((*chunk, *snapshot, item.clone()));
-        } else {
+        let copies = view.copies(chunk);
+        if copies.is_empty() {
             problems.push(problem(Error::ChunkMissing {
                 snapshot: *snapshot,
                 item: item.clone(),
@@ -142,58 +112,20 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
                 location: repo.location(),
             }));
         }
+        present.extend(copies.into_iter().map(|at| (*chunk, at)));
     }
-    let unreferenced_chunks = stored.iter().filter(|c| !users.contains_key(c)).count();
+    let unreferenced_chunks = view
+        .stored()
+        .iter()
+        .filter(|c| !users.contains_key(c))
+        .count();
     if let Some(days) = repo.store().retention_days() {
         problems.extend(check_retention(repo, &packs, &snapshots, days, opts.concurrency).await?);
     }
     let (mut chunks_read, mut bytes_read) = (0, 0u64);
     if opts.read_data {
-        // In pack order, so that neighbours in a pack are one read (as in a restore): one
-        // request per packed chunk made checking the 1.6 GB tree on S3 24 000 range requests.
-        present.sort_by_key(|(c, ..)| packs.get(c).map(|at| (at.pack, at.offset)));
-        let order: Vec<ChunkId> = present.iter().map(|(c, ..)| *c).collect();
-        let users = &users;
-        let mut reads = futures::stream::iter(crate::restore::fetch::plan(&packs, &order))
-            .map(|f| async move {
-                let ids = f.ids();
-                let (snapshot, item) = users[&ids[0]].clone();
-                match crate::restore::fetch::fetch(repo, snapshot, &item, f, Verify::Id).await {
-                    Ok(plains) => plains
-                        .into_iter()
-                        .map(|(plain, _)| {
-                            let n = plain.len() as u64;
-                            crate::buffer::give(plain);
-                            Ok(n)
-                        })
-                        .collect::<Vec<Result<u64>>>(),
-                    // Chunk by chunk, so each problem names its chunk and a user of it.
-                    Err(_) => {
-                        let mut out = Vec::with_capacity(ids.len());
-                        for id in ids {
-                            let (snapshot, item) = &users[&id];
-                            out.push(
-                                fetch_chunk(repo, *snapshot, item, id)
-                                    .await
-                                    .map(|p| p.len() as u64),
-                            );
-                        }
-                        out
-                    }
-                }
-            })
-            .buffer_unordered(opts.concurrency.max(1));
-        while let Some(results) = reads.next().await {
-            for r in results {
-                match r {
-                    Ok(n) => {
-                        chunks_read += 1;
-                        bytes_read += n;
-                    }
-                    Err(e) => problems.push(problem(e)),
-                }
-            }
-        }
+        let (n, bytes) = read_every_copy(repo, &users, present, opts, &mut problems).await;
+        (chunks_read, bytes_read) = (n, bytes);
     }
     Ok(CheckReport {
         snapshots: snapshots.len(),
@@ -203,15 +135,241 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         bytes_read,
         unreferenced_chunks,
         packs: pack_objects.len(),
-        orphan_packs,
+        orphan_packs: view.orphans,
         problems,
     })
+}
+
+/// Every manifest from the store (not the cache); one that does not open is a problem.
+async fn read_snapshots(
+    repo: &Repository,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<crate::manifest::Snapshot>> {
+    let mut snapshots = Vec::new();
+    for m in repo.store().list("snapshots/").await? {
+        let Some(id) = id_in_key::<SnapshotId>(&m.key) else {
+            continue;
+        };
+        match repo.load_snapshot_from_store(&id).await {
+            Ok(s) => snapshots.push(s),
+            Err(Error::NotFound { .. }) => {}
+            Err(Error::SnapshotCorrupt { reason, .. }) => problems.push(Problem {
+                snapshot: Some(id),
+                item: None,
+                chunk: None,
+                message: crate::repository::DamagedSnapshot {
+                    id,
+                    stored: m.modified,
+                    reason,
+                }
+                .to_string(),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(snapshots)
+}
+
+/// Where each chunk can be read from, as a restore would find it: every pack copy whose pack
+/// exists, and the loose object.
+struct View<'a> {
+    packs: &'a PackIndex,
+    pack_objects: &'a HashSet<PackId>,
+    loose: &'a HashSet<ChunkId>,
+    orphans: usize,
+}
+
+impl<'a> View<'a> {
+    fn new(
+        packs: &'a PackIndex,
+        pack_objects: &'a HashSet<PackId>,
+        loose: &'a HashSet<ChunkId>,
+    ) -> Self {
+        let indexed = packs.by_pack();
+        let damaged = packs.damaged_packs();
+        let orphans = pack_objects
+            .iter()
+            .filter(|p| !indexed.contains_key(p) && !damaged.contains(p))
+            .count();
+        View {
+            packs,
+            pack_objects,
+            loose,
+            orphans,
+        }
+    }
+
+    /// Copies of `chunk` (`None`: its loose object).
+    fn copies(&self, chunk: &ChunkId) -> Vec<Option<PackedAt>> {
+        let mut out: Vec<Option<PackedAt>> = self
+            .packs
+            .locations(chunk)
+            .into_iter()
+            .filter(|at| self.pack_objects.contains(&at.pack))
+            .map(Some)
+            .collect();
+        if self.loose.contains(chunk) {
+            out.push(None);
+        }
+        out
+    }
+
+    fn stored(&self) -> HashSet<ChunkId> {
+        let mut stored = self.loose.clone();
+        for (pack, chunks) in self.packs.by_pack() {
+            if self.pack_objects.contains(&pack) {
+                stored.extend(chunks.iter().map(|(id, _)| *id));
+            }
+        }
+        stored
+    }
+
+    /// Damaged indexes, and indexes whose pack is gone (a backup would reuse their chunks).
+    fn index_problems(&self, packs: &PackIndex) -> Vec<Problem> {
+        let mut out: Vec<Problem> = packs
+            .damaged()
+            .iter()
+            .map(|d| Problem {
+                snapshot: None,
+                item: None,
+                chunk: None,
+                message: format!(
+                    "index object {} cannot be opened ({}): the chunks of its pack count as missing, and prune keeps the pack; if no snapshot is missing chunks, delete the index and prune removes the pack",
+                    d.key, d.reason
+                ),
+            })
+            .collect();
+        let mut dangling: Vec<(PackId, usize)> = packs
+            .by_pack()
+            .into_iter()
+            .filter(|(p, _)| !self.pack_objects.contains(p))
+            .map(|(p, c)| (p, c.len()))
+            .collect();
+        dangling.sort();
+        out.extend(dangling.into_iter().map(|(p, n)| Problem {
+            snapshot: None,
+            item: None,
+            chunk: None,
+            message: format!(
+                "index object {} lists {n} chunks of pack {}, which is missing from the store: backups would reuse them; `prune` removes the index",
+                p.index_key(),
+                p.object_key()
+            ),
+        }));
+        out
+    }
+}
+
+/// Reads and verifies every copy of every chunk (each copy on its own: GC keeps one of two
+/// copies and may delete the other, so a damaged copy is a problem even while another opens).
+/// In pack order, so that neighbours in a pack are one read (as in a restore).
+async fn read_every_copy(
+    repo: &Repository,
+    users: &BTreeMap<ChunkId, (SnapshotId, String)>,
+    mut copies: Vec<(ChunkId, Option<PackedAt>)>,
+    opts: &CheckOptions,
+    problems: &mut Vec<Problem>,
+) -> (usize, u64) {
+    copies.sort_by_key(|(c, at)| (at.map(|a| (a.pack, a.offset)), *c));
+    let located: HashMap<(ChunkId, Option<PackId>), Option<PackedAt>> = copies
+        .iter()
+        .map(|(c, at)| ((*c, at.map(|a| a.pack)), *at))
+        .collect();
+    let located = &located;
+    let mut reads = futures::stream::iter(crate::restore::fetch::group(copies))
+        .map(|f| async move {
+            let ids = f.ids();
+            let pack = match &f {
+                crate::restore::fetch::Fetch::Packed { pack, .. } => Some(*pack),
+                crate::restore::fetch::Fetch::Loose(_) => None,
+            };
+            let (snapshot, item) = users[&ids[0]].clone();
+            match crate::restore::fetch::fetch_exact(repo, snapshot, &item, f, Verify::Id).await {
+                Ok(plains) => plains
+                    .into_iter()
+                    .map(|(plain, _)| {
+                        let n = plain.len() as u64;
+                        crate::buffer::give(plain);
+                        Ok(n)
+                    })
+                    .collect::<Vec<Result<u64>>>(),
+                // Chunk by chunk, so each problem names its chunk, its copy and a user of it.
+                Err(_) => {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        let (snapshot, item) = &users[&id];
+                        let at = located[&(id, pack)];
+                        let one = crate::restore::fetch::group([(id, at)]).pop().expect("one");
+                        let r = crate::restore::fetch::fetch_exact(
+                            repo,
+                            *snapshot,
+                            item,
+                            one,
+                            Verify::Id,
+                        )
+                        .await;
+                        out.push(match r {
+                            Ok(mut p) => Ok(p.pop().map_or(0, |(p, _)| p.len() as u64)),
+                            Err(e) => Err(copy_problem(e, *snapshot, item, id, at)),
+                        });
+                    }
+                    out
+                }
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+    let (mut n, mut bytes) = (0, 0u64);
+    while let Some(results) = reads.next().await {
+        for r in results {
+            match r {
+                Ok(b) => {
+                    n += 1;
+                    bytes += b;
+                }
+                Err(e) => problems.push(problem(e)),
+            }
+        }
+    }
+    (n, bytes)
+}
+
+/// A copy that did not read or open, named with where it is.
+fn copy_problem(
+    e: Error,
+    snapshot: SnapshotId,
+    item: &str,
+    chunk: ChunkId,
+    at: Option<PackedAt>,
+) -> Error {
+    let place = match at {
+        Some(a) => format!("its copy in pack {} at {}", a.pack, a.offset),
+        None => "its loose object".to_string(),
+    };
+    match e {
+        Error::NotFound { .. } => Error::ChunkCorrupt {
+            snapshot,
+            item: item.to_string(),
+            chunk,
+            reason: format!("{place} disappeared during the check"),
+        },
+        Error::ChunkCorrupt { reason, .. } => Error::ChunkCorrupt {
+            snapshot,
+            item: item.to_string(),
+            chunk,
+            reason: if reason.starts_with("its ") {
+                reason
+            } else {
+                format!("{place}: {reason}")
+            },
+        },
+        other => other,
+    }
 }
 
 /// Every object of a live snapshot must be locked until the snapshot's time plus `days`.
 async fn check_retention(
     repo: &Repository,
-    packs: &crate::pack::PackIndex,
+    packs: &PackIndex,
     snapshots: &[crate::manifest::Snapshot],
     days: u32,
     concurrency: usize,

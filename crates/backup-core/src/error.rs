@@ -36,6 +36,11 @@ pub enum Error {
     #[error("key slot: {detail}")]
     KeySlot { detail: String },
 
+    #[error(
+        "no intact key slot of the repository at {location} opens with the given secret, and these are damaged: {slots}"
+    )]
+    KeySlotDamaged { location: String, slots: String },
+
     #[error("another backup run holds the lock {path}")]
     Locked { path: PathBuf },
 
@@ -157,7 +162,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Config { .. } => 2,
-            Error::WrongKey { .. } | Error::NoSecret { .. } | Error::Secret { .. } => 3,
+            Error::WrongKey { .. }
+            | Error::KeySlotDamaged { .. }
+            | Error::NoSecret { .. }
+            | Error::Secret { .. } => 3,
             Error::Locked { .. } => 4,
             Error::RepositoryNotFound { .. } => 5,
             Error::ChunkMissing { .. }
@@ -182,6 +190,9 @@ impl Error {
             Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
             Error::WrongKey { .. } => {
                 "check LIFEBOAT_PASSWORD_FILE / --password-command / --key-file; `lifeboat-backup key list` shows the slots"
+            }
+            Error::KeySlotDamaged { .. } => {
+                "if the damaged slot was the one for this secret, put back a copy of its object (keys/…) or open with another key; `lifeboat-backup key list` with a working key shows and removes damaged slots"
             }
             Error::NoSecret { .. } => {
                 "set LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD, --password-command or --key-file"

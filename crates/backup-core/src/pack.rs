@@ -55,7 +55,7 @@ impl PackedAt {
 
 /// The plaintext of an index object.
 #[derive(Debug, Serialize, Deserialize)]
-struct IndexFile {
+pub(crate) struct IndexFile {
     version: u32,
     pack: PackId,
     chunks: Vec<IndexEntry>,
@@ -72,11 +72,27 @@ struct IndexEntry {
     plain: Option<u32>,
 }
 
+/// An index object that could not be read or opened: what its pack holds is unknown, so that
+/// pack is never deleted on its account (see docs/FORMAT.md, "Garbage collection").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedIndex {
+    pub key: String,
+    /// The pack it describes, when the key names one.
+    pub pack: Option<PackId>,
+    pub reason: String,
+}
+
 /// Every index of the repository, as read at one moment.
+///
+/// A chunk may be in several packs (two hosts backed up the same new data at once, or a repack
+/// was killed before its old pack was deleted): every location is kept, and every pack keeps
+/// its whole chunk list. Keeping one location per chunk made a pack whose chunks were all
+/// recorded elsewhere look empty, and GC deleted it while other packs relied on it.
 #[derive(Debug, Default)]
 pub struct PackIndex {
-    map: RwLock<HashMap<ChunkId, PackedAt>>,
-    damaged: Vec<String>,
+    map: RwLock<HashMap<ChunkId, Vec<PackedAt>>>,
+    packs: RwLock<HashMap<PackId, Vec<(ChunkId, PackedAt)>>>,
+    damaged: Vec<DamagedIndex>,
 }
 
 impl PackIndex {
@@ -96,7 +112,7 @@ impl PackIndex {
             .map(|m| async move {
                 let cached = cache.and_then(|d| {
                     let raw = std::fs::read(d.join(m.key.strip_prefix("index/")?)).ok()?;
-                    open_index(keys, &m.key, &raw)
+                    open_index(keys, &m.key, &raw).ok()
                 });
                 if let Some(file) = cached {
                     return (m.key, Ok(Ok(file)));
@@ -104,10 +120,10 @@ impl PackIndex {
                 let got = store.get(&m.key).await;
                 let file = got.map(|raw| {
                     let file = open_index(keys, &m.key, &raw);
-                    if let (Some(d), Some(_)) = (cache, &file) {
+                    if let (Some(d), Ok(_)) = (cache, &file) {
                         write_cache(d, &m.key, &raw);
                     }
-                    file.ok_or(())
+                    file
                 });
                 (m.key, file)
             })
@@ -115,27 +131,44 @@ impl PackIndex {
         while let Some((key, got)) = reads.next().await {
             match got {
                 Ok(Ok(file)) => index.insert(&file),
-                Ok(Err(())) => index.damaged.push(key),
+                Ok(Err(reason)) => index.damaged.push(DamagedIndex {
+                    pack: key.strip_prefix("index/").and_then(|p| p.parse().ok()),
+                    key,
+                    reason,
+                }),
                 // Deleted by a GC since the listing: its pack went with it.
                 Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
+        index.sort();
         Ok(index)
     }
 
     fn insert(&self, file: &IndexFile) {
         let mut map = self.map.write().unwrap();
+        let mut packs = self.packs.write().unwrap();
+        let list = packs.entry(file.pack).or_default();
         for e in &file.chunks {
-            map.insert(
-                e.id,
-                PackedAt {
-                    pack: file.pack,
-                    offset: e.offset,
-                    length: e.length,
-                    plain: e.plain,
-                },
-            );
+            let at = PackedAt {
+                pack: file.pack,
+                offset: e.offset,
+                length: e.length,
+                plain: e.plain,
+            };
+            let places = map.entry(e.id).or_default();
+            if !places.contains(&at) {
+                places.push(at);
+                list.push((e.id, at));
+            }
+        }
+    }
+
+    /// Locations in pack id order, so that every reader of the same indexes sees the same
+    /// first location (the read order is whatever the store answered first).
+    fn sort(&self) {
+        for places in self.map.write().unwrap().values_mut() {
+            places.sort_by_key(|a| (a.pack, a.offset));
         }
     }
 
@@ -158,25 +191,43 @@ impl PackIndex {
                 })
                 .collect(),
         });
+        self.sort();
     }
 
-    /// Where `id` is packed, if it is.
+    /// Where `id` is packed, if it is (the first of its locations; see [`PackIndex::locations`]).
     pub fn get(&self, id: &ChunkId) -> Option<PackedAt> {
-        self.map.read().unwrap().get(id).copied()
+        self.map
+            .read()
+            .unwrap()
+            .get(id)
+            .and_then(|v| v.first())
+            .copied()
     }
 
-    /// Every packed chunk, by pack.
+    /// Every pack location of `id`.
+    pub fn locations(&self, id: &ChunkId) -> Vec<PackedAt> {
+        self.map
+            .read()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every indexed pack with every chunk its index lists (a chunk packed twice is listed
+    /// under both packs).
     pub fn by_pack(&self) -> HashMap<PackId, Vec<(ChunkId, PackedAt)>> {
-        let mut out: HashMap<PackId, Vec<(ChunkId, PackedAt)>> = HashMap::new();
-        for (id, at) in self.map.read().unwrap().iter() {
-            out.entry(at.pack).or_default().push((*id, *at));
-        }
-        out
+        self.packs.read().unwrap().clone()
     }
 
     /// Index objects that could not be read or opened.
-    pub fn damaged(&self) -> &[String] {
+    pub fn damaged(&self) -> &[DamagedIndex] {
         &self.damaged
+    }
+
+    /// Packs whose index is damaged: what they hold is unknown.
+    pub fn damaged_packs(&self) -> HashSet<PackId> {
+        self.damaged.iter().filter_map(|d| d.pack).collect()
     }
 }
 
@@ -209,13 +260,24 @@ fn prune_cache(dir: &Path, listed: &[ObjectMeta]) {
     }
 }
 
-fn open_index(keys: &Keys, key: &str, raw: &[u8]) -> Option<IndexFile> {
-    let pack: PackId = key.strip_prefix("index/")?.parse().ok()?;
+/// Opens an index object; the error says why it does not open.
+pub(crate) fn open_index(
+    keys: &Keys,
+    key: &str,
+    raw: &[u8],
+) -> std::result::Result<IndexFile, String> {
+    let pack: PackId = key
+        .strip_prefix("index/")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| "its key does not name a pack".to_string())?;
     let plain = keys
         .open(ObjectType::PackIndex, &pack.0, raw, 64 << 20)
-        .ok()?;
-    let file: IndexFile = serde_json::from_slice(&plain).ok()?;
-    (file.pack == pack).then_some(file)
+        .map_err(|e| e.to_string())?;
+    let file: IndexFile = serde_json::from_slice(&plain).map_err(|e| format!("index JSON: {e}"))?;
+    if file.pack != pack {
+        return Err(format!("it describes pack {}", file.pack));
+    }
+    Ok(file)
 }
 
 /// A pack being filled.

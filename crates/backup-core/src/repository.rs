@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::codec::keys::{KdfParams, KeySlot};
 use crate::codec::{Keys, ObjectType};
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, SlotId, SnapshotId};
+use crate::id::{ChunkId, SlotId, SnapshotId, id_in_key};
 use crate::manifest::Snapshot;
 use crate::pack::PackIndex;
 use crate::secret::Secret;
@@ -105,6 +105,39 @@ impl RepoConfig {
         let mut c = self.clone();
         c.mac.clear();
         serde_json::to_vec(&c).expect("config serialises")
+    }
+}
+
+/// The snapshots of a repository, readable or not.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotListing {
+    /// Oldest first.
+    pub snapshots: Vec<Snapshot>,
+    pub damaged: Vec<DamagedSnapshot>,
+}
+
+/// A snapshot manifest that is listed but does not open.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedSnapshot {
+    pub id: SnapshotId,
+    /// When the store says the object was written.
+    pub stored: Option<DateTime<Utc>>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DamagedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stored = self
+            .stored
+            .map(|t| format!(", stored {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+            .unwrap_or_default();
+        write!(
+            f,
+            "snapshot {}{stored} cannot be opened: {} (`lifeboat-backup forget {}` removes it)",
+            self.id,
+            self.reason,
+            self.id.short()
+        )
     }
 }
 
@@ -292,6 +325,14 @@ impl Repository {
         Ok(fresh)
     }
 
+    /// Reads the pack index from the store alone (not this host's cache) and makes it the
+    /// repository's view (for `check`: a damaged index in the store must show).
+    pub async fn reload_packs_from_store(&self) -> Result<Arc<PackIndex>> {
+        let fresh = Arc::new(PackIndex::read(&*self.store, &self.keys, None).await?);
+        *self.packs.write().unwrap() = Some(fresh.clone());
+        Ok(fresh)
+    }
+
     /// Where this host keeps copies of index objects (none without a cache).
     pub(crate) fn index_cache(&self) -> Option<std::path::PathBuf> {
         self.cache.as_ref().map(|c| c.join("index"))
@@ -299,25 +340,62 @@ impl Repository {
 
     /// A chunk's sealed object, from its pack or its own object; `NotFound` if neither has it.
     pub async fn chunk_object(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        match self.chunk_object_in(&*self.packs().await?, id).await {
-            // Packed by a run that ended after this process read the index, or moved to another
-            // pack by a GC since (repacking): where the index says now.
-            Err(Error::NotFound { .. }) => {
-                self.chunk_object_in(&*self.reload_packs().await?, id).await
-            }
-            other => other,
-        }
+        let mut found = None;
+        self.each_copy(id, |object| {
+            found = Some(object);
+            Ok(())
+        })
+        .await?;
+        Ok(found.expect("each_copy returns Ok only after a copy was taken"))
     }
 
-    async fn chunk_object_in(&self, packs: &PackIndex, id: &ChunkId) -> Result<Vec<u8>> {
-        match packs.get(id) {
-            Some(at) => {
-                self.store
-                    .get_range(&at.pack.object_key(), at.range())
-                    .await
+    /// Offers the chunk's sealed copies to `take`, one after the other, until it accepts one:
+    /// every pack that holds it (a chunk may be packed twice), then its loose object, then the
+    /// same again from a fresh index (a run that ended after this process read the index, or
+    /// a GC that moved it since). Returns `take`'s first rejection if no copy was accepted,
+    /// `NotFound` if there was none.
+    pub async fn each_copy(
+        &self,
+        id: &ChunkId,
+        mut take: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let mut rejected = None;
+        for fresh in [false, true] {
+            let packs = if fresh {
+                self.reload_packs().await?
+            } else {
+                self.packs().await?
+            };
+            let mut keys: Vec<(String, Option<std::ops::Range<u64>>)> = packs
+                .locations(id)
+                .iter()
+                .map(|at| (at.pack.object_key(), Some(at.range())))
+                .collect();
+            keys.push((id.object_key(), None));
+            for (key, range) in keys {
+                let got = match range {
+                    Some(r) => self.store.get_range(&key, r).await,
+                    None => self.store.get(&key).await,
+                };
+                match got {
+                    Ok(object) => match take(object) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            rejected.get_or_insert(e);
+                        }
+                    },
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
-            None => self.store.get(&id.object_key()).await,
+            if rejected.is_some() {
+                break;
+            }
         }
+        Err(rejected.unwrap_or_else(|| Error::NotFound {
+            location: self.location(),
+            key: id.object_key(),
+        }))
     }
 
     /// The repository config.
@@ -347,15 +425,37 @@ impl Repository {
         Ok(ids)
     }
 
-    /// Every snapshot, oldest first. Manifests come from the local cache when present.
+    /// Every readable snapshot, oldest first. Manifests come from the local cache when present.
+    /// A manifest that does not open is left out (see [`Repository::snapshot_listing`]): one
+    /// damaged object must not stop listings, restores of other snapshots and new backups.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let ids = self.snapshot_ids().await?;
+        Ok(self.snapshot_listing().await?.snapshots)
+    }
+
+    /// Every snapshot, oldest first, and those whose manifest cannot be opened.
+    pub async fn snapshot_listing(&self) -> Result<SnapshotListing> {
+        let metas = self.store.list("snapshots/").await?;
+        let ids: Vec<SnapshotId> = metas.iter().filter_map(|m| id_in_key(&m.key)).collect();
         self.prune_cache(&ids);
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(self.load_snapshot(&id).await?);
+        let mut out = SnapshotListing::default();
+        for m in metas {
+            let Some(id) = id_in_key::<SnapshotId>(&m.key) else {
+                continue;
+            };
+            match self.load_snapshot(&id).await {
+                Ok(s) => out.snapshots.push(s),
+                Err(Error::SnapshotCorrupt { reason, .. }) => out.damaged.push(DamagedSnapshot {
+                    id,
+                    stored: m.modified,
+                    reason,
+                }),
+                // Forgotten since the listing.
+                Err(Error::SnapshotNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
-        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        out.snapshots
+            .sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 
@@ -464,6 +564,34 @@ impl Repository {
         }
     }
 
+    /// The id a query names, without opening its manifest (`latest` opens them all): a damaged
+    /// snapshot can be forgotten by its id.
+    pub async fn find_snapshot_id(&self, query: &str) -> Result<SnapshotId> {
+        if query == "latest" {
+            return Ok(self.find_snapshot(query).await?.id);
+        }
+        let ids = self.snapshot_ids().await?;
+        let matches: Vec<_> = ids
+            .iter()
+            .filter(|id| id.to_hex().starts_with(query))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(Error::SnapshotNotFound {
+                query: query.to_string(),
+                location: self.location(),
+            }),
+            [one] => Ok(**one),
+            many => Err(Error::SnapshotAmbiguous {
+                query: query.to_string(),
+                candidates: many
+                    .iter()
+                    .map(|i| i.short())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
     /// Like [`Repository::find_snapshot`], but `latest` means the newest snapshot holding every
     /// item in `items` (a run of `--source db` only must not hide the last full run's volume).
     pub async fn find_snapshot_with(&self, query: &str, items: &[String]) -> Result<Snapshot> {
@@ -549,9 +677,14 @@ impl Repository {
         Ok(report)
     }
 
-    /// Key slots of the repository.
+    /// Key slots of the repository that parse and are intact.
     pub async fn key_slots(&self) -> Result<Vec<KeySlot>> {
-        read_slots(&*self.store).await
+        Ok(read_slots(&*self.store).await?.0)
+    }
+
+    /// Key slot objects that are damaged.
+    pub async fn damaged_key_slots(&self) -> Result<Vec<DamagedSlot>> {
+        Ok(read_slots(&*self.store).await?.1)
     }
 
     /// Adds a key slot for `secret`; data is not touched.
@@ -653,25 +786,55 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec_pretty(v).expect("serialises")
 }
 
-async fn read_slots(store: &dyn Store) -> Result<Vec<KeySlot>> {
+/// A key slot object that does not parse or whose digest does not match.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedSlot {
+    pub key: String,
+    pub reason: String,
+}
+
+async fn read_slots(store: &dyn Store) -> Result<(Vec<KeySlot>, Vec<DamagedSlot>)> {
     let mut slots = Vec::new();
+    let mut damaged = Vec::new();
     for m in store.list("keys/").await? {
-        let raw = store.get(&m.key).await?;
-        let slot: KeySlot = serde_json::from_slice(&raw).map_err(|e| Error::Format {
-            object: format!("key slot {}", m.key),
-            detail: e.to_string(),
-        })?;
-        slots.push(slot);
+        let raw = match store.get(&m.key).await {
+            Ok(raw) => raw,
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let slot = serde_json::from_slice::<KeySlot>(&raw)
+            .map_err(|e| format!("not a key slot: {e}"))
+            .and_then(|s| match s.damage() {
+                Some(why) => Err(why),
+                None => Ok(s),
+            });
+        match slot {
+            Ok(s) => slots.push(s),
+            Err(reason) => damaged.push(DamagedSlot { key: m.key, reason }),
+        }
     }
-    Ok(slots)
+    Ok((slots, damaged))
 }
 
 async fn unlock(store: &dyn Store, secret: &Secret) -> Result<(Zeroizing<[u8; 64]>, SlotId)> {
-    let slots = read_slots(store).await?;
+    let (slots, damaged) = read_slots(store).await?;
     for slot in &slots {
-        if let Some(master) = slot.unlock(secret)? {
-            return Ok((master, slot.id));
+        // A slot that cannot be used is passed over: another may open.
+        match slot.unlock(secret) {
+            Ok(Some(master)) => return Ok((master, slot.id)),
+            Ok(None) | Err(Error::Format { .. }) => {}
+            Err(e) => return Err(e),
         }
+    }
+    if !damaged.is_empty() {
+        return Err(Error::KeySlotDamaged {
+            location: store.location(),
+            slots: damaged
+                .iter()
+                .map(|d| format!("{} ({})", d.key, d.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
     }
     Err(Error::WrongKey {
         location: store.location(),

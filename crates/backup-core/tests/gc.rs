@@ -112,18 +112,6 @@ async fn orphans_wait_for_the_grace_period() {
     assert_eq!(t.chunk_files(), 0);
 }
 
-fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).unwrap().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
 /// A backup paused after every chunk was found already stored and before its snapshot is
 /// written; meanwhile the snapshot that named those chunks is forgotten and GC runs (twice,
 /// with no grace). The backup's snapshot must restore intact.

@@ -147,9 +147,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .collect();
     match cli.cmd {
         Cmd::List => {
-            let snaps = repo.snapshots().await?;
+            let listing = repo.snapshot_listing().await?;
+            let snaps = &listing.snapshots;
+            // Listed, not fatal: the other snapshots are what the operator needs now.
+            for d in &listing.damaged {
+                eprintln!("damaged: {d}");
+            }
             if out.json {
-                let v: Vec<_> = snaps.iter().map(snapshot_json).collect();
+                let mut v: Vec<_> = snaps.iter().map(snapshot_json).collect();
+                v.extend(listing.damaged.iter().map(
+                    |d| serde_json::json!({"id": d.id, "damaged": d.reason, "stored": d.stored}),
+                ));
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if snaps.is_empty() {
                 println!("no snapshots in {}", repo.location());
@@ -158,7 +166,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "{:<10} {:<20} {:>8} {:<16} {:>10}  ITEMS",
                     "ID", "TIME (UTC)", "AGE", "HOST", "SIZE"
                 );
-                for s in &snaps {
+                for s in snaps {
                     println!(
                         "{:<10} {:<20} {:>8} {:<16} {:>10}  {}",
                         s.id.short(),

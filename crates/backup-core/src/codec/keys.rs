@@ -62,6 +62,10 @@ pub struct KeySlot {
     pub nonce: String,
     /// AES-256-GCM(KEK, master secret), AAD = "lifeboat-keyslot v1" || slot id.
     pub wrapped: String,
+    /// Hex SHA-256 of the slot's JSON without this field: tells a damaged slot from a wrong
+    /// passphrase (both fail to unwrap). Slots written before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl KeySlot {
@@ -107,7 +111,30 @@ impl KeySlot {
             kdf,
             nonce: B64.encode(nonce),
             wrapped: B64.encode(wrapped),
-        })
+            digest: None,
+        }
+        .sealed())
+    }
+
+    fn computed_digest(&self) -> String {
+        use sha2::Digest;
+        let mut bare = self.clone();
+        bare.digest = None;
+        hex::encode(sha2::Sha256::digest(
+            serde_json::to_vec(&bare).expect("slot serialises"),
+        ))
+    }
+
+    fn sealed(mut self) -> KeySlot {
+        self.digest = Some(self.computed_digest());
+        self
+    }
+
+    /// Why this slot is damaged, if its digest says it is.
+    pub fn damage(&self) -> Option<String> {
+        let want = self.digest.as_ref()?;
+        (*want != self.computed_digest())
+            .then(|| "its digest does not match its content: the object was altered".to_string())
     }
 
     /// Unwraps the master secret; `Ok(None)` when this slot is not opened by `secret`.

@@ -11,7 +11,7 @@ use std::ops::Range;
 use crate::backup::blocking;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId};
-use crate::pack::PackIndex;
+use crate::pack::{PackIndex, PackedAt};
 use crate::repository::Repository;
 
 use super::Verify;
@@ -47,9 +47,15 @@ impl Fetch {
 
 /// Groups `chunks` (in stream order) into reads.
 pub(crate) fn plan(packs: &PackIndex, chunks: &[ChunkId]) -> Vec<Fetch> {
+    group(chunks.iter().map(|id| (*id, packs.get(id))))
+}
+
+/// Groups chunk copies (`None`: the loose object) into reads, adjacent ones of a pack together.
+pub(crate) fn group(copies: impl IntoIterator<Item = (ChunkId, Option<PackedAt>)>) -> Vec<Fetch> {
     let mut out: Vec<Fetch> = Vec::new();
-    for id in chunks {
-        let Some(at) = packs.get(id) else {
+    for (id, at) in copies {
+        let id = &id;
+        let Some(at) = at else {
             out.push(Fetch::Loose(*id));
             continue;
         };
@@ -101,20 +107,70 @@ pub(crate) async fn fetch(
             ..
         } => (pack, range, chunks),
     };
-    let want = range.end - range.start;
-    let mut data = match repo.store().get_range(&pack.object_key(), range).await {
-        Ok(d) => d,
-        // Repacked by a GC since this restore read the index: chunk by chunk, from wherever the
-        // index says now (`ChunkMissing` if nowhere).
-        Err(Error::NotFound { .. }) => {
+    match read_packed(repo, snapshot, item, pack, range, &chunks, verify).await {
+        // Repacked by a GC since this restore read the index, or damaged: chunk by chunk, from
+        // wherever the index says now, any copy that opens (`ChunkMissing` if none is left).
+        Err(Error::NotFound { .. } | Error::ChunkCorrupt { .. }) => {
             let mut out = Vec::with_capacity(chunks.len());
             for (id, _) in chunks {
                 out.push(super::fetch_chunk_verified(repo, snapshot, item, id, verify).await?);
             }
-            return Ok(out);
+            Ok(out)
         }
-        Err(e) => return Err(e),
-    };
+        other => other,
+    }
+}
+
+/// Exactly these copies, with no other copy tried: `check` verifies each copy on its own.
+/// A loose chunk whose object is missing is `NotFound`, like a pack that is gone.
+pub(crate) async fn fetch_exact(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &str,
+    f: Fetch,
+    verify: Verify,
+) -> Result<Vec<(Vec<u8>, Option<[u8; 32]>)>> {
+    match f {
+        Fetch::Loose(id) => {
+            let mut object = repo.store().get(&id.object_key()).await?;
+            let keys = repo.keys().clone();
+            let max = repo.config().chunker_params.max_size as usize;
+            let item = item.to_string();
+            blocking(move || {
+                verify
+                    .open(&keys, &id, &mut object, max)
+                    .map(|v| vec![v])
+                    .map_err(|e| Error::ChunkCorrupt {
+                        snapshot,
+                        item,
+                        chunk: id,
+                        reason: format!("its loose object: {e}"),
+                    })
+            })
+            .await?
+        }
+        Fetch::Packed {
+            pack,
+            range,
+            chunks,
+            ..
+        } => read_packed(repo, snapshot, item, pack, range, &chunks, verify).await,
+    }
+}
+
+/// One range read of a pack, split and opened chunk by chunk.
+async fn read_packed(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &str,
+    pack: PackId,
+    range: Range<u64>,
+    chunks: &[(ChunkId, u32)],
+    verify: Verify,
+) -> Result<Vec<(Vec<u8>, Option<[u8; 32]>)>> {
+    let want = range.end - range.start;
+    let mut data = repo.store().get_range(&pack.object_key(), range).await?;
+    let chunks = chunks.to_vec();
     let keys = repo.keys().clone();
     let max = repo.config().chunker_params.max_size as usize;
     let item = item.to_string();

@@ -604,8 +604,19 @@ pub(crate) async fn fetch_chunk_verified(
     id: ChunkId,
     verify: Verify,
 ) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
-    let object = match repo.chunk_object(&id).await {
-        Ok(o) => o,
+    // Each copy (a chunk may be stored twice) is opened on a worker; a damaged one is passed
+    // over for the next, and the first damage is reported if none opens.
+    let keys = repo.keys().clone();
+    let max = repo.config().chunker_params.max_size as usize;
+    let mut objects = Vec::new();
+    let listed = repo
+        .each_copy(&id, |object| {
+            objects.push(object);
+            Ok(())
+        })
+        .await;
+    match listed {
+        Ok(()) => {}
         Err(Error::NotFound { .. }) => {
             return Err(Error::ChunkMissing {
                 snapshot,
@@ -615,20 +626,42 @@ pub(crate) async fn fetch_chunk_verified(
             });
         }
         Err(e) => return Err(e),
-    };
-    let keys = repo.keys().clone();
-    let max = repo.config().chunker_params.max_size as usize;
-    blocking(move || {
+    }
+    let object = objects.pop().expect("each_copy took one");
+    let opened = blocking(move || {
         let mut object = object;
         let opened = verify.open(&keys, &id, &mut object, max);
         crate::buffer::give(object);
         opened
     })
-    .await?
-    .map_err(|e| Error::ChunkCorrupt {
+    .await?;
+    let corrupt = |e: &dyn std::fmt::Display| Error::ChunkCorrupt {
         snapshot,
         item: item.to_string(),
         chunk: id,
         reason: e.to_string(),
-    })
+    };
+    match opened {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            // Slow path: the first copy is damaged; look for one that opens.
+            let keys = repo.keys().clone();
+            let mut good = None;
+            let found = repo
+                .each_copy(&id, |mut object| {
+                    match verify.open(&keys, &id, &mut object, max) {
+                        Ok(v) => {
+                            good = Some(v);
+                            Ok(())
+                        }
+                        Err(e) => Err(corrupt(&e)),
+                    }
+                })
+                .await;
+            match (found, good) {
+                (Ok(()), Some(v)) => Ok(v),
+                _ => Err(corrupt(&first)),
+            }
+        }
+    }
 }

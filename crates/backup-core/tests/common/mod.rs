@@ -213,3 +213,39 @@ pub async fn restore_bytes(repo: &Repository, name: &str) -> backup_core::Result
     stream_item(repo, snap.id, &item, &mut out, &ApplyOptions::default()).await?;
     Ok(out)
 }
+
+/// A volume source of `src` named `name`.
+pub fn volume(name: &str, src: &std::path::Path) -> Vec<Box<dyn Source>> {
+    vec![Box::new(backup_core::source::VolumeSource::new(
+        name,
+        src,
+        backup_core::source::VolumeOptions::default(),
+    ))]
+}
+
+/// `n` incompressible small files (4–12 KB) under `dir`.
+pub fn small_files(dir: &std::path::Path, seed: u64, n: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let len = 4000 + (i * 7919 % 8000) as usize;
+        std::fs::write(
+            dir.join(format!("f{i:04}")),
+            random_bytes(seed * 10_000 + i, len),
+        )
+        .unwrap();
+    }
+}
+
+/// Every file under `d`, sorted.
+pub fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}

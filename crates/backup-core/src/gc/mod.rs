@@ -18,15 +18,16 @@
 //! index and pack deleted. A chunk that also lives elsewhere is not copied, so a GC that died
 //! between copying and deleting leaves duplicates that the next one clears.
 
+mod plan;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, PackId, id_in_key};
+use crate::id::ChunkId;
 use crate::repository::Repository;
 use crate::store::{ObjectMeta, PutMode, Store};
 
@@ -34,6 +35,8 @@ use crate::store::{ObjectMeta, PutMode, Store};
 pub const HEARTBEAT: Duration = Duration::from_secs(60);
 /// A marker older than this is a dead process's.
 pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+/// Temp files of interrupted puts are removed only once this old, whatever the grace period.
+pub const INCOMPLETE_MIN_AGE: Duration = Duration::from_secs(3600);
 
 /// Options of a GC run.
 #[derive(Debug, Clone)]
@@ -96,14 +99,13 @@ pub struct GcReport {
     /// Partial writes of killed runs (local temp files) older than the grace period.
     pub incomplete_removed: usize,
     pub incomplete_bytes: u64,
+    /// Objects that could not be read and were therefore kept, with why: snapshot manifests
+    /// (while one is damaged GC deletes nothing), packs whose index is damaged. Run `check`.
+    pub damaged: Vec<String>,
     pub dry_run: bool,
 }
 
-fn age(m: &ObjectMeta) -> Duration {
-    m.modified
-        .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
-        .unwrap_or_default()
-}
+use plan::age;
 
 /// Live markers with `prefix` (`markers/run-`, `markers/gc-`); stale ones are returned apart.
 async fn markers(
@@ -123,7 +125,8 @@ fn spawn_heartbeat(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(HEARTBEAT.min(stale_after / 4)).await;
+            let every = HEARTBEAT.min(stale_after / 4);
+            tokio::time::sleep(every.max(Duration::from_millis(50))).await;
             let _ = store.put(&key, Vec::new(), PutMode::Overwrite).await;
         }
     })
@@ -200,7 +203,7 @@ pub async fn collect(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             opts.stale_after,
         ));
     }
-    let result = collect_marked(repo, opts, &mut report).await;
+    let result = collect_marked(repo, opts, &gc_key, &mut report).await;
     if let Some(h) = heartbeat {
         h.abort();
         let _ = h.await;
@@ -209,8 +212,17 @@ pub async fn collect(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     result.map(|()| report)
 }
 
-async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+async fn collect_marked(
+    repo: &Repository,
+    opts: &GcOptions,
+    own_marker: &str,
+    report: &mut GcReport,
+) -> Result<()> {
     let store = repo.store().clone();
+    if let Some(why) = other_gc(&*store, opts, own_marker).await? {
+        report.deferred = Some(why);
+        return Ok(());
+    }
     let (live, stale) = markers(&*store, "markers/run-", opts.stale_after).await?;
     if let Some(m) = live.first() {
         report.deferred = Some(format!(
@@ -219,55 +231,43 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
         ));
         return Ok(());
     }
-    let referenced: HashSet<ChunkId> = Repository::chunks_of(&repo.snapshots().await?);
+    let listing = repo.snapshot_listing().await?;
+    if !listing.damaged.is_empty() {
+        // Its chunks are unknown: any of them could be one that looks unreferenced.
+        report.damaged = listing.damaged.iter().map(|d| d.to_string()).collect();
+        report.deferred = Some(format!(
+            "{} snapshot manifest(s) cannot be opened, so which chunks they name is unknown; nothing deleted",
+            listing.damaged.len()
+        ));
+        return Ok(());
+    }
+    let referenced: HashSet<ChunkId> = Repository::chunks_of(&listing.snapshots);
     let chunks = store.list("chunks/").await?;
-    report.chunks_total = chunks.len();
-    let mut doomed = Vec::new();
-    for m in &chunks {
-        let Some(id) = id_in_key::<ChunkId>(&m.key) else {
-            continue;
-        };
-        if referenced.contains(&id) {
-            report.chunks_referenced += 1;
-        } else if age(m) < opts.grace {
-            report.chunks_in_grace += 1;
-        } else {
-            doomed.push(m.clone());
-        }
-    }
+    // Indexes before packs: a pack is written before its index, so a listed index's pack is
+    // in the pack listing that follows.
     let index = repo.reload_packs().await?;
-    let by_pack = index.by_pack();
     let pack_objects = store.list("packs/").await?;
+    let plan = plan::plan(&plan::Inventory {
+        referenced: &referenced,
+        loose: &chunks,
+        packs: &pack_objects,
+        index: &index,
+        grace: opts.grace,
+        max_unused: opts.max_unused,
+    });
+    report.chunks_total = chunks.len();
+    report.chunks_referenced = plan.loose_referenced;
+    report.chunks_in_grace = plan.loose_in_grace;
     report.packs_total = pack_objects.len();
-    let mut present = HashSet::new();
-    // (index key if any, pack object) to delete, index first: an index must never outlive
-    // its pack, or backups would reuse chunks that are gone.
-    let mut doomed_packs = Vec::new();
-    let mut kept_packs = Vec::new();
-    for m in &pack_objects {
-        let Some(pack) = id_in_key::<PackId>(&m.key) else {
-            continue;
-        };
-        present.insert(pack);
-        let chunks = by_pack.get(&pack).map_or(&[][..], |v| v.as_slice());
-        let unreferenced: u64 = chunks
+    report.pack_bytes_unreferenced = plan.dead_kept;
+    report.damaged.extend(plan.unreadable.iter().cloned());
+    report.damaged.extend(
+        index
+            .damaged()
             .iter()
-            .filter(|(id, _)| !referenced.contains(id))
-            .map(|(_, at)| u64::from(at.length))
-            .sum();
-        let all_unreferenced = chunks.iter().all(|(id, _)| !referenced.contains(id));
-        if all_unreferenced && age(m) >= opts.grace {
-            doomed_packs.push(((!chunks.is_empty()).then(|| pack.index_key()), m.clone()));
-        } else {
-            report.pack_bytes_unreferenced += unreferenced;
-            kept_packs.push((pack, m.clone(), unreferenced));
-        }
-    }
-    let dangling: Vec<String> = by_pack
-        .keys()
-        .filter(|p| !present.contains(p))
-        .map(PackId::index_key)
-        .collect();
+            .filter(|d| d.pack.is_none())
+            .map(|d| format!("{} kept: {}", d.key, d.reason)),
+    );
     // A backup that started while we listed may rely on any of these: check again.
     let (live, _) = markers(&*store, "markers/run-", opts.stale_after).await?;
     if let Some(m) = live.first() {
@@ -277,22 +277,82 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
         ));
         return Ok(());
     }
-    for m in doomed {
-        if opts.dry_run {
-            report.chunks_deleted += 1;
-            report.bytes_deleted += m.size;
-            continue;
+    delete_loose(&*store, plan.loose_delete, opts, report).await?;
+    delete_packs(&*store, plan.packs_delete, opts, report).await?;
+    for key in plan.dangling {
+        if !opts.dry_run {
+            store.delete(&key).await?;
         }
-        match store.delete(&m.key).await {
-            Ok(()) => {
-                report.chunks_deleted += 1;
-                report.bytes_deleted += m.size;
-            }
-            Err(Error::Retained { key, .. }) => report.skipped_retained.push(key),
-            Err(e) => return Err(e),
-        }
+        report.dangling_indexes_removed += 1;
     }
-    for (index_key, m) in doomed_packs {
+    // Object Lock: the old packs could not be deleted before their retention ends.
+    if store.retention_days().is_none() {
+        repack(repo, &index, plan.repack, opts, report).await?;
+    } else {
+        report.pack_bytes_unreferenced += plan.repack.iter().map(|r| r.dead).sum::<u64>();
+    }
+    for m in stale {
+        if !opts.dry_run {
+            store.delete(&m.key).await?;
+        }
+        report.stale_markers_removed += 1;
+    }
+    // Never younger than an hour whatever the grace: a temp file that young may be a live
+    // put's (with `--grace 0s`, a starting backup lost its marker to this sweep).
+    (report.incomplete_removed, report.incomplete_bytes) = store
+        .sweep_incomplete(opts.grace.max(INCOMPLETE_MIN_AGE), opts.dry_run)
+        .await?;
+    Ok(())
+}
+
+/// Another live GC, if one runs: two at once could each see the other's half-done repack as
+/// garbage (a new pack whose index is not written yet looks like an orphan). Both write their
+/// marker before looking, so of two that start together at least one defers.
+async fn other_gc(store: &dyn Store, opts: &GcOptions, own: &str) -> Result<Option<String>> {
+    if opts.dry_run {
+        return Ok(None);
+    }
+    let (live, _) = markers(store, "markers/gc-", opts.stale_after).await?;
+    Ok(live.iter().find(|m| m.key != own).map(|m| {
+        format!(
+            "another garbage collection is running ({}); nothing deleted, run prune again later",
+            m.key
+        )
+    }))
+}
+
+async fn delete_loose(
+    store: &dyn Store,
+    doomed: Vec<ObjectMeta>,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<()> {
+    for m in doomed {
+        if !opts.dry_run {
+            match store.delete(&m.key).await {
+                Ok(()) => {}
+                Err(Error::Retained { key, .. }) => {
+                    report.skipped_retained.push(key);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        report.chunks_deleted += 1;
+        report.bytes_deleted += m.size;
+    }
+    Ok(())
+}
+
+/// Index first, then pack: an index must never outlive its pack, or backups would reuse
+/// chunks that are gone.
+async fn delete_packs(
+    store: &dyn Store,
+    doomed: Vec<(Option<String>, ObjectMeta)>,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<()> {
+    for (index_key, m) in doomed {
         if !opts.dry_run {
             let deleted = async {
                 if let Some(k) = &index_key {
@@ -312,77 +372,15 @@ async fn collect_marked(repo: &Repository, opts: &GcOptions, report: &mut GcRepo
         report.packs_deleted += 1;
         report.pack_bytes_deleted += m.size;
     }
-    for key in dangling {
-        if !opts.dry_run {
-            store.delete(&key).await?;
-        }
-        report.dangling_indexes_removed += 1;
-    }
-    // Object Lock: the old packs could not be deleted before their retention ends.
-    if store.retention_days().is_none() {
-        let loose: HashSet<ChunkId> = chunks
-            .iter()
-            .filter_map(|m| id_in_key::<ChunkId>(&m.key))
-            .filter(|id| referenced.contains(id))
-            .collect();
-        let pick = choose_repacks(kept_packs, opts);
-        repack(
-            repo,
-            &index,
-            &by_pack,
-            &referenced,
-            &loose,
-            pick,
-            opts,
-            report,
-        )
-        .await?;
-    }
-    for m in stale {
-        if !opts.dry_run {
-            store.delete(&m.key).await?;
-        }
-        report.stale_markers_removed += 1;
-    }
-    (report.incomplete_removed, report.incomplete_bytes) =
-        store.sweep_incomplete(opts.grace, opts.dry_run).await?;
     Ok(())
 }
 
-/// The emptiest packs past the grace period, until the unreferenced share of all kept pack
-/// bytes is at most `max_unused` (restic's prune works the same way).
-fn choose_repacks(
-    mut kept: Vec<(PackId, ObjectMeta, u64)>,
-    opts: &GcOptions,
-) -> Vec<(PackId, ObjectMeta, u64)> {
-    let total: u64 = kept.iter().map(|(_, m, _)| m.size).sum();
-    let mut unused: u64 = kept.iter().map(|(.., u)| u).sum();
-    let allowed = (opts.max_unused.clamp(0.0, 1.0) * total as f64) as u64;
-    kept.retain(|(_, m, u)| *u > 0 && age(m) >= opts.grace);
-    kept.sort_by(|a, b| {
-        let share = |(_, m, u): &(PackId, ObjectMeta, u64)| *u as f64 / m.size.max(1) as f64;
-        share(b).total_cmp(&share(a))
-    });
-    let mut pick = Vec::new();
-    for k in kept {
-        if unused <= allowed {
-            break;
-        }
-        unused -= k.2;
-        pick.push(k);
-    }
-    pick
-}
-
-/// Copies the referenced chunks of `pick` into new packs, then deletes the old packs.
-#[allow(clippy::too_many_arguments)]
+/// Copies the chunks each picked pack keeps into new packs (each verified first), then
+/// deletes the old packs.
 async fn repack(
     repo: &Repository,
     index: &Arc<crate::pack::PackIndex>,
-    by_pack: &std::collections::HashMap<PackId, Vec<(ChunkId, crate::pack::PackedAt)>>,
-    referenced: &HashSet<ChunkId>,
-    loose: &HashSet<ChunkId>,
-    pick: Vec<(PackId, ObjectMeta, u64)>,
+    pick: Vec<plan::Repack>,
     opts: &GcOptions,
     report: &mut GcReport,
 ) -> Result<()> {
@@ -390,88 +388,77 @@ async fn repack(
         return Ok(());
     }
     let store = repo.store().clone();
-    let picked: HashSet<PackId> = pick.iter().map(|(p, ..)| *p).collect();
-    // Referenced chunks with a copy outside the packs being rewritten need no new one.
-    let mut elsewhere: HashSet<ChunkId> = loose.clone();
-    for (pack, chunks) in by_pack {
-        if !picked.contains(pack) {
-            elsewhere.extend(chunks.iter().map(|(id, _)| *id));
-        }
-    }
     let packer = crate::pack::Packer::new(index.clone(), repo.index_cache());
-    let max = repo.config().chunker_params.max_size as usize;
     let mut done = Vec::new();
-    for (pack, meta, unreferenced) in pick {
-        let copy: Vec<(ChunkId, crate::pack::PackedAt)> = by_pack
-            .get(&pack)
-            .map_or(&[][..], |v| v.as_slice())
-            .iter()
-            .filter(|(id, _)| referenced.contains(id) && !elsewhere.contains(id))
-            .cloned()
-            .collect();
-        let live: u64 = copy.iter().map(|(_, at)| u64::from(at.length)).sum();
+    for r in pick {
+        let live: u64 = r.copy.iter().map(|(_, at)| u64::from(at.length)).sum();
         let count = |report: &mut GcReport| {
             report.packs_repacked += 1;
             report.repack_bytes_written += live;
-            report.repack_bytes_freed += meta.size.saturating_sub(live);
-            report.pack_bytes_unreferenced -= unreferenced;
+            report.repack_bytes_freed += r.meta.size.saturating_sub(live);
         };
         if opts.dry_run {
             count(report);
             continue;
         }
-        let data = match store.get(&meta.key).await {
+        let data = match store.get(&r.meta.key).await {
             Ok(d) => d,
             Err(Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        // Every chunk to copy must open before any is copied: a damaged one stays where it is
-        // (with its pack) for `check` to report, rather than be carried on or lost.
-        let keys = repo.keys().clone();
-        let (data, verdict) = crate::backup::blocking(move || {
-            let mut opened = Vec::with_capacity(copy.len());
-            for (id, at) in copy {
-                let r = at.range();
-                let Some(sealed) = data.get(r.start as usize..r.end as usize) else {
-                    return (data, Err(format!("chunk {id} lies beyond the pack's end")));
-                };
-                let mut scratch = sealed.to_vec();
-                match keys.open_in_place(crate::codec::ObjectType::Chunk, &id.0, &mut scratch, max)
-                {
-                    Ok(plain) => opened.push((id, at, plain.len() as u32)),
-                    Err(e) => return (data, Err(format!("chunk {id}: {e}"))),
-                }
-            }
-            (data, Ok(opened))
-        })
-        .await?;
-        let copy = match verdict {
+        let copy = match verify_copies(repo, data, r.copy.clone()).await? {
             Ok(c) => c,
             Err(why) => {
+                report.pack_bytes_unreferenced += r.dead;
                 report
                     .repack_skipped
-                    .push(format!("{}: {why}; run `check --read-data`", meta.key));
+                    .push(format!("{}: {why}; run `check --read-data`", r.meta.key));
                 continue;
             }
         };
-        for (id, at, plain) in copy {
-            let r = at.range();
-            if let Some(Some(full)) = packer.add(id, &data[r.start as usize..r.end as usize], plain)
-            {
+        for (id, sealed, plain) in copy {
+            if let Some(Some(full)) = packer.add(id, &sealed, plain) {
                 packer.write(full, &*store, repo.keys()).await?;
             }
         }
         count(report);
-        done.push((pack, meta));
+        done.push(r);
     }
     if let Some(full) = packer.take() {
         packer.write(full, &*store, repo.keys()).await?;
     }
     // Copies are durable and indexed: now the old index (first, as always), then the pack.
-    for (pack, meta) in done {
-        store.delete(&pack.index_key()).await?;
-        store.delete(&meta.key).await?;
+    for r in done {
+        store.delete(&r.pack.index_key()).await?;
+        store.delete(&r.meta.key).await?;
     }
     repo.reload_packs().await?;
     Ok(())
+}
+
+/// Every chunk to copy must open before any is copied: a damaged one stays where it is (with
+/// its pack) for `check` to report, rather than be carried on or lost.
+async fn verify_copies(
+    repo: &Repository,
+    data: Vec<u8>,
+    copy: Vec<(ChunkId, crate::pack::PackedAt)>,
+) -> Result<std::result::Result<Vec<(ChunkId, Vec<u8>, u32)>, String>> {
+    let keys = repo.keys().clone();
+    let max = repo.config().chunker_params.max_size as usize;
+    crate::backup::blocking(move || {
+        let mut opened = Vec::with_capacity(copy.len());
+        for (id, at) in copy {
+            let r = at.range();
+            let Some(sealed) = data.get(r.start as usize..r.end as usize) else {
+                return Err(format!("chunk {id} lies beyond the pack's end"));
+            };
+            let mut scratch = sealed.to_vec();
+            match keys.open_in_place(crate::codec::ObjectType::Chunk, &id.0, &mut scratch, max) {
+                Ok(plain) => opened.push((id, sealed.to_vec(), plain.len() as u32)),
+                Err(e) => return Err(format!("chunk {id}: {e}")),
+            }
+        }
+        Ok(opened)
+    })
+    .await
 }
