@@ -489,3 +489,117 @@ fn forget_dry_run_shows_what_apply_does_and_protect_holds() {
     assert!(e.run(&["forget", &oldest[..8]]).status.success());
     assert_eq!(e.snapshots().len(), 2);
 }
+
+/// The reproduction, as a user runs it: two hosts (own cache directories) back up the
+/// same new files at once, then two prunes at `--grace 0s` and one at the default, then `check
+/// --read-data` from a cold cache: clean, and both snapshots restore.
+#[test]
+fn two_hosts_then_prunes_lose_nothing() {
+    let e = Env::new();
+    let t = e.p("t");
+    std::fs::create_dir_all(&t).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..1500 {
+        let bytes: Vec<u8> = (0..4000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(t.join(format!("f{i:05}")), bytes).unwrap();
+    }
+    let volume = format!("v={}", t.display());
+    let host = |cache: &str| {
+        let mut c = e.cmd(&["--cache-dir", cache, "run", "--quiet", "--volume", &volume]);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let (a, b) = (
+        host(&e.p("hA").to_string_lossy()),
+        host(&e.p("hB").to_string_lossy()),
+    );
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(e.snapshots().len(), 2);
+    for grace in [&["--grace", "0s"][..], &["--grace", "0s"], &[]] {
+        let mut args = vec!["--no-cache", "prune"];
+        args.extend_from_slice(grace);
+        let out = e.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(count(&e.p("repo/packs")), count(&e.p("repo/index")));
+    }
+    let out = e.run(&["--no-cache", "check", "--read-data"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("no problems") && !text.contains("without an index"),
+        "{text}"
+    );
+}
+
+/// One damaged manifest: `snapshots` lists it as damaged and exits 0, a new backup works,
+/// `prune` deletes nothing and exits 6 naming it, `forget` by its id removes it, and then
+/// `prune` and `check` are clean.
+#[test]
+fn a_damaged_manifest_is_listed_forgotten_and_then_pruned() {
+    let e = Env::new();
+    let src = e.p("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), "one").unwrap();
+    let vol = format!("v={}", src.display());
+    assert!(
+        e.run(&["run", "--quiet", "--volume", &vol])
+            .status
+            .success()
+    );
+    let first = e.snapshots()[0]["id"].as_str().unwrap().to_string();
+    std::fs::write(e.p(&format!("repo/snapshots/{first}")), b"damaged").unwrap();
+    std::fs::remove_dir_all(e.p("cache")).unwrap();
+    let out = e.run(&["snapshots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DAMAGED"));
+    assert!(err.contains(&first) && err.contains("forget"), "{err}");
+    std::fs::write(src.join("b"), "two").unwrap();
+    let out = e.run(&["run", "--quiet", "--volume", &vol]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = e.run(&["prune", "--grace", "0s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains(&first) && err.contains("hint:"), "{err}");
+    let out = e.run(&["forget", &first[..8]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = e.run(&["prune", "--grace", "0s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = e.run(&["check", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -194,6 +194,15 @@ impl PackIndex {
         self.sort();
     }
 
+    #[cfg(test)]
+    pub(crate) fn damage_for_test(&mut self, pack: PackId) {
+        self.damaged.push(DamagedIndex {
+            key: pack.index_key(),
+            pack: Some(pack),
+            reason: "test".into(),
+        });
+    }
+
     /// Where `id` is packed, if it is (the first of its locations; see [`PackIndex::locations`]).
     pub fn get(&self, id: &ChunkId) -> Option<PackedAt> {
         self.map

@@ -817,12 +817,16 @@ async fn read_slots(store: &dyn Store) -> Result<(Vec<KeySlot>, Vec<DamagedSlot>
 }
 
 async fn unlock(store: &dyn Store, secret: &Secret) -> Result<(Zeroizing<[u8; 64]>, SlotId)> {
-    let (slots, damaged) = read_slots(store).await?;
+    let (slots, mut damaged) = read_slots(store).await?;
     for slot in &slots {
         // A slot that cannot be used is passed over: another may open.
         match slot.unlock(secret) {
             Ok(Some(master)) => return Ok((master, slot.id)),
-            Ok(None) | Err(Error::Format { .. }) => {}
+            Ok(None) => {}
+            Err(e @ (Error::Format { .. } | Error::KeySlot { .. })) => damaged.push(DamagedSlot {
+                key: slot.id.object_key(),
+                reason: e.to_string(),
+            }),
             Err(e) => return Err(e),
         }
     }

@@ -11,6 +11,11 @@ use crate::error::{Error, Result};
 use crate::id::SlotId;
 use crate::secret::Secret;
 
+/// Bounds on a slot's Argon2 memory (KiB), far above any default (see [`KdfParams`]).
+pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
+/// Bounds on a slot's Argon2 passes.
+pub const MAX_KDF_ITERATIONS: u32 = 64;
+
 /// Argon2id cost parameters, recorded in each passphrase slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KdfParams {
@@ -200,6 +205,18 @@ fn derive_kek(kdf: &SlotKdf, secret: &Secret) -> Result<Option<Zeroizing<[u8; 32
             let salt = B64.decode(salt).map_err(|e| Error::KeySlot {
                 detail: format!("salt: {e}"),
             })?;
+            // A damaged slot must not make opening allocate terabytes or run for days.
+            if params.memory_kib > MAX_KDF_MEMORY_KIB
+                || params.iterations > MAX_KDF_ITERATIONS
+                || params.parallelism > 64
+            {
+                return Err(Error::KeySlot {
+                    detail: format!(
+                        "argon2 parameters {params:?} are beyond what Lifeboat writes (at most {} MiB, {MAX_KDF_ITERATIONS} passes, 64 lanes)",
+                        MAX_KDF_MEMORY_KIB / 1024
+                    ),
+                });
+            }
             let p = argon2::Params::new(
                 params.memory_kib,
                 params.iterations,

@@ -220,3 +220,122 @@ fn choose_repacks(kept: &mut Vec<Repack>, inv: &Inventory) -> Vec<Repack> {
     *kept = rest;
     chosen
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    fn meta(key: String, size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key,
+            size,
+            modified: Some(chrono::Utc::now() - chrono::Duration::days(3)),
+        }
+    }
+
+    /// Random repositories with chunks packed up to three times, loose copies, packs without
+    /// an index, indexes without a pack and damaged indexes: after the plan, every referenced
+    /// chunk that had a readable copy still has one, and no pack whose index is damaged goes.
+    #[test]
+    fn every_referenced_chunk_keeps_a_copy() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for case in 0..3000 {
+            let chunks: Vec<ChunkId> = (0..1 + rng.next() % 24)
+                .map(|i| ChunkId([i as u8; 32]))
+                .collect();
+            let mut index = PackIndex::default();
+            let mut packs = Vec::new();
+            let mut damaged = HashSet::new();
+            for p in 0..1 + rng.next() % 6 {
+                let pack = PackId([p as u8 + 1; 16]);
+                let mut entries = Vec::new();
+                let mut offset = 0;
+                for c in &chunks {
+                    if rng.chance(35) {
+                        let len = 1 + (rng.next() % 1000) as u32;
+                        entries.push((*c, offset, len, None));
+                        offset += u64::from(len);
+                    }
+                }
+                let indexed = !rng.chance(10);
+                if indexed {
+                    index.insert_for_test(pack, &entries);
+                } else if rng.chance(50) {
+                    index.damage_for_test(pack);
+                    damaged.insert(pack);
+                }
+                if !rng.chance(10) || damaged.contains(&pack) {
+                    packs.push(meta(pack.object_key(), offset.max(1)));
+                }
+            }
+            let referenced: HashSet<ChunkId> =
+                chunks.iter().filter(|_| rng.chance(50)).copied().collect();
+            let loose: Vec<ObjectMeta> = chunks
+                .iter()
+                .filter(|_| rng.chance(15))
+                .map(|c| meta(c.object_key(), 10))
+                .collect();
+            let inv = Inventory {
+                referenced: &referenced,
+                loose: &loose,
+                packs: &packs,
+                index: &index,
+                grace: Duration::ZERO,
+                max_unused: (rng.next() % 3) as f64 * 0.25,
+            };
+            let plan = plan(&inv);
+            let present: HashSet<String> = packs.iter().map(|m| m.key.clone()).collect();
+            let loose_keys: HashSet<String> = loose.iter().map(|m| m.key.clone()).collect();
+            let readable = |c: &ChunkId, gone: &HashSet<String>, moved: &HashSet<ChunkId>| {
+                let packed = index.locations(c).iter().any(|at| {
+                    let k = at.pack.object_key();
+                    present.contains(&k) && !gone.contains(&k)
+                });
+                let k = c.object_key();
+                packed || moved.contains(c) || (loose_keys.contains(&k) && !gone.contains(&k))
+            };
+            let mut gone: HashSet<String> =
+                plan.loose_delete.iter().map(|m| m.key.clone()).collect();
+            gone.extend(plan.packs_delete.iter().map(|(_, m)| m.key.clone()));
+            gone.extend(plan.repack.iter().map(|r| r.meta.key.clone()));
+            let moved: HashSet<ChunkId> = plan
+                .repack
+                .iter()
+                .flat_map(|r| r.copy.iter().map(|(c, _)| *c))
+                .collect();
+            for c in &referenced {
+                if readable(c, &HashSet::new(), &HashSet::new()) {
+                    assert!(readable(c, &gone, &moved), "case {case}: chunk {c} lost");
+                }
+            }
+            for d in &damaged {
+                assert!(
+                    !gone.contains(&d.object_key()),
+                    "case {case}: damaged pack deleted"
+                );
+            }
+            for (index_key, m) in &plan.packs_delete {
+                let pack: PackId = id_in_key(&m.key).unwrap();
+                let indexed = index.by_pack().contains_key(&pack);
+                assert_eq!(
+                    index_key.is_some(),
+                    indexed,
+                    "case {case}: index outlives pack"
+                );
+            }
+        }
+    }
+}
