@@ -85,6 +85,10 @@ enum Cmd {
         /// emptiest packs are rewritten without their unreferenced chunks; 100 never repacks.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
         max_unused: Option<u8>,
+        /// Take a backup's or GC's marker not refreshed for this long (default 1h, at least
+        /// 1m) as a dead process's: after a killed run, prune defers until then.
+        #[arg(long)]
+        stale_after: Option<String>,
     },
     /// Never let a retention policy remove this snapshot.
     Protect { snapshot: String },
@@ -170,6 +174,10 @@ struct RunArgs {
     /// Wait for a running backup of the same repository instead of exiting with code 4.
     #[arg(long)]
     wait: bool,
+    /// Take a prune's marker not refreshed for this long (default 1h, at least 1m) as a dead
+    /// process's: after a killed prune, a backup waits until then.
+    #[arg(long)]
+    stale_after: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -376,6 +384,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             grace,
             max_unused,
+            stale_after,
         } => {
             let repo = resolved.open().await?;
             let mut rc = keep
@@ -387,6 +396,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             if max_unused.is_some() {
                 rc.max_unused = max_unused;
+            }
+            if stale_after.is_some() {
+                rc.stale_after = stale_after;
             }
             if retention_run(&repo, &rc, dry_run, true, &out).await? {
                 return Ok(ExitCode::from(6));
@@ -488,6 +500,7 @@ async fn run_backup(
             .concurrency
             .unwrap_or_else(backup_core::backup::default_concurrency),
         progress: show_progress.then(|| progress.clone()),
+        stale_after: stale_after_for_run(args.stale_after.as_deref(), config)?,
         ..Default::default()
     };
     let ticker = show_progress.then(|| spawn_ticker(progress.clone()));
@@ -549,6 +562,20 @@ async fn run_backup(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--stale-after`, else `[retention] stale_after`, else the default.
+fn stale_after_for_run(
+    flag: Option<&str>,
+    config: Option<&ConfigFile>,
+) -> Result<std::time::Duration> {
+    let rc = RetentionConfig {
+        stale_after: flag
+            .map(str::to_string)
+            .or_else(|| config.and_then(|c| c.retention.as_ref()?.stale_after.clone())),
+        ..Default::default()
+    };
+    Ok(rc.gc_options()?.stale_after)
 }
 
 fn policy_from(keep: &KeepFlags, config: Option<&ConfigFile>) -> Result<RetentionConfig> {

@@ -61,6 +61,10 @@ pub struct RetentionConfig {
     /// Percent of pack bytes GC may leave unreferenced before it rewrites the emptiest packs
     /// (default 10; 100 never repacks).
     pub max_unused: Option<u8>,
+    /// Markers (of backups and GCs) not refreshed for this long belong to dead processes and
+    /// are ignored (default 1h): after a killed run, prune defers until then.
+    #[serde(default)]
+    pub stale_after: Option<String>,
 }
 
 impl RetentionConfig {
@@ -120,6 +124,14 @@ impl RetentionConfig {
         let mut o = GcOptions::default();
         if let Some(g) = &self.grace {
             o.grace = parse_duration(g)?.to_std().unwrap_or_default();
+        }
+        if let Some(s) = &self.stale_after {
+            o.stale_after = parse_duration(s)?.to_std().unwrap_or_default();
+            if o.stale_after < std::time::Duration::from_secs(60) {
+                return Err(Error::Usage(format!(
+                    "stale_after {s}: at least 1m (live processes refresh their markers every minute)"
+                )));
+            }
         }
         if let Some(p) = self.max_unused {
             if p > 100 {
