@@ -545,30 +545,20 @@ impl Repository {
         if query == "latest" {
             return self.snapshots().await?.pop().ok_or_else(not_found);
         }
-        let ids = self.snapshot_ids().await?;
-        let matches: Vec<_> = ids
-            .iter()
-            .filter(|id| id.to_hex().starts_with(query))
-            .collect();
-        match matches.as_slice() {
-            [] => Err(not_found()),
-            [one] => self.load_snapshot(one).await,
-            many => Err(Error::SnapshotAmbiguous {
-                query: query.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|i| i.short())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-        }
+        self.load_snapshot(&self.find_snapshot_id(query).await?)
+            .await
     }
 
     /// The id a query names, without opening its manifest (`latest` opens them all): a damaged
     /// snapshot can be forgotten by its id.
     pub async fn find_snapshot_id(&self, query: &str) -> Result<SnapshotId> {
         if query == "latest" {
-            return Ok(self.find_snapshot(query).await?.id);
+            return self.snapshots().await?.pop().map(|s| s.id).ok_or_else(|| {
+                Error::SnapshotNotFound {
+                    query: query.to_string(),
+                    location: self.location(),
+                }
+            });
         }
         let ids = self.snapshot_ids().await?;
         let matches: Vec<_> = ids

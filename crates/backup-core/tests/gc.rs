@@ -214,3 +214,61 @@ async fn a_backup_waits_for_a_running_gc_and_stale_markers_are_ignored() {
         "no markers left behind"
     );
 }
+
+/// With `--grace 0s`, a temp file of a put still in flight (a starting backup's marker) is not
+/// swept: temp files go only once an hour old, whatever the grace.
+#[tokio::test]
+async fn a_young_temp_file_survives_a_prune_at_grace_zero() {
+    let t = new_repo().await;
+    let inflight = t.path().join("markers/.tmp-00000000000000bb");
+    std::fs::create_dir_all(inflight.parent().unwrap()).unwrap();
+    std::fs::write(&inflight, b"").unwrap();
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    assert_eq!(r.incomplete_removed, 0, "{r:?}");
+    assert!(inflight.exists());
+    let old = filetime::FileTime::from_unix_time(chrono::Utc::now().timestamp() - 3700, 0);
+    filetime::set_file_mtime(&inflight, old).unwrap();
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    assert_eq!(r.incomplete_removed, 1, "{r:?}");
+}
+
+/// A second GC defers while another one's marker is live (one could take the other's
+/// half-written repack for garbage), and goes ahead once that marker is stale.
+#[tokio::test]
+async fn a_second_gc_defers_to_a_live_one() {
+    let t = new_repo().await;
+    let s = backup_bytes(&t.repo, "x", random_bytes(6, 3 << 20)).await;
+    t.repo.forget(&[s.snapshot]).await.unwrap();
+    let before = t.chunk_files();
+    t.repo
+        .store()
+        .put(
+            "markers/gc-00000000000000aa",
+            Vec::new(),
+            PutMode::CreateOnly,
+        )
+        .await
+        .unwrap();
+    let r = collect(&t.repo, &now_gc()).await.unwrap();
+    assert!(
+        r.deferred
+            .as_deref()
+            .is_some_and(|d| d.contains("another garbage collection")),
+        "{r:?}"
+    );
+    assert_eq!(t.chunk_files(), before);
+    let r = collect(
+        &t.repo,
+        &GcOptions {
+            stale_after: Duration::ZERO,
+            ..now_gc()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        r.deferred.is_none() && r.stale_markers_removed == 1,
+        "{r:?}"
+    );
+    assert!(t.chunk_files() < before);
+}

@@ -180,6 +180,21 @@ async fn busy_repository(t: &TestRepo) -> Restored {
     restore_all(&host(&t.path(), None).await).await.unwrap()
 }
 
+/// A copy of `pristine` at `dir` behind a store that dies after `limit` mutations.
+async fn faulty_copy(
+    pristine: &Path,
+    dir: PathBuf,
+    limit: Option<usize>,
+) -> (PathBuf, Arc<FaultyStore<LocalStore>>, Repository) {
+    copy_dir(pristine, &dir);
+    let store = Arc::new(FaultyStore::new(LocalStore::new(&dir)));
+    let repo = open_on(store.clone(), None).await;
+    if let Some(n) = limit {
+        store.inject(Fault::DieAfterMutations(n));
+    }
+    (dir, store, repo)
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
@@ -202,10 +217,7 @@ async fn prune_killed_at_every_step_loses_nothing() {
     copy_dir(&t.path(), &pristine);
     // How many mutating calls an uninterrupted prune makes.
     let total = {
-        let dir = t.dir.path().join("count");
-        copy_dir(&pristine, &dir);
-        let store = Arc::new(FaultyStore::new(LocalStore::new(&dir)));
-        let repo = open_on(store.clone(), None).await;
+        let (dir, store, repo) = faulty_copy(&pristine, t.dir.path().join("count"), None).await;
         let r = collect(&repo, &gc_now()).await.unwrap();
         assert!(
             r.packs_deleted >= 2 && r.packs_repacked >= 1 && r.chunks_deleted >= 1,
@@ -216,11 +228,8 @@ async fn prune_killed_at_every_step_loses_nothing() {
     };
     assert!(total > 8, "{total} mutations");
     for n in 0..total {
-        let dir = t.dir.path().join(format!("kill{n}"));
-        copy_dir(&pristine, &dir);
-        let store = Arc::new(FaultyStore::new(LocalStore::new(&dir)));
-        let repo = open_on(store.clone(), None).await;
-        store.inject(Fault::DieAfterMutations(n));
+        let (dir, _, repo) =
+            faulty_copy(&pristine, t.dir.path().join(format!("kill{n}")), Some(n)).await;
         let killed = collect(&repo, &gc_now()).await;
         // The last mutation is the GC marker's removal, whose failure is not an error.
         assert!(killed.is_err() || n + 1 == total, "killed after {n}");
@@ -253,21 +262,15 @@ async fn backup_killed_at_every_step_leaves_no_false_snapshot() {
     copy_dir(&t.path(), &pristine);
     let before = restore_all(&host(&pristine, None).await).await.unwrap();
     let total = {
-        let dir = t.dir.path().join("count");
-        copy_dir(&pristine, &dir);
-        let store = Arc::new(FaultyStore::new(LocalStore::new(&dir)));
-        let repo = open_on(store.clone(), None).await;
+        let (dir, store, repo) = faulty_copy(&pristine, t.dir.path().join("count"), None).await;
         backup(&repo, volume("v", &src), &BackupOptions::default())
             .await
             .unwrap();
         store.mutations()
     };
     for n in 0..total {
-        let dir = t.dir.path().join(format!("kill{n}"));
-        copy_dir(&pristine, &dir);
-        let store = Arc::new(FaultyStore::new(LocalStore::new(&dir)));
-        let repo = open_on(store.clone(), None).await;
-        store.inject(Fault::DieAfterMutations(n));
+        let (dir, _, repo) =
+            faulty_copy(&pristine, t.dir.path().join(format!("kill{n}")), Some(n)).await;
         let killed = backup(&repo, volume("v", &src), &BackupOptions::default()).await;
         let fresh = host(&dir, None).await;
         let snaps = fresh.snapshots().await.unwrap();

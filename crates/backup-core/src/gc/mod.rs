@@ -219,11 +219,13 @@ async fn collect_marked(
     report: &mut GcReport,
 ) -> Result<()> {
     let store = repo.store().clone();
-    if let Some(why) = other_gc(&*store, opts, own_marker).await? {
+    let (other, stale_gcs) = other_gc(&*store, opts, own_marker).await?;
+    if let Some(why) = other {
         report.deferred = Some(why);
         return Ok(());
     }
-    let (live, stale) = markers(&*store, "markers/run-", opts.stale_after).await?;
+    let (live, mut stale) = markers(&*store, "markers/run-", opts.stale_after).await?;
+    stale.extend(stale_gcs);
     if let Some(m) = live.first() {
         report.deferred = Some(format!(
             "a backup is running ({}); nothing deleted, run prune again later",
@@ -308,17 +310,24 @@ async fn collect_marked(
 /// Another live GC, if one runs: two at once could each see the other's half-done repack as
 /// garbage (a new pack whose index is not written yet looks like an orphan). Both write their
 /// marker before looking, so of two that start together at least one defers.
-async fn other_gc(store: &dyn Store, opts: &GcOptions, own: &str) -> Result<Option<String>> {
+/// Also returns dead GCs' markers (not this one's), for removal.
+async fn other_gc(
+    store: &dyn Store,
+    opts: &GcOptions,
+    own: &str,
+) -> Result<(Option<String>, Vec<ObjectMeta>)> {
+    let (live, mut stale) = markers(store, "markers/gc-", opts.stale_after).await?;
+    stale.retain(|m| m.key != own);
     if opts.dry_run {
-        return Ok(None);
+        return Ok((None, stale));
     }
-    let (live, _) = markers(store, "markers/gc-", opts.stale_after).await?;
-    Ok(live.iter().find(|m| m.key != own).map(|m| {
+    let other = live.iter().find(|m| m.key != own).map(|m| {
         format!(
             "another garbage collection is running ({}); nothing deleted, run prune again later",
             m.key
         )
-    }))
+    });
+    Ok((other, stale))
 }
 
 async fn delete_loose(
