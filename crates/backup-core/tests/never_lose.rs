@@ -262,7 +262,7 @@ async fn backup_killed_at_every_step_leaves_no_false_snapshot() {
     copy_dir(&t.path(), &pristine);
     let before = restore_all(&host(&pristine, None).await).await.unwrap();
     let total = {
-        let (dir, store, repo) = faulty_copy(&pristine, t.dir.path().join("count"), None).await;
+        let (_, store, repo) = faulty_copy(&pristine, t.dir.path().join("count"), None).await;
         backup(&repo, volume("v", &src), &BackupOptions::default())
             .await
             .unwrap();
