@@ -95,8 +95,9 @@ soak_one() {
     local before; before=$("$lb" -r "$repo" --no-cache snapshots --json | python3 -c 'import json,sys; print(" ".join(s["id"] for s in json.load(sys.stdin) if "damaged" not in s))')
     # Two hosts at once, each with its own cache; either may be killed.
     maybe_kill 3 "$lb" -r "$repo" --cache-dir "$work/hA-$store" run --quiet --stale-after 1m --volume "v=$tree" &
+    local host_a=$!
     maybe_kill 3 "$lb" -r "$repo" --cache-dir "$work/hB-$store" run --quiet --stale-after 1m --volume "v=$tree" &
-    wait
+    wait "$host_a" $!  # not a bare wait: ministack is a child too
     # New snapshots are of this round's tree.
     "$lb" -r "$repo" --no-cache snapshots --json | python3 -c '
 import json, sys
