@@ -613,3 +613,47 @@ async fn uploads_are_unsigned_but_checksummed_unless_signing_is_asked_for() {
         }
     }
 }
+
+/// A wrapper forwards every `Store` method: an S3 store with Object Lock, wrapped in the
+/// fault-injection store, still writes locked objects, reports its retention to GC and check,
+/// and its retries.
+#[tokio::test]
+async fn a_wrapped_locked_store_keeps_its_object_lock() {
+    let Some(s) = server() else { return };
+    store(&s.endpoint(), "wrapped", "")
+        .await
+        .create_bucket(true)
+        .await
+        .unwrap();
+    let inner = locked_store(&s.endpoint(), "wrapped", 2).await;
+    let wrapped = backup_core::store::FaultyStore::new(inner);
+    assert_eq!(wrapped.retention_days(), Some(2));
+    let store: Arc<dyn Store> = Arc::new(wrapped);
+    let repo = Repository::init(
+        store.clone(),
+        &passphrase("p"),
+        InitOptions {
+            kdf: FAST_KDF,
+            cache: CacheOptions {
+                disabled: true,
+                dir: None,
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let r = backup_bytes(&repo, "db", random_bytes(75, 3 << 20)).await;
+    let key = r.snapshot.object_key();
+    let until = store
+        .retention_until(&key)
+        .await
+        .unwrap()
+        .expect("the snapshot is locked through the wrapper");
+    assert!(
+        until > chrono::Utc::now() + chrono::Duration::days(1),
+        "{until}"
+    );
+    let forgotten = repo.forget(&[r.snapshot]).await.unwrap();
+    assert_eq!(forgotten.retained, vec![r.snapshot], "the lock holds");
+}

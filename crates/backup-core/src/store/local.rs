@@ -329,6 +329,27 @@ impl Store for LocalStore {
         }
     }
 
+    fn retries(&self) -> u64 {
+        0
+    }
+
+    async fn verify(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// A directory has no Object Lock.
+    fn retention_days(&self) -> Option<u32> {
+        None
+    }
+
+    async fn extend_retention(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn retention_until(&self, _key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
+    }
+
     async fn sweep_incomplete(
         &self,
         older_than: std::time::Duration,

@@ -45,6 +45,10 @@ pub struct ObjectMeta {
 }
 
 /// A flat key → bytes store. See the module documentation for the guarantees.
+///
+/// No method has a default: a wrapper (fault injection, a slowed store) that forgot to forward
+/// one would silently drop what the inner store does there (a wrapped S3 store lost Object
+/// Lock that way), so every implementation says what each method does.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Human-readable location, used in messages (`/srv/backup`, `s3://bucket/prefix`).
@@ -53,13 +57,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()>;
     /// As `put`, but durable only after the next [`Store::flush`]: a store may then make many
     /// objects durable at once (one `syncfs` instead of two fsyncs each).
-    async fn put_batched(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
-        self.put(key, data, mode).await
-    }
+    /// (A store with no cheaper batch durability calls `put`.)
+    async fn put_batched(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()>;
     /// Makes every `put_batched` that returned before this call durable.
-    async fn flush(&self) -> Result<()> {
-        Ok(())
-    }
+    async fn flush(&self) -> Result<()>;
     /// Reads a whole object.
     async fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Reads `range` of an object; a range past the end is clamped to the object's size.
@@ -71,36 +72,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Removes an object; succeeds if it does not exist.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Requests retried so far (network stores); reported by backups.
-    fn retries(&self) -> u64 {
-        0
-    }
+    fn retries(&self) -> u64;
     /// Checks the store is usable as configured (bucket reachable, Object Lock enabled when
     /// configured); `init` calls it.
-    async fn verify(&self) -> Result<()> {
-        Ok(())
-    }
+    async fn verify(&self) -> Result<()>;
     /// Days of retention (Object Lock) every written object gets, if configured.
-    fn retention_days(&self) -> Option<u32> {
-        None
-    }
+    fn retention_days(&self) -> Option<u32>;
     /// Extends an existing object's retention to the configured horizon (never shortens).
-    async fn extend_retention(&self, _key: &str) -> Result<()> {
-        Ok(())
-    }
+    async fn extend_retention(&self, key: &str) -> Result<()>;
     /// When an object's retention ends, if it has one.
-    async fn retention_until(&self, _key: &str) -> Result<Option<DateTime<Utc>>> {
-        Ok(None)
-    }
+    async fn retention_until(&self, key: &str) -> Result<Option<DateTime<Utc>>>;
     /// Removes (or with `dry_run` only counts) partial writes older than `older_than` that a
     /// killed process left behind; returns how many and their bytes. Stores whose writes are
     /// atomic on the server leave none.
     async fn sweep_incomplete(
         &self,
-        _older_than: std::time::Duration,
-        _dry_run: bool,
-    ) -> Result<(usize, u64)> {
-        Ok((0, 0))
-    }
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<(usize, u64)>;
 }
 
 /// Refuses keys that could escape a directory or be misread by a server.
