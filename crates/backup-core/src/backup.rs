@@ -16,12 +16,13 @@ use serde::Serialize;
 
 use crate::chunk::{Chunked, spawn_chunker, spawn_piece_chunker};
 use crate::error::{Error, Result};
-use crate::gc::RunMarker;
 use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot, validate_item_name};
+use crate::markers::RunMarker;
 use crate::pack::{PACK_BELOW, Packer};
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::runtime::blocking;
 use crate::source::{
     CacheSlot, CachedChunk, CachedFile, FileCache, FileKey, HEAD_PEEK, PieceContext, Source,
 };
@@ -69,7 +70,7 @@ impl Default for BackupOptions {
             concurrency: default_concurrency(),
             progress: None,
             before_commit: None,
-            stale_after: crate::gc::STALE_AFTER,
+            stale_after: crate::markers::STALE_AFTER,
         }
     }
 }
@@ -78,14 +79,7 @@ impl Default for BackupOptions {
 /// in docs/BENCHMARKS.md); level 3 is one setting away for repositories that pay by the byte.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 
-/// Chunks in flight by default: enough to keep every core busy while stores answer.
-pub fn default_concurrency() -> usize {
-    cores() * 4 + 4
-}
-
-pub(crate) fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
+pub use crate::runtime::default_concurrency;
 
 /// What one item of a backup did.
 #[derive(Debug, Clone, Serialize)]
@@ -593,53 +587,4 @@ async fn store_chunk(
     };
     known.lock().unwrap().insert(id);
     done(stored)
-}
-
-/// Runs CPU work (hashing, compression, encryption) on a pool of one thread per core.
-///
-/// Not on tokio's blocking pool: that grows to a thread per waiting store call (a local put
-/// waits on two fsyncs), and buffers allocated on a thread stay in its allocator heap, so
-/// sealing chunks on twenty threads held ~25 MiB each (measured: peak RSS 217 MiB with 4
-/// blocking threads, 572 MiB with the default pool, on a 1.6 GB tree). With a fixed pool the
-/// allocations, and the per-thread zstd contexts, live on `cores()` threads, and chunks
-/// waiting on the store never take a core from one that could compress.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    type Job = Box<dyn FnOnce() + Send>;
-    static POOL: std::sync::LazyLock<std::sync::mpsc::Sender<Job>> =
-        std::sync::LazyLock::new(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Job>();
-            let rx = Arc::new(Mutex::new(rx));
-            for i in 0..cores() {
-                let rx = rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("lifeboat-cpu-{i}"))
-                    .spawn(move || {
-                        loop {
-                            let job = rx.lock().unwrap().recv();
-                            match job {
-                                Ok(job) => job(),
-                                Err(_) => break,
-                            }
-                        }
-                    })
-                    .expect("spawning a CPU worker thread");
-            }
-            tx
-        });
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let _ = tx.send(r);
-    });
-    POOL.send(job)
-        .expect("CPU workers run as long as the process");
-    match rx.await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) | Err(_) => Err(Error::io(
-            "worker thread",
-            std::io::Error::other("a CPU worker panicked"),
-        )),
-    }
 }

@@ -24,7 +24,7 @@ impl Default for CheckOptions {
     fn default() -> Self {
         CheckOptions {
             read_data: false,
-            concurrency: crate::backup::default_concurrency(),
+            concurrency: crate::runtime::default_concurrency(),
         }
     }
 }

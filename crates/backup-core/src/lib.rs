@@ -16,7 +16,9 @@
 //! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command, pg_restore, Redis) |
 //! | [`check`] | repository verification |
 //! | [`buffer`] | reusable chunk-sized buffers |
-//! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection and repacking |
+//! | [`runtime`] | the CPU pool (one thread per core) that backup, restore, check and GC share |
+//! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection and repacking (`gc::plan`: what may be deleted, decided without I/O) |
+//! | [`markers`] | the run and GC marker objects through which backups and GC see each other |
 //! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
 //! | [`scratch`] | throw-away PostgreSQL, redis-server and S3 servers on free loopback ports |
 //! | [`error`] | the one error enum, with exit codes and hints |
@@ -37,11 +39,13 @@ pub mod gc;
 pub mod id;
 pub mod lock;
 pub mod manifest;
+pub mod markers;
 pub mod pack;
 pub mod progress;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod runtime;
 pub mod scratch;
 pub mod secret;
 pub mod source;

@@ -54,12 +54,6 @@ pub(crate) struct Plan {
     pub dead_kept: u64,
 }
 
-pub(crate) fn age(m: &ObjectMeta) -> Duration {
-    m.modified
-        .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
-        .unwrap_or_default()
-}
-
 /// Decides what to delete and repack.
 pub(crate) fn plan(inv: &Inventory) -> Plan {
     let mut plan = Plan::default();
@@ -71,7 +65,7 @@ pub(crate) fn plan(inv: &Inventory) -> Plan {
         if inv.referenced.contains(&id) {
             plan.loose_referenced += 1;
             loose_live.insert(id);
-        } else if age(m) < inv.grace {
+        } else if m.age() < inv.grace {
             plan.loose_in_grace += 1;
         } else {
             plan.loose_delete.push(m.clone());
@@ -105,7 +99,7 @@ pub(crate) fn plan(inv: &Inventory) -> Plan {
         }
         let Some(chunks) = by_pack.get(pack) else {
             // An orphan: a run died between writing a pack and its index.
-            if age(meta) >= inv.grace {
+            if meta.age() >= inv.grace {
                 plan.packs_delete.push((None, meta.clone()));
             }
             continue;
@@ -115,7 +109,7 @@ pub(crate) fn plan(inv: &Inventory) -> Plan {
             .partition(|(id, at)| keepers.get(id) == Some(&Keeper::Pack(at.pack, at.offset)));
         let dead: u64 = dead.iter().map(|(_, at)| u64::from(at.length)).sum();
         if copy.is_empty() {
-            if age(meta) >= inv.grace {
+            if meta.age() >= inv.grace {
                 plan.packs_delete
                     .push((Some(pack.index_key()), meta.clone()));
             } else {
@@ -197,7 +191,7 @@ fn choose_repacks(kept: &mut Vec<Repack>, inv: &Inventory) -> Vec<Repack> {
     let allowed = (inv.max_unused.clamp(0.0, 1.0) * total as f64) as u64;
     let share = |r: &Repack| r.dead as f64 / r.meta.size.max(1) as f64;
     let mut order: Vec<usize> = (0..kept.len())
-        .filter(|&i| kept[i].dead > 0 && age(&kept[i].meta) >= inv.grace)
+        .filter(|&i| kept[i].dead > 0 && kept[i].meta.age() >= inv.grace)
         .collect();
     order.sort_by(|&a, &b| share(&kept[b]).total_cmp(&share(&kept[a])));
     let mut pick = HashSet::new();

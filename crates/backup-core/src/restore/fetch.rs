@@ -8,11 +8,11 @@
 
 use std::ops::Range;
 
-use crate::backup::blocking;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId};
 use crate::pack::{PackIndex, PackedAt};
 use crate::repository::Repository;
+use crate::runtime::blocking;
 
 use super::Verify;
 

@@ -20,12 +20,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::backup::blocking;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot};
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::runtime::blocking;
 use crate::source::postgres::conninfo;
 use postgres::{
     GlobalsSink, PgRestoreOptions, PgRestoreSink, PgTargetInfo, inspect as pg_inspect, is_globals,
@@ -306,7 +306,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             // Restores hold a plaintext and an object per chunk in flight and have no fsync
             // per chunk to hide: twice the cores plus two keeps both busy (docs/BENCHMARKS.md).
-            concurrency: crate::backup::cores() * 2 + 2,
+            concurrency: crate::runtime::cores() * 2 + 2,
             progress: None,
         }
     }

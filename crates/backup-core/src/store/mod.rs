@@ -44,6 +44,16 @@ pub struct ObjectMeta {
     pub modified: Option<DateTime<Utc>>,
 }
 
+impl ObjectMeta {
+    /// How long ago the object was written (zero when the store did not say, or the clock is
+    /// behind the store's).
+    pub fn age(&self) -> std::time::Duration {
+        self.modified
+            .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
 /// A flat key → bytes store. See the module documentation for the guarantees.
 ///
 /// No method has a default: a wrapper (fault injection, a slowed store) that forgot to forward
