@@ -15,18 +15,17 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::chunk::{Chunked, spawn_chunker, spawn_piece_chunker};
+use crate::content::packer::Packer;
+use crate::content::writer::{Stored, store_chunk};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot, validate_item_name};
 use crate::markers::RunMarker;
-use crate::pack::{PACK_BELOW, Packer};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use crate::runtime::blocking;
 use crate::source::{
     CacheSlot, CachedChunk, CachedFile, FileCache, FileKey, HEAD_PEEK, PieceContext, Source,
 };
-use crate::store::PutMode;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -210,14 +209,6 @@ async fn run_items(
         }
     }
     Ok((snapshot, reports, warnings))
-}
-
-enum Stored {
-    New(u64),
-    Reused,
-    /// A sealed small chunk, packed by the item's ordered loop: packs then hold chunks in
-    /// stream order, and a restore reads runs of neighbours with one request.
-    Pack(Vec<u8>),
 }
 
 /// One result of the pipeline, in stream order.
@@ -479,7 +470,10 @@ async fn process(
     level: i32,
 ) -> Result<Outcome> {
     match m {
-        Chunked::Data(data) => store_chunk(repo, data, known, &packer, level).await,
+        Chunked::Data(data) => {
+            let (id, len, stored) = store_chunk(repo, data, known, &packer, level).await?;
+            Ok(Outcome::Chunk { id, len, stored })
+        }
         Chunked::Stored(c) => Ok(Outcome::Chunk {
             id: c.id,
             len: c.len,
@@ -522,69 +516,4 @@ async fn extend_retention(
         r?;
     }
     Ok(())
-}
-
-async fn store_chunk(
-    repo: &Repository,
-    data: Arc<Vec<u8>>,
-    known: Arc<Mutex<HashSet<ChunkId>>>,
-    packer: &Packer,
-    level: i32,
-) -> Result<Outcome> {
-    let len = data.len() as u64;
-    let keys = repo.keys().clone();
-    let (id, data) = blocking(move || (keys.chunk_id(&data), data)).await?;
-    let done = |stored| Ok(Outcome::Chunk { id, len, stored });
-    if known.lock().unwrap().contains(&id) {
-        return done(Stored::Reused);
-    }
-    let packs = packer.index();
-    if packs.get(&id).is_some() {
-        known.lock().unwrap().insert(id);
-        return done(Stored::Reused);
-    }
-    // Packed when small once sealed: a compressible dump's 1 MiB chunks seal to ~300 KB, and as
-    // objects of their own they cost a request each (on S3, a PUT and a HEAD: measured, the
-    // dump's backup to ministack spent more in requests than in data).
-    let keys = repo.keys().clone();
-    let max = data.len();
-    let object = blocking(move || keys.seal_chunk(&id, &data, level)).await?;
-    if object.len() < PACK_BELOW {
-        known.lock().unwrap().insert(id);
-        return done(Stored::Pack(object));
-    }
-    // Not named by any snapshot, but a run that was interrupted may have stored it already.
-    // Its puts were batched, so a crash of the machine before its flush may have left the object
-    // damaged under its name: reuse it only if it opens, and replace it otherwise.
-    let key = id.object_key();
-    let mut mode = PutMode::CreateOnly;
-    let found = match repo.store().head(&key).await {
-        Ok(_) => true,
-        Err(Error::NotFound { .. }) => false,
-        Err(e) => return Err(e),
-    };
-    if found {
-        let sound = match repo.store().get(&key).await {
-            Ok(object) => {
-                let keys = repo.keys().clone();
-                blocking(move || keys.open_chunk_owned(&id, object, max).is_ok()).await?
-            }
-            Err(Error::NotFound { .. }) => false,
-            Err(e) => return Err(e),
-        };
-        if sound {
-            known.lock().unwrap().insert(id);
-            return done(Stored::Reused);
-        }
-        mode = PutMode::Overwrite;
-    }
-    let n = object.len() as u64;
-    let stored = match repo.store().put_batched(&key, object, mode).await {
-        Ok(()) => Stored::New(n),
-        // Same chunk twice in flight, or a concurrent run: the content is identical by construction.
-        Err(Error::AlreadyExists { .. }) => Stored::Reused,
-        Err(e) => return Err(e),
-    };
-    known.lock().unwrap().insert(id);
-    done(stored)
 }

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::content::reader::Verify;
+use crate::content::{PackIndex, PackedAt};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId, id_in_key};
-use crate::pack::{PackIndex, PackedAt};
 use crate::repository::Repository;
-use crate::restore::Verify;
 
 /// What to check.
 #[derive(Debug, Clone)]
@@ -276,15 +276,15 @@ async fn read_every_copy(
         .map(|(c, at)| ((*c, at.map(|a| a.pack)), *at))
         .collect();
     let located = &located;
-    let mut reads = futures::stream::iter(crate::restore::fetch::group(copies))
+    let mut reads = futures::stream::iter(crate::content::reader::group(copies))
         .map(|f| async move {
             let ids = f.ids();
             let pack = match &f {
-                crate::restore::fetch::Fetch::Packed { pack, .. } => Some(*pack),
-                crate::restore::fetch::Fetch::Loose(_) => None,
+                crate::content::reader::Fetch::Packed { pack, .. } => Some(*pack),
+                crate::content::reader::Fetch::Loose(_) => None,
             };
             let (snapshot, item) = users[&ids[0]].clone();
-            match crate::restore::fetch::fetch_exact(repo, snapshot, &item, f, Verify::Id).await {
+            match crate::content::reader::fetch_exact(repo, snapshot, &item, f, Verify::Id).await {
                 Ok(plains) => plains
                     .into_iter()
                     .map(|(plain, _)| {
@@ -299,8 +299,10 @@ async fn read_every_copy(
                     for id in ids {
                         let (snapshot, item) = &users[&id];
                         let at = located[&(id, pack)];
-                        let one = crate::restore::fetch::group([(id, at)]).pop().expect("one");
-                        let r = crate::restore::fetch::fetch_exact(
+                        let one = crate::content::reader::group([(id, at)])
+                            .pop()
+                            .expect("one");
+                        let r = crate::content::reader::fetch_exact(
                             repo,
                             *snapshot,
                             item,

@@ -8,7 +8,7 @@
 //! | [`source`] | what produces an item's bytes: volume (tar), command, PostgreSQL (pg_dump), Redis (RDB over replication), any reader |
 //! | [`chunk`] | FastCDC chunking and the stream's SHA-256 |
 //! | [`codec`] | keyed chunk ids, zstd, the AES-256-GCM envelope; [`codec::keys`]: key slots |
-//! | [`pack`] | small chunk objects packed many to a store object, and the pack index |
+//! | [`content`] | chunks by id: the writer (dedup, pack or loose), the packer, the pack index, the reader (every copy, read plans, verification) |
 //! | [`store`] | the `Store` trait, `LocalStore`, `S3Store`, fault injection, the conformance suite |
 //! | [`manifest`] | snapshot and item records |
 //! | [`repository`] | config, keys, snapshots and their cache on top of a store |
@@ -34,13 +34,13 @@ pub mod chunk;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod gc;
 pub mod id;
 pub mod lock;
 pub mod manifest;
 pub mod markers;
-pub mod pack;
 pub mod progress;
 pub mod repository;
 pub mod restore;

@@ -10,10 +10,10 @@ use zeroize::Zeroizing;
 
 use crate::codec::keys::{KdfParams, KeySlot};
 use crate::codec::{Keys, ObjectType};
+use crate::content::PackIndex;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SlotId, SnapshotId, id_in_key};
 use crate::manifest::Snapshot;
-use crate::pack::PackIndex;
 use crate::secret::Secret;
 use crate::store::{PutMode, Store};
 
@@ -56,7 +56,7 @@ impl ChunkerParams {
 
     /// Bytes after which a volume's next small file starts a chunk of its own ([`PieceContext`]
     /// `group_min`): a 512th of the minimum size, 1 KiB by default, so nearly every file is a
-    /// chunk of its own (small chunks are packed, see [`crate::pack`]) and only runs of tiny
+    /// chunk of its own (small chunks are packed, see [`crate::content::packer`]) and only runs of tiny
     /// files share one. Measured on a 1.6 GB tree after a ~2 % change (docs/BENCHMARKS.md):
     /// without groups 68 MB stored, 16 KiB 32.6 MB, 4 KiB 30.3 MB, 1 KiB 30.0 MB (restic
     /// 28.5–30.6); first backup 5.42, 5.56 and 5.64 s with packs.
@@ -336,66 +336,6 @@ impl Repository {
     /// Where this host keeps copies of index objects (none without a cache).
     pub(crate) fn index_cache(&self) -> Option<std::path::PathBuf> {
         self.cache.as_ref().map(|c| c.join("index"))
-    }
-
-    /// A chunk's sealed object, from its pack or its own object; `NotFound` if neither has it.
-    pub async fn chunk_object(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let mut found = None;
-        self.each_copy(id, |object| {
-            found = Some(object);
-            Ok(())
-        })
-        .await?;
-        Ok(found.expect("each_copy returns Ok only after a copy was taken"))
-    }
-
-    /// Offers the chunk's sealed copies to `take`, one after the other, until it accepts one:
-    /// every pack that holds it (a chunk may be packed twice), then its loose object, then the
-    /// same again from a fresh index (a run that ended after this process read the index, or
-    /// a GC that moved it since). Returns `take`'s first rejection if no copy was accepted,
-    /// `NotFound` if there was none.
-    pub async fn each_copy(
-        &self,
-        id: &ChunkId,
-        mut take: impl FnMut(Vec<u8>) -> Result<()>,
-    ) -> Result<()> {
-        let mut rejected = None;
-        for fresh in [false, true] {
-            let packs = if fresh {
-                self.reload_packs().await?
-            } else {
-                self.packs().await?
-            };
-            let mut keys: Vec<(String, Option<std::ops::Range<u64>>)> = packs
-                .locations(id)
-                .iter()
-                .map(|at| (at.pack.object_key(), Some(at.range())))
-                .collect();
-            keys.push((id.object_key(), None));
-            for (key, range) in keys {
-                let got = match range {
-                    Some(r) => self.store.get_range(&key, r).await,
-                    None => self.store.get(&key).await,
-                };
-                match got {
-                    Ok(object) => match take(object) {
-                        Ok(()) => return Ok(()),
-                        Err(e) => {
-                            rejected.get_or_insert(e);
-                        }
-                    },
-                    Err(Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if rejected.is_some() {
-                break;
-            }
-        }
-        Err(rejected.unwrap_or_else(|| Error::NotFound {
-            location: self.location(),
-            key: id.object_key(),
-        }))
     }
 
     /// The repository config.

@@ -15,8 +15,8 @@ use std::sync::{Arc, LazyLock};
 
 use backup_core::codec::keys::KeySlot;
 use backup_core::codec::{Keys, ObjectType};
+use backup_core::content::PackIndex;
 use backup_core::id::{PackId, SnapshotId};
-use backup_core::pack::PackIndex;
 use backup_core::repository::{CacheOptions, Repository};
 use backup_core::source::redis::rdb::RdbCheck;
 use backup_core::store::{LocalStore, PutMode, Store};

@@ -589,7 +589,7 @@ async fn volumes_are_digested_over_chunk_ids_and_restores_prove_each_id() {
     // The same item as an older Lifeboat wrote it: digest over each chunk's plain SHA-256.
     let mut over_plain = Sha256::new();
     for id in &item.chunks {
-        let plain = backup_core::restore::fetch_chunk(&t.repo, snap.id, "data", *id)
+        let plain = backup_core::content::fetch_chunk(&t.repo, snap.id, "data", *id)
             .await
             .unwrap();
         over_plain.update(Sha256::digest(&plain));
@@ -613,7 +613,7 @@ async fn volumes_are_digested_over_chunk_ids_and_restores_prove_each_id() {
         .expect("big.bin has a loose chunk");
     let key = loose.object_key();
     let real = fs::read(t.path().join(&key)).unwrap();
-    let honest = backup_core::restore::fetch_chunk(&t.repo, snap.id, "data", loose)
+    let honest = backup_core::content::fetch_chunk(&t.repo, snap.id, "data", loose)
         .await
         .unwrap();
     let forged = t

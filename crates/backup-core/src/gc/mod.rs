@@ -304,7 +304,7 @@ async fn delete_packs(
 /// deletes the old packs.
 async fn repack(
     repo: &Repository,
-    index: &Arc<crate::pack::PackIndex>,
+    index: &Arc<crate::content::PackIndex>,
     pick: Vec<plan::Repack>,
     opts: &GcOptions,
     report: &mut GcReport,
@@ -313,7 +313,7 @@ async fn repack(
         return Ok(());
     }
     let store = repo.store().clone();
-    let packer = crate::pack::Packer::new(index.clone(), repo.index_cache());
+    let packer = crate::content::Packer::new(index.clone(), repo.index_cache());
     let mut done = Vec::new();
     for r in pick {
         let live: u64 = r.copy.iter().map(|(_, at)| u64::from(at.length)).sum();
@@ -366,7 +366,7 @@ async fn repack(
 async fn verify_copies(
     repo: &Repository,
     data: Vec<u8>,
-    copy: Vec<(ChunkId, crate::pack::PackedAt)>,
+    copy: Vec<(ChunkId, crate::content::PackedAt)>,
 ) -> Result<std::result::Result<Vec<(ChunkId, Vec<u8>, u32)>, String>> {
     let keys = repo.keys().clone();
     let max = repo.config().chunker_params.max_size as usize;

@@ -10,8 +10,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::content::{PackIndex, PackedAt};
 use crate::id::{ChunkId, PackId, id_in_key};
-use crate::pack::{PackIndex, PackedAt};
 use crate::store::ObjectMeta;
 
 /// What is in the store, as GC listed it.

@@ -5,11 +5,13 @@
 //! SHA-256 and size before a sink commits. [`plan`] says what would go where and touches nothing; [`apply`]
 //! refuses to start if any target is in the way (unless forced).
 
-pub(crate) mod fetch;
 pub mod postgres;
 pub mod redis;
 pub mod sink;
 pub mod untar;
+
+pub use crate::content::reader::fetch_chunk;
+use crate::content::reader::{self as fetch, Verify};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,11 +23,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, SnapshotId};
+use crate::id::SnapshotId;
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use crate::runtime::blocking;
 use crate::source::postgres::conninfo;
 use postgres::{
     GlobalsSink, PgRestoreOptions, PgRestoreSink, PgTargetInfo, inspect as pg_inspect, is_globals,
@@ -534,134 +535,5 @@ impl<T> std::future::Future for Spawned<T> {
 impl<T> Drop for Spawned<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Reads one chunk and proves it is the chunk named `id`.
-pub async fn fetch_chunk(
-    repo: &Repository,
-    snapshot: SnapshotId,
-    item: &str,
-    id: ChunkId,
-) -> Result<Vec<u8>> {
-    Ok(fetch_chunk_verified(repo, snapshot, item, id, Verify::Id)
-        .await?
-        .0)
-}
-
-/// How a restore proves each chunk, by what the item's digest covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verify {
-    /// The AEAD tag alone: it proves a key holder sealed the object under this id, and the
-    /// stream digest (checked before any sink commits) covers every byte; recomputing the id
-    /// too would be a second pass. `check --read-data` recomputes ids.
-    Tag,
-    /// The tag, and the plaintext's SHA-256 for a chunk-list digest.
-    PlainSha,
-    /// The keyed id recomputed from the plaintext: a chunk-ids digest covers the ids only.
-    Id,
-}
-
-impl Verify {
-    pub(crate) fn for_digest(d: DigestKind) -> Verify {
-        match d {
-            DigestKind::Stream => Verify::Tag,
-            DigestKind::ChunkList => Verify::PlainSha,
-            DigestKind::ChunkIds => Verify::Id,
-        }
-    }
-
-    /// Opens a chunk as asked; returns the plaintext and what the item digest takes of it.
-    pub(crate) fn open(
-        self,
-        keys: &crate::codec::Keys,
-        id: &ChunkId,
-        object: &mut [u8],
-        max: usize,
-    ) -> std::result::Result<(Vec<u8>, Option<[u8; 32]>), crate::codec::OpenError> {
-        let plain = keys.open_in_place(crate::codec::ObjectType::Chunk, &id.0, object, max)?;
-        let part = match self {
-            Verify::Tag => None,
-            Verify::PlainSha => Some(<[u8; 32]>::from(Sha256::digest(&plain))),
-            Verify::Id => {
-                let actual = keys.chunk_id(&plain);
-                if actual != *id {
-                    return Err(crate::codec::OpenError::IdMismatch(actual));
-                }
-                Some(id.0)
-            }
-        };
-        Ok((plain, part))
-    }
-}
-
-/// As [`fetch_chunk`], proving the chunk as `verify` says; returns the plaintext and its part
-/// of the item digest.
-pub(crate) async fn fetch_chunk_verified(
-    repo: &Repository,
-    snapshot: SnapshotId,
-    item: &str,
-    id: ChunkId,
-    verify: Verify,
-) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
-    // Each copy (a chunk may be stored twice) is opened on a worker; a damaged one is passed
-    // over for the next, and the first damage is reported if none opens.
-    let keys = repo.keys().clone();
-    let max = repo.config().chunker_params.max_size as usize;
-    let mut objects = Vec::new();
-    let listed = repo
-        .each_copy(&id, |object| {
-            objects.push(object);
-            Ok(())
-        })
-        .await;
-    match listed {
-        Ok(()) => {}
-        Err(Error::NotFound { .. }) => {
-            return Err(Error::ChunkMissing {
-                snapshot,
-                item: item.to_string(),
-                chunk: id,
-                location: repo.location(),
-            });
-        }
-        Err(e) => return Err(e),
-    }
-    let object = objects.pop().expect("each_copy took one");
-    let opened = blocking(move || {
-        let mut object = object;
-        let opened = verify.open(&keys, &id, &mut object, max);
-        crate::buffer::give(object);
-        opened
-    })
-    .await?;
-    let corrupt = |e: &dyn std::fmt::Display| Error::ChunkCorrupt {
-        snapshot,
-        item: item.to_string(),
-        chunk: id,
-        reason: e.to_string(),
-    };
-    match opened {
-        Ok(v) => Ok(v),
-        Err(first) => {
-            // Slow path: the first copy is damaged; look for one that opens.
-            let keys = repo.keys().clone();
-            let mut good = None;
-            let found = repo
-                .each_copy(&id, |mut object| {
-                    match verify.open(&keys, &id, &mut object, max) {
-                        Ok(v) => {
-                            good = Some(v);
-                            Ok(())
-                        }
-                        Err(e) => Err(corrupt(&e)),
-                    }
-                })
-                .await;
-            match (found, good) {
-                (Ok(()), Some(v)) => Ok(v),
-                _ => Err(corrupt(&first)),
-            }
-        }
     }
 }

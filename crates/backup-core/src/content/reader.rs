@@ -1,4 +1,5 @@
-//! Fetch plans for restores: chunks that lie back to back in one pack are read with one request.
+//! The reader: every chunk by id, from whichever of its copies opens, proved as the item's
+//! digest needs; read plans that fetch chunks lying back to back in one pack with one request.
 //!
 //! A volume of small files is mostly packed chunks, written in stream order, so an item's chunk
 //! list walks through its packs nearly sequentially. Reading each chunk on its own cost a
@@ -8,13 +9,15 @@
 
 use std::ops::Range;
 
+use super::index::{PackIndex, PackedAt};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId};
-use crate::pack::{PackIndex, PackedAt};
 use crate::repository::Repository;
 use crate::runtime::blocking;
 
-use super::Verify;
+use sha2::{Digest, Sha256};
+
+use crate::manifest::DigestKind;
 
 /// Bytes of sealed objects one read may cover.
 const RUN_BYTES: u64 = 2 << 20;
@@ -97,7 +100,7 @@ pub(crate) async fn fetch(
     let (pack, range, chunks) = match f {
         Fetch::Loose(id) => {
             return Ok(vec![
-                super::fetch_chunk_verified(repo, snapshot, item, id, verify).await?,
+                fetch_chunk_verified(repo, snapshot, item, id, verify).await?,
             ]);
         }
         Fetch::Packed {
@@ -113,7 +116,7 @@ pub(crate) async fn fetch(
         Err(Error::NotFound { .. } | Error::ChunkCorrupt { .. }) => {
             let mut out = Vec::with_capacity(chunks.len());
             for (id, _) in chunks {
-                out.push(super::fetch_chunk_verified(repo, snapshot, item, id, verify).await?);
+                out.push(fetch_chunk_verified(repo, snapshot, item, id, verify).await?);
             }
             Ok(out)
         }
@@ -202,6 +205,182 @@ async fn read_packed(
         Ok(out)
     })
     .await?
+}
+
+/// Reads one chunk and proves it is the chunk named `id`.
+pub async fn fetch_chunk(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &str,
+    id: ChunkId,
+) -> Result<Vec<u8>> {
+    Ok(fetch_chunk_verified(repo, snapshot, item, id, Verify::Id)
+        .await?
+        .0)
+}
+
+/// How a restore proves each chunk, by what the item's digest covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// The AEAD tag alone: it proves a key holder sealed the object under this id, and the
+    /// stream digest (checked before any sink commits) covers every byte; recomputing the id
+    /// too would be a second pass. `check --read-data` recomputes ids.
+    Tag,
+    /// The tag, and the plaintext's SHA-256 for a chunk-list digest.
+    PlainSha,
+    /// The keyed id recomputed from the plaintext: a chunk-ids digest covers the ids only.
+    Id,
+}
+
+impl Verify {
+    pub(crate) fn for_digest(d: DigestKind) -> Verify {
+        match d {
+            DigestKind::Stream => Verify::Tag,
+            DigestKind::ChunkList => Verify::PlainSha,
+            DigestKind::ChunkIds => Verify::Id,
+        }
+    }
+
+    /// Opens a chunk as asked; returns the plaintext and what the item digest takes of it.
+    pub(crate) fn open(
+        self,
+        keys: &crate::codec::Keys,
+        id: &ChunkId,
+        object: &mut [u8],
+        max: usize,
+    ) -> std::result::Result<(Vec<u8>, Option<[u8; 32]>), crate::codec::OpenError> {
+        let plain = keys.open_in_place(crate::codec::ObjectType::Chunk, &id.0, object, max)?;
+        let part = match self {
+            Verify::Tag => None,
+            Verify::PlainSha => Some(<[u8; 32]>::from(Sha256::digest(&plain))),
+            Verify::Id => {
+                let actual = keys.chunk_id(&plain);
+                if actual != *id {
+                    return Err(crate::codec::OpenError::IdMismatch(actual));
+                }
+                Some(id.0)
+            }
+        };
+        Ok((plain, part))
+    }
+}
+
+/// As [`fetch_chunk`], proving the chunk as `verify` says; returns the plaintext and its part
+/// of the item digest.
+pub(crate) async fn fetch_chunk_verified(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &str,
+    id: ChunkId,
+    verify: Verify,
+) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
+    // Each copy (a chunk may be stored twice) is opened on a worker; a damaged one is passed
+    // over for the next, and the first damage is reported if none opens.
+    let keys = repo.keys().clone();
+    let max = repo.config().chunker_params.max_size as usize;
+    let mut objects = Vec::new();
+    let listed = each_copy(repo, &id, |object| {
+        objects.push(object);
+        Ok(())
+    })
+    .await;
+    match listed {
+        Ok(()) => {}
+        Err(Error::NotFound { .. }) => {
+            return Err(Error::ChunkMissing {
+                snapshot,
+                item: item.to_string(),
+                chunk: id,
+                location: repo.location(),
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    let object = objects.pop().expect("each_copy took one");
+    let opened = blocking(move || {
+        let mut object = object;
+        let opened = verify.open(&keys, &id, &mut object, max);
+        crate::buffer::give(object);
+        opened
+    })
+    .await?;
+    let corrupt = |e: &dyn std::fmt::Display| Error::ChunkCorrupt {
+        snapshot,
+        item: item.to_string(),
+        chunk: id,
+        reason: e.to_string(),
+    };
+    match opened {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            // Slow path: the first copy is damaged; look for one that opens.
+            let keys = repo.keys().clone();
+            let mut good = None;
+            let found = each_copy(repo, &id, |mut object| {
+                match verify.open(&keys, &id, &mut object, max) {
+                    Ok(v) => {
+                        good = Some(v);
+                        Ok(())
+                    }
+                    Err(e) => Err(corrupt(&e)),
+                }
+            })
+            .await;
+            match (found, good) {
+                (Ok(()), Some(v)) => Ok(v),
+                _ => Err(corrupt(&first)),
+            }
+        }
+    }
+}
+
+/// Offers the chunk's sealed copies to `take`, one after the other, until it accepts one:
+/// every pack that holds it (a chunk may be packed twice), then its loose object, then the
+/// same again from a fresh index (a run that ended after this process read the index, or
+/// a GC that moved it since). Returns `take`'s first rejection if no copy was accepted,
+/// `NotFound` if there was none.
+pub async fn each_copy(
+    repo: &Repository,
+    id: &ChunkId,
+    mut take: impl FnMut(Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let mut rejected = None;
+    for fresh in [false, true] {
+        let packs = if fresh {
+            repo.reload_packs().await?
+        } else {
+            repo.packs().await?
+        };
+        let mut keys: Vec<(String, Option<std::ops::Range<u64>>)> = packs
+            .locations(id)
+            .iter()
+            .map(|at| (at.pack.object_key(), Some(at.range())))
+            .collect();
+        keys.push((id.object_key(), None));
+        for (key, range) in keys {
+            let got = match range {
+                Some(r) => repo.store().get_range(&key, r).await,
+                None => repo.store().get(&key).await,
+            };
+            match got {
+                Ok(object) => match take(object) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        rejected.get_or_insert(e);
+                    }
+                },
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if rejected.is_some() {
+            break;
+        }
+    }
+    Err(rejected.unwrap_or_else(|| Error::NotFound {
+        location: repo.location(),
+        key: id.object_key(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
+//! The pack index: which pack holds which chunk, read from the `index/` objects (with a host
+//! cache), every copy of every chunk kept.
+//!
 //! Packs: small chunk objects written many to a store object, found through index objects.
 //!
 //! The object of a chunk whose plaintext is below [`PACK_BELOW`] bytes (a small file, a stream's
@@ -14,8 +17,8 @@
 //! written. A pack without an index (a run killed in between) is an orphan that GC removes.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::Path;
+use std::sync::RwLock;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -23,12 +26,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{Keys, ObjectType};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
-use crate::store::{ObjectMeta, PutMode, Store};
+use crate::store::{ObjectMeta, Store};
 
 /// Chunks whose sealed object is smaller than this go into packs.
 pub const PACK_BELOW: usize = 512 << 10;
-/// A pack is written once it holds this many bytes.
-pub const PACK_TARGET: usize = 8 << 20;
 
 /// Where a packed chunk object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,20 +57,20 @@ impl PackedAt {
 /// The plaintext of an index object.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct IndexFile {
-    version: u32,
-    pack: PackId,
-    chunks: Vec<IndexEntry>,
+    pub(crate) version: u32,
+    pub(crate) pack: PackId,
+    pub(crate) chunks: Vec<IndexEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct IndexEntry {
-    id: ChunkId,
-    offset: u64,
-    length: u32,
+pub(crate) struct IndexEntry {
+    pub(crate) id: ChunkId,
+    pub(crate) offset: u64,
+    pub(crate) length: u32,
     /// Plaintext length: a compressible chunk of up to 8 MiB may seal to a few kilobytes, and
     /// a restore bounds its memory by what a read opens to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    plain: Option<u32>,
+    pub(crate) plain: Option<u32>,
 }
 
 /// An index object that could not be read or opened: what its pack holds is unknown, so that
@@ -145,7 +146,7 @@ impl PackIndex {
         Ok(index)
     }
 
-    fn insert(&self, file: &IndexFile) {
+    pub(crate) fn insert(&self, file: &IndexFile) {
         let mut map = self.map.write().unwrap();
         let mut packs = self.packs.write().unwrap();
         let list = packs.entry(file.pack).or_default();
@@ -241,7 +242,7 @@ impl PackIndex {
 }
 
 /// An optimisation: failing to write the cache must not fail anything.
-fn write_cache(dir: &Path, key: &str, raw: &[u8]) {
+pub(crate) fn write_cache(dir: &Path, key: &str, raw: &[u8]) {
     let Some(name) = key.strip_prefix("index/") else {
         return;
     };
@@ -287,111 +288,4 @@ pub(crate) fn open_index(
         return Err(format!("it describes pack {}", file.pack));
     }
     Ok(file)
-}
-
-/// A pack being filled.
-struct OpenPack {
-    id: PackId,
-    data: Vec<u8>,
-    chunks: Vec<IndexEntry>,
-}
-
-impl OpenPack {
-    fn new() -> Self {
-        OpenPack {
-            id: PackId::random(),
-            data: Vec::new(),
-            chunks: Vec::new(),
-        }
-    }
-}
-
-/// A pack ready to be written.
-pub struct FullPack(OpenPack);
-
-/// The packs of one backup run, and the index it dedups against.
-pub struct Packer {
-    index: Arc<PackIndex>,
-    /// This host's copies of index objects (see [`PackIndex::read`]).
-    cache: Option<PathBuf>,
-    open: Mutex<OpenPack>,
-    /// Chunks packed by this run, written or not: a second copy in flight is not packed again.
-    seen: Mutex<HashSet<ChunkId>>,
-}
-
-impl Packer {
-    /// A packer for a run that read `index` after the GC protocol let it start (an index read
-    /// earlier may name packs a GC has deleted since). Indexes it writes are also copied into
-    /// `cache`, so the next run need not fetch what this one wrote.
-    pub fn new(index: Arc<PackIndex>, cache: Option<PathBuf>) -> Self {
-        Packer {
-            index,
-            cache,
-            open: Mutex::new(OpenPack::new()),
-            seen: Mutex::default(),
-        }
-    }
-
-    /// The run's index; packs this run writes are added to it.
-    pub fn index(&self) -> &Arc<PackIndex> {
-        &self.index
-    }
-
-    /// Appends a sealed chunk object (of `plain` bytes plaintext); `None` if this run packed it
-    /// already. Returns the pack to write once it is full.
-    pub fn add(&self, id: ChunkId, object: &[u8], plain: u32) -> Option<Option<FullPack>> {
-        if !self.seen.lock().unwrap().insert(id) {
-            return None;
-        }
-        let mut open = self.open.lock().unwrap();
-        if open.data.capacity() == 0 {
-            open.data.reserve(PACK_TARGET + PACK_BELOW);
-        }
-        let offset = open.data.len() as u64;
-        open.data.extend_from_slice(object);
-        open.chunks.push(IndexEntry {
-            id,
-            offset,
-            length: object.len() as u32,
-            plain: Some(plain),
-        });
-        if open.data.len() < PACK_TARGET {
-            return Some(None);
-        }
-        Some(Some(FullPack(std::mem::replace(
-            &mut *open,
-            OpenPack::new(),
-        ))))
-    }
-
-    /// The last, partly filled pack (at the end of a run).
-    pub fn take(&self) -> Option<FullPack> {
-        let mut open = self.open.lock().unwrap();
-        (!open.chunks.is_empty()).then(|| FullPack(std::mem::replace(&mut *open, OpenPack::new())))
-    }
-}
-
-impl Packer {
-    /// Writes a full pack, durably, then its index, and records its chunks in the run's index.
-    pub async fn write(&self, pack: FullPack, store: &dyn Store, keys: &Keys) -> Result<()> {
-        let OpenPack { id, data, chunks } = pack.0;
-        store
-            .put(&id.object_key(), data, PutMode::CreateOnly)
-            .await?;
-        let file = IndexFile {
-            version: 1,
-            pack: id,
-            chunks,
-        };
-        let json = serde_json::to_vec(&file).expect("index serialises");
-        let raw = keys.seal(ObjectType::PackIndex, &id.0, &json, 3);
-        store
-            .put(&id.index_key(), raw.clone(), PutMode::CreateOnly)
-            .await?;
-        if let Some(d) = &self.cache {
-            write_cache(d, &id.index_key(), &raw);
-        }
-        self.index.insert(&file);
-        Ok(())
-    }
 }
