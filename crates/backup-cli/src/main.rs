@@ -16,10 +16,9 @@ use backup_core::config::{
 use backup_core::lock::RunLock;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
+use backup_core::retention;
 use backup_core::secret::SecretSource;
 use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
-use backup_core::{gc, retention};
-use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 
 /// Back up PostgreSQL, Redis, volumes and command output into an encrypted, deduplicated repository.
@@ -595,24 +594,19 @@ async fn retention_run(
     gc: bool,
     out: &Output,
 ) -> Result<bool> {
+    let opts = backup_core::prune::PruneOptions {
+        policy: Some(rc.policy()?),
+        gc: if gc { Some(rc.gc_options()?) } else { None },
+        dry_run,
+    };
+    let report = backup_core::prune::prune(repo, &opts).await?;
     let mut json = serde_json::json!({"dry_run": dry_run});
-    let has_policy = !rc.policy()?.is_empty();
-    let listing = repo.snapshot_listing().await?;
-    let mut damaged: Vec<String> = listing.damaged.iter().map(|d| d.to_string()).collect();
-    if has_policy {
-        let plan = retention::plan(
-            &rc.policy()?,
-            &listing.snapshots,
-            &repo.protected().await?,
-            Utc::now(),
-        )?;
-        let remove = plan.remove();
+    if let Some(plan) = &report.plan {
         if !out.json && !out.quiet {
-            print_retention(&plan, dry_run);
+            print_retention(plan, dry_run);
         }
-        let mut forgotten = remove.len();
-        if !dry_run {
-            let r = repo.forget(&remove).await?;
+        let mut forgotten = plan.remove().len();
+        if let Some(r) = &report.forget {
             forgotten = r.forgotten.len();
             if !r.retained.is_empty() && !out.json && !out.quiet {
                 println!(
@@ -622,13 +616,11 @@ async fn retention_run(
             }
             json["retained"] = serde_json::to_value(&r.retained)?;
         }
-        json["plan"] = serde_json::to_value(&plan)?;
+        json["plan"] = serde_json::to_value(plan)?;
         json["forgotten"] = forgotten.into();
     }
-    if gc {
-        let mut opts = rc.gc_options()?;
-        opts.dry_run = dry_run;
-        let r = gc::collect(repo, &opts).await?;
+    let damaged = &report.damaged;
+    if let Some(r) = &report.gc {
         if !out.json && !out.quiet {
             match &r.deferred {
                 Some(why) => println!("garbage collection deferred: {why}"),
@@ -686,14 +678,13 @@ async fn retention_run(
                 );
             }
         }
-        json["gc"] = serde_json::to_value(&r)?;
-        damaged = r.damaged.clone();
+        json["gc"] = serde_json::to_value(r)?;
     }
     if out.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
     // Always on stderr, even with --quiet: a damaged object needs a person.
-    for d in &damaged {
+    for d in damaged {
         eprintln!("damaged: {d}");
     }
     if !damaged.is_empty() {

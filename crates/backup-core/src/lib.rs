@@ -17,7 +17,7 @@
 //! | [`check`] | repository verification |
 //! | [`buffer`] | reusable chunk-sized buffers |
 //! | [`runtime`] | the CPU pool (one thread per core) that backup, restore, check and GC share |
-//! | [`retention`], [`gc`] | which snapshots to keep; lock-free garbage collection and repacking (`gc::plan`: what may be deleted, decided without I/O) |
+//! | [`retention`], [`gc`], [`prune`] | which snapshots to keep; lock-free garbage collection and repacking (`gc::plan`: what may be deleted, decided without I/O) |
 //! | [`markers`] | the run and GC marker objects through which backups and GC see each other |
 //! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
 //! | [`scratch`] | throw-away PostgreSQL, redis-server and S3 servers on free loopback ports |
@@ -42,6 +42,7 @@ pub mod lock;
 pub mod manifest;
 pub mod markers;
 pub mod progress;
+pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod retention;

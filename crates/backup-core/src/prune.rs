@@ -1,0 +1,69 @@
+//! `forget` by policy and `prune`: the retention plan, forgetting what it removes, then garbage
+//! collection. The binaries render the report; the decisions are made here.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gc::{GcOptions, GcReport, collect};
+use crate::repository::{ForgetReport, Repository};
+use crate::retention::{RetentionPlan, RetentionPolicy, plan};
+
+/// What to do.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Forget what this policy removes (none: forget nothing).
+    pub policy: Option<RetentionPolicy>,
+    /// Then collect garbage with these options (none: `forget` only).
+    pub gc: Option<GcOptions>,
+    /// Plan and report only.
+    pub dry_run: bool,
+}
+
+/// What was done (or, dry, would be).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RetentionPlan>,
+    /// What forgetting did (not set on a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forget: Option<ForgetReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcReport>,
+    /// Objects that could not be read, named: nothing was deleted on their account, and a
+    /// person should look (`check --read-data`).
+    pub damaged: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Plans retention over the readable snapshots (a damaged one is kept and named), forgets
+/// what the plan removes, then collects garbage.
+pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let listing = repo.snapshot_listing().await?;
+    let mut report = PruneReport {
+        damaged: listing.damaged.iter().map(|d| d.to_string()).collect(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    if let Some(policy) = opts.policy.as_ref().filter(|p| !p.is_empty()) {
+        let planned = plan(
+            policy,
+            &listing.snapshots,
+            &repo.protected().await?,
+            chrono::Utc::now(),
+        )?;
+        if !opts.dry_run {
+            report.forget = Some(repo.forget(&planned.remove()).await?);
+        }
+        report.plan = Some(planned);
+    }
+    if let Some(gc) = &opts.gc {
+        let gc = GcOptions {
+            dry_run: opts.dry_run,
+            ..gc.clone()
+        };
+        let r = collect(repo, &gc).await?;
+        report.damaged = r.damaged.clone();
+        report.gc = Some(r);
+    }
+    Ok(report)
+}
