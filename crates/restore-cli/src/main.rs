@@ -10,13 +10,13 @@ use anyhow::{Result, bail};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, run_main};
 use backup_core::config::{ConfigFile, PostgresConfig, SourceConfig};
 use backup_core::manifest::Snapshot;
-use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
+use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
 use backup_core::restore::postgres::PgRestoreOptions;
 use backup_core::restore::redis::RedisRestoreOptions;
 use backup_core::restore::sink::{FileSink, Sink, StdoutSink};
 use backup_core::restore::{
-    ApplyOptions, RestoreOptions, RestorePlan, Target, TargetState, plan, preflight, restore_item,
-    restore_planned,
+    ApplyEvent, ApplyEvents, ApplyOptions, PlannedItem, RestoreOptions, RestorePlan, RestoredItem,
+    Target, TargetState, apply, plan, preflight, restore_item,
 };
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
@@ -448,78 +448,86 @@ async fn restore(
 ) -> Result<ExitCode> {
     let progress = Arc::new(Progress::default());
     let show = !out.quiet && !out.json && std::io::stderr().is_terminal();
+    let text = !out.quiet && !out.json;
+    let jobs = p.postgres.jobs;
+    // The ticker of the item being restored, and the names restored so far.
+    let state: Arc<std::sync::Mutex<(Option<Ticker>, Vec<String>)>> = Arc::default();
+    let events = {
+        let (state, progress) = (state.clone(), progress.clone());
+        ApplyEvents(Arc::new(move |e| {
+            let mut st = state.lock().unwrap();
+            match e {
+                ApplyEvent::Started(item) => {
+                    if jobs > 1 && matches!(item.target, Target::Postgres(_)) && text {
+                        eprintln!(
+                            "note: --jobs {jobs} spools {} of {} to a temporary file in {} before pg_restore runs",
+                            human_bytes(item.size),
+                            item.name,
+                            std::env::temp_dir().display()
+                        );
+                    }
+                    st.0 = show.then(|| spawn_ticker(progress.clone()));
+                }
+                ApplyEvent::Restored(item, r) => {
+                    st.0 = None;
+                    st.1.push(r.name.clone());
+                    if text {
+                        print_restored(item, r);
+                    }
+                }
+                ApplyEvent::Failed(item) => {
+                    st.0 = None;
+                    print_failed(item, &st.1);
+                }
+            }
+        }))
+    };
     let opts = ApplyOptions {
         progress: show.then(|| progress.clone()),
+        events: Some(events),
         ..Default::default()
     };
-    let mut done = Vec::new();
-    for item in &p.items {
-        let ticker = show.then(|| spawn_ticker(progress.clone()));
-        if p.postgres.jobs > 1
-            && matches!(item.target, Target::Postgres(_))
-            && !out.quiet
-            && !out.json
-        {
-            eprintln!(
-                "note: --jobs {} spools {} of {} to a temporary file in {} before pg_restore runs",
-                p.postgres.jobs,
-                human_bytes(item.size),
-                item.name,
-                std::env::temp_dir().display()
-            );
-        }
-        let r = restore_planned(repo, snap, p, item, &opts).await;
-        drop(ticker);
-        match r {
-            Ok(r) => {
-                if !out.quiet && !out.json {
-                    let rows = r
-                        .sink
-                        .verified_tables
-                        .map(|n| format!(", row counts of {n} tables match the backup"))
-                        .unwrap_or_default();
-                    println!(
-                        "restored {} ({}) to {} in {}, sha256 verified{rows}",
-                        r.name,
-                        human_bytes(r.size),
-                        item.target,
-                        human_duration(r.seconds)
-                    );
-                    if let Some(note) = &r.sink.note {
-                        println!("  next: {}", note.replace('\n', "\n  "));
-                    }
-                }
-                done.push(r);
-            }
-            Err(e) => {
-                let partial = matches!(item.target, Target::Command(_) | Target::Stdout);
-                eprintln!(
-                    "lifeboat-restore: item {} FAILED; {}",
-                    item.name,
-                    if partial {
-                        format!("{} may have received partial data", item.target)
-                    } else {
-                        format!("{} was left as it was", item.target)
-                    }
-                );
-                if !done.is_empty() {
-                    eprintln!(
-                        "lifeboat-restore: already restored: {}",
-                        done.iter()
-                            .map(|d| d.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-                return Err(e.into());
-            }
-        }
-    }
+    let report = apply(repo, snap, p, &opts).await?;
     if out.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"snapshot": snap.id, "items": done}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"snapshot": snap.id, "items": report.items})
+            )?
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_restored(item: &PlannedItem, r: &RestoredItem) {
+    let rows = r
+        .sink
+        .verified_tables
+        .map(|n| format!(", row counts of {n} tables match the backup"))
+        .unwrap_or_default();
+    println!(
+        "restored {} ({}) to {} in {}, sha256 verified{rows}",
+        r.name,
+        human_bytes(r.size),
+        item.target,
+        human_duration(r.seconds)
+    );
+    if let Some(note) = &r.sink.note {
+        println!("  next: {}", note.replace('\n', "\n  "));
+    }
+}
+
+fn print_failed(item: &PlannedItem, done: &[String]) {
+    eprintln!(
+        "lifeboat-restore: item {} FAILED; {}",
+        item.name,
+        if item.partial_on_failure() {
+            format!("{} may have received partial data", item.target)
+        } else {
+            format!("{} was left as it was", item.target)
+        }
+    );
+    if !done.is_empty() {
+        eprintln!("lifeboat-restore: already restored: {}", done.join(", "));
+    }
 }

@@ -200,3 +200,32 @@ async fn export_to_stdout_and_file_and_corruption_exit_code() {
         "no unverified output file is left"
     );
 }
+
+/// A damaged last chunk: the items before it are restored and named, the failed one is named
+/// with what was left at its target, and the exit code is the integrity one.
+#[tokio::test]
+async fn a_failed_item_is_named_with_what_was_restored_before_it() {
+    let e = setup().await;
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(e.p("repo/packs")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            packs.push(f.path());
+        }
+    }
+    assert_eq!(packs.len(), 1, "both items' small chunks share one pack");
+    // Chunks are packed in stream order: the command item's chunk is the last object.
+    let mut data = std::fs::read(&packs[0]).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    std::fs::write(&packs[0], &data).unwrap();
+    let out = e.p("out");
+    let r = e.run(&["run", "latest", "--to", out.to_str().unwrap()]);
+    let err = stderr(&r);
+    assert_eq!(r.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("item dump FAILED") && err.contains("was left as it was"),
+        "{err}"
+    );
+    assert!(err.contains("already restored: site"), "{err}");
+    assert!(out.join("site/index.html").exists());
+}

@@ -119,6 +119,14 @@ pub struct PlannedItem {
     pub postgres: Option<PgTargetInfo>,
 }
 
+impl PlannedItem {
+    /// Whether a failure part-way leaves partial data at the target: a command or stdout has
+    /// been fed as the restore went; every other target is put in place only once verified.
+    pub fn partial_on_failure(&self) -> bool {
+        matches!(self.target, Target::Command(_) | Target::Stdout)
+    }
+}
+
 /// What a restore would do, computed without touching anything.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestorePlan {
@@ -300,6 +308,27 @@ pub struct ApplyOptions {
     /// Chunks fetched ahead (default: 2 × cores + 2).
     pub concurrency: usize,
     pub progress: Option<Arc<Progress>>,
+    /// Told when each item starts and ends (a binary prints progress and results from it).
+    pub events: Option<ApplyEvents>,
+}
+
+/// What [`apply`] reports as it goes.
+#[derive(Debug)]
+pub enum ApplyEvent<'a> {
+    Started(&'a PlannedItem),
+    Restored(&'a PlannedItem, &'a RestoredItem),
+    /// The item failed; `apply` returns the error next. Items before it stay restored.
+    Failed(&'a PlannedItem),
+}
+
+/// A callback for [`ApplyEvent`]s.
+#[derive(Clone)]
+pub struct ApplyEvents(pub Arc<dyn Fn(ApplyEvent<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for ApplyEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplyEvents")
+    }
 }
 
 impl Default for ApplyOptions {
@@ -309,6 +338,7 @@ impl Default for ApplyOptions {
             // per chunk to hide: twice the cores plus two keeps both busy (docs/BENCHMARKS.md).
             concurrency: crate::runtime::cores() * 2 + 2,
             progress: None,
+            events: None,
         }
     }
 }
@@ -366,8 +396,23 @@ pub async fn apply(
     preflight(plan)?;
     let t0 = std::time::Instant::now();
     let mut items = Vec::new();
+    let tell = |e: ApplyEvent<'_>| {
+        if let Some(ev) = &opts.events {
+            (ev.0)(e);
+        }
+    };
     for p in &plan.items {
-        items.push(restore_planned(repo, snapshot, plan, p, opts).await?);
+        tell(ApplyEvent::Started(p));
+        match restore_planned(repo, snapshot, plan, p, opts).await {
+            Ok(r) => {
+                tell(ApplyEvent::Restored(p, &r));
+                items.push(r);
+            }
+            Err(e) => {
+                tell(ApplyEvent::Failed(p));
+                return Err(e);
+            }
+        }
     }
     Ok(RestoreReport {
         snapshot: snapshot.id,
