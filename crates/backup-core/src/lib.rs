@@ -9,7 +9,7 @@
 //! | [`chunk`] | FastCDC chunking and the stream's SHA-256 |
 //! | [`codec`] | keyed chunk ids, zstd, the AES-256-GCM envelope; [`codec::keys`]: key slots |
 //! | [`content`] | chunks by id: the writer (dedup, pack or loose), the packer, the pack index, the reader (every copy, read plans, verification) |
-//! | [`store`] | the `Store` trait, `LocalStore`, `S3Store`, fault injection, the conformance suite |
+//! | [`store`] | the `Store` trait, `LocalStore`, `S3Store`; with feature `testkit` (tests only) fault injection and the conformance suite |
 //! | [`manifest`] | snapshot and item records |
 //! | [`repository`] | config, keys, snapshots and their cache on top of a store |
 //! | [`backup`] | the pipeline and the all-or-nothing snapshot |

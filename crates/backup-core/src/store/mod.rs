@@ -1,6 +1,6 @@
 //! Object stores: the narrow `Store` trait the repository is written to, and its implementations.
 //!
-//! Guarantees every implementation gives (checked by [`conformance::run`]):
+//! Guarantees every implementation gives (checked by `conformance::run`, feature `testkit`):
 //! - keys are `/`-separated relative names of `[A-Za-z0-9._-]` segments; anything else is refused;
 //! - `put` is atomic: readers see the whole old object, the whole new one, or nothing, and a put
 //!   that returned `Ok` is durable; a `put_batched` that returned is durable once a later
@@ -11,7 +11,9 @@
 //! - `list(prefix)` returns every object whose key starts with `prefix`, sorted by key;
 //! - `delete` of a missing key succeeds (deletes are idempotent).
 
+#[cfg(any(test, feature = "testkit"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testkit"))]
 pub mod faulty;
 pub mod local;
 pub mod s3;
@@ -23,6 +25,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 
+#[cfg(any(test, feature = "testkit"))]
 pub use faulty::{Fault, FaultyStore};
 pub use local::LocalStore;
 pub use s3::{S3Options, S3Store};
