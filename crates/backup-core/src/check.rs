@@ -174,6 +174,8 @@ async fn read_snapshots(
 /// exists, and the loose object.
 struct View<'a> {
     packs: &'a PackIndex,
+    /// Every indexed pack's chunks (one copy of the index's lists, not one per question).
+    indexed: HashMap<PackId, Vec<(ChunkId, PackedAt)>>,
     pack_objects: &'a HashSet<PackId>,
     loose: &'a HashSet<ChunkId>,
     orphans: usize,
@@ -193,6 +195,7 @@ impl<'a> View<'a> {
             .count();
         View {
             packs,
+            indexed,
             pack_objects,
             loose,
             orphans,
@@ -216,8 +219,8 @@ impl<'a> View<'a> {
 
     fn stored(&self) -> HashSet<ChunkId> {
         let mut stored = self.loose.clone();
-        for (pack, chunks) in self.packs.by_pack() {
-            if self.pack_objects.contains(&pack) {
+        for (pack, chunks) in &self.indexed {
+            if self.pack_objects.contains(pack) {
                 stored.extend(chunks.iter().map(|(id, _)| *id));
             }
         }
@@ -239,11 +242,11 @@ impl<'a> View<'a> {
                 ),
             })
             .collect();
-        let mut dangling: Vec<(PackId, usize)> = packs
-            .by_pack()
-            .into_iter()
+        let mut dangling: Vec<(PackId, usize)> = self
+            .indexed
+            .iter()
             .filter(|(p, _)| !self.pack_objects.contains(p))
-            .map(|(p, c)| (p, c.len()))
+            .map(|(p, c)| (*p, c.len()))
             .collect();
         dangling.sort();
         out.extend(dangling.into_iter().map(|(p, n)| Problem {

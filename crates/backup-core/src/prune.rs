@@ -38,23 +38,27 @@ pub struct PruneReport {
 /// Plans retention over the readable snapshots (a damaged one is kept and named), forgets
 /// what the plan removes, then collects garbage.
 pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
-    let listing = repo.snapshot_listing().await?;
     let mut report = PruneReport {
-        damaged: listing.damaged.iter().map(|d| d.to_string()).collect(),
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    if let Some(policy) = opts.policy.as_ref().filter(|p| !p.is_empty()) {
-        let planned = plan(
-            policy,
-            &listing.snapshots,
-            &repo.protected().await?,
-            chrono::Utc::now(),
-        )?;
-        if !opts.dry_run {
-            report.forget = Some(repo.forget(&planned.remove()).await?);
+    let policy = opts.policy.as_ref().filter(|p| !p.is_empty());
+    // GC reads the snapshots (and names damaged ones) itself, after the forget.
+    if policy.is_some() || opts.gc.is_none() {
+        let listing = repo.snapshot_listing().await?;
+        report.damaged = listing.damaged.iter().map(|d| d.to_string()).collect();
+        if let Some(policy) = policy {
+            let planned = plan(
+                policy,
+                &listing.snapshots,
+                &repo.protected().await?,
+                chrono::Utc::now(),
+            )?;
+            if !opts.dry_run {
+                report.forget = Some(repo.forget(&planned.remove()).await?);
+            }
+            report.plan = Some(planned);
         }
-        report.plan = Some(planned);
     }
     if let Some(gc) = &opts.gc {
         let gc = GcOptions {

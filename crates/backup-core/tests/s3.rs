@@ -77,7 +77,7 @@ async fn listing_pages_past_a_thousand_objects() {
     assert_eq!(l[1104].key, "k/01104");
 }
 
-async fn s3_repo(st: S3Store) -> Repository {
+async fn s3_repo(st: impl Store + 'static) -> Repository {
     let store: Arc<dyn Store> = Arc::new(st);
     Repository::init(
         store,
@@ -628,24 +628,11 @@ async fn a_wrapped_locked_store_keeps_its_object_lock() {
     let inner = locked_store(&s.endpoint(), "wrapped", 2).await;
     let wrapped = backup_core::store::FaultyStore::new(inner);
     assert_eq!(wrapped.retention_days(), Some(2));
-    let store: Arc<dyn Store> = Arc::new(wrapped);
-    let repo = Repository::init(
-        store.clone(),
-        &passphrase("p"),
-        InitOptions {
-            kdf: FAST_KDF,
-            cache: CacheOptions {
-                disabled: true,
-                dir: None,
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let repo = s3_repo(wrapped).await;
     let r = backup_bytes(&repo, "db", random_bytes(75, 3 << 20)).await;
     let key = r.snapshot.object_key();
-    let until = store
+    let until = repo
+        .store()
         .retention_until(&key)
         .await
         .unwrap()

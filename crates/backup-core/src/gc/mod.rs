@@ -253,18 +253,10 @@ async fn delete_loose(
     report: &mut GcReport,
 ) -> Result<()> {
     for m in doomed {
-        if !opts.dry_run {
-            match store.delete(&m.key).await {
-                Ok(()) => {}
-                Err(Error::Retained { key, .. }) => {
-                    report.skipped_retained.push(key);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
+        if opts.dry_run || delete_unless_retained(store, &[&m.key], report).await? {
+            report.chunks_deleted += 1;
+            report.bytes_deleted += m.size;
         }
-        report.chunks_deleted += 1;
-        report.bytes_deleted += m.size;
     }
     Ok(())
 }
@@ -278,26 +270,37 @@ async fn delete_packs(
     report: &mut GcReport,
 ) -> Result<()> {
     for (index_key, m) in doomed {
-        if !opts.dry_run {
-            let deleted = async {
-                if let Some(k) = &index_key {
-                    store.delete(k).await?;
-                }
-                store.delete(&m.key).await
-            };
-            match deleted.await {
-                Ok(()) => {}
-                Err(Error::Retained { key, .. }) => {
-                    report.skipped_retained.push(key);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
+        let keys: Vec<&str> = index_key
+            .iter()
+            .map(String::as_str)
+            .chain([&*m.key])
+            .collect();
+        if opts.dry_run || delete_unless_retained(store, &keys, report).await? {
+            report.packs_deleted += 1;
+            report.pack_bytes_deleted += m.size;
         }
-        report.packs_deleted += 1;
-        report.pack_bytes_deleted += m.size;
     }
     Ok(())
+}
+
+/// Deletes `keys` in order; false (and the key recorded) if the store refused one because of
+/// retention (Object Lock), which leaves the rest.
+async fn delete_unless_retained(
+    store: &dyn Store,
+    keys: &[&str],
+    report: &mut GcReport,
+) -> Result<bool> {
+    for k in keys {
+        match store.delete(k).await {
+            Ok(()) => {}
+            Err(Error::Retained { key, .. }) => {
+                report.skipped_retained.push(key);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Copies the chunks each picked pack keeps into new packs (each verified first), then
