@@ -6,12 +6,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backup_core::backup::{BackupOptions, backup};
+use backup_core::commands::backup::{BackupOptions, backup};
 use backup_core::config::PostgresConfig;
+use backup_core::engines::command::CommandSource;
+use backup_core::engines::postgres::scratch::{ScratchPostgres, server_bin_dir};
+use backup_core::engines::volume::{VolumeOptions, VolumeSource};
 use backup_core::repository::{CacheOptions, InitOptions, Repository};
-use backup_core::scratch::postgres::{ScratchPostgres, server_bin_dir};
 use backup_core::secret::SecretSource;
-use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use backup_core::source::Source;
 use backup_core::store::{LocalStore, Store};
 
 fn drill(args: &[&str], tmp: &Path) -> Output {

@@ -6,19 +6,21 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use backup_core::backup::{BackupOptions, backup};
-use backup_core::check::{CheckOptions, check};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, interrupted, run_main};
 use backup_core::codec::keys::KdfParams;
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::check::{CheckOptions, check};
 use backup_core::config::{
     ConfigFile, PostgresConfig, RedisConfig, ResolvedRepo, RetentionConfig, split_named,
 };
+use backup_core::engines::command::CommandSource;
+use backup_core::engines::volume::{VolumeOptions, VolumeSource};
 use backup_core::lock::RunLock;
 use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
 use backup_core::retention;
 use backup_core::secret::SecretSource;
-use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use backup_core::source::Source;
 use clap::{Args, Parser, Subcommand};
 
 /// Back up PostgreSQL, Redis, volumes and command output into an encrypted, deduplicated repository.
@@ -494,10 +496,10 @@ async fn run_backup(
         compression_level: args
             .compression_level
             .or(bc.compression_level)
-            .unwrap_or(backup_core::backup::DEFAULT_COMPRESSION_LEVEL),
+            .unwrap_or(backup_core::commands::backup::DEFAULT_COMPRESSION_LEVEL),
         concurrency: bc
             .concurrency
-            .unwrap_or_else(backup_core::backup::default_concurrency),
+            .unwrap_or_else(backup_core::commands::backup::default_concurrency),
         progress: show_progress.then(|| progress.clone()),
         stale_after: stale_after_for_run(args.stale_after.as_deref(), config)?,
         ..Default::default()
@@ -594,12 +596,12 @@ async fn retention_run(
     gc: bool,
     out: &Output,
 ) -> Result<bool> {
-    let opts = backup_core::prune::PruneOptions {
+    let opts = backup_core::commands::prune::PruneOptions {
         policy: Some(rc.policy()?),
         gc: if gc { Some(rc.gc_options()?) } else { None },
         dry_run,
     };
-    let report = backup_core::prune::prune(repo, &opts).await?;
+    let report = backup_core::commands::prune::prune(repo, &opts).await?;
     let mut json = serde_json::json!({"dry_run": dry_run});
     if let Some(plan) = &report.plan {
         if !out.json && !out.quiet {

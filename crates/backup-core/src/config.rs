@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::commands::gc::GcOptions;
+use crate::engines::command::CommandSource;
+use crate::engines::postgres::{PgTools, PostgresSource, RowCounts, conninfo, globals_source};
+use crate::engines::redis::{RedisMode, RedisOptions, RedisSource};
+use crate::engines::volume::{VolumeOptions, VolumeSource};
 use crate::error::{Error, Result};
-use crate::gc::GcOptions;
 use crate::repository::{CacheOptions, Repository};
 use crate::retention::{GroupBy, RetentionPolicy, parse_duration};
 use crate::secret::SecretSource;
-use crate::source::postgres::{PgTools, PostgresSource, RowCounts, conninfo, globals_source};
-use crate::source::redis::{RedisMode, RedisOptions, RedisSource};
-use crate::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use crate::source::Source;
 use crate::store::s3::ObjectLock;
 use crate::store::{LocalStore, S3Options, S3Store, Store};
 use zeroize::Zeroizing;

@@ -26,25 +26,22 @@
 
 #![forbid(unsafe_code)]
 
-pub mod backup;
 pub mod buffer;
-pub mod check;
 pub mod chunk;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
+pub mod commands;
 pub mod config;
 pub mod content;
+pub mod engines;
 pub mod error;
-pub mod gc;
 pub mod id;
 pub mod lock;
 pub mod manifest;
 pub mod markers;
 pub mod progress;
-pub mod prune;
 pub mod repository;
-pub mod restore;
 pub mod retention;
 pub mod runtime;
 pub mod scratch;

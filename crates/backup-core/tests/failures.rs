@@ -5,11 +5,11 @@ mod common;
 use std::sync::Arc;
 
 use backup_core::Error;
-use backup_core::backup::{BackupOptions, backup};
-use backup_core::check::{CheckOptions, check};
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::check::{CheckOptions, check};
+use backup_core::engines::command::CommandSource;
 use backup_core::repository::{CacheOptions, InitOptions, Repository};
 use backup_core::secret::Secret;
-use backup_core::source::CommandSource;
 use backup_core::store::{Fault, FaultyStore, LocalStore, Store};
 use common::*;
 use zeroize::Zeroizing;
@@ -84,7 +84,7 @@ async fn missing_repository_and_double_init() {
     assert!(matches!(e, Error::RepositoryExists { .. }));
 }
 
-async fn read_all(repo: &Repository) -> backup_core::check::CheckReport {
+async fn read_all(repo: &Repository) -> backup_core::commands::check::CheckReport {
     let opts = CheckOptions {
         read_data: true,
         ..Default::default()

@@ -16,9 +16,9 @@ use std::sync::{Arc, LazyLock};
 use backup_core::codec::keys::KeySlot;
 use backup_core::codec::{Keys, ObjectType};
 use backup_core::content::PackIndex;
+use backup_core::engines::redis::rdb::RdbCheck;
 use backup_core::id::{PackId, SnapshotId};
 use backup_core::repository::{CacheOptions, Repository};
-use backup_core::source::redis::rdb::RdbCheck;
 use backup_core::store::{LocalStore, PutMode, Store};
 use common::passphrase;
 use proptest::prelude::*;
@@ -251,7 +251,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let dst = dir.path().join("out");
         std::fs::create_dir(&dst).unwrap();
-        let _ = backup_core::restore::untar::untar(std::io::Cursor::new(bad), &dst, "fuzz");
+        let _ = backup_core::engines::volume::untar::untar(std::io::Cursor::new(bad), &dst, "fuzz");
         let outside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()

@@ -5,9 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backup_core::backup::{BackupOptions, CommitHook, backup};
-use backup_core::check::{CheckOptions, check};
-use backup_core::gc::{GcOptions, collect};
+use backup_core::commands::backup::{BackupOptions, CommitHook, backup};
+use backup_core::commands::check::{CheckOptions, check};
+use backup_core::commands::gc::{GcOptions, collect};
 use backup_core::store::PutMode;
 use common::*;
 use tokio::sync::Notify;

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backup_core::Error;
-use backup_core::backup::{BackupOptions, backup};
-use backup_core::check::{CheckOptions, check};
-use backup_core::gc::{GcOptions, collect};
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::check::{CheckOptions, check};
+use backup_core::commands::gc::{GcOptions, collect};
+use backup_core::commands::restore::{ApplyOptions, stream_item};
 use backup_core::id::SnapshotId;
 use backup_core::repository::{CacheOptions, Repository};
-use backup_core::restore::{ApplyOptions, stream_item};
 use backup_core::store::{Fault, FaultyStore, LocalStore, Store};
 use common::*;
 use sha2::Digest;
@@ -440,7 +440,7 @@ async fn check_sees_what_a_restore_trips_over() {
     let index = walk(&t.path().join("index"))[0].clone();
     let aside = t.dir.path().join("aside");
     std::fs::create_dir_all(&aside).unwrap();
-    let problems = |c: &backup_core::check::CheckReport| {
+    let problems = |c: &backup_core::commands::check::CheckReport| {
         c.problems
             .iter()
             .map(|p| p.message.clone())

@@ -7,10 +7,10 @@ use std::fs;
 use std::path::Path;
 
 use backup_core::Error;
-use backup_core::backup::{BackupOptions, BackupReport, backup};
-use backup_core::check::{CheckOptions, check};
-use backup_core::gc::collect;
-use backup_core::restore::{ApplyOptions, RestoreOptions, apply, plan};
+use backup_core::commands::backup::{BackupOptions, BackupReport, backup};
+use backup_core::commands::check::{CheckOptions, check};
+use backup_core::commands::gc::collect;
+use backup_core::commands::restore::{ApplyOptions, RestoreOptions, apply, plan};
 use common::*;
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -176,7 +176,7 @@ async fn packs_are_collected_whole() {
     // a's pack is wholly dead; c+d's pack is half dead (c is still named), and kept whole
     // when repacking is off.
     t.repo.forget(&[a.snapshot, cd.snapshot]).await.unwrap();
-    let whole = backup_core::gc::GcOptions {
+    let whole = backup_core::commands::gc::GcOptions {
         max_unused: 1.0,
         ..now_gc()
     };
@@ -302,7 +302,7 @@ async fn half_dead_packs_are_repacked() {
     stale.packs().await.unwrap();
     t.repo.forget(&[cd.snapshot]).await.unwrap();
 
-    let dry = backup_core::gc::GcOptions {
+    let dry = backup_core::commands::gc::GcOptions {
         dry_run: true,
         ..now_gc()
     };
@@ -382,7 +382,7 @@ async fn a_long_repack_keeps_its_marker_alive() {
         Duration::from_millis(1500),
     ));
     let stale_after = Duration::from_millis(400);
-    let gc_opts = backup_core::gc::GcOptions {
+    let gc_opts = backup_core::commands::gc::GcOptions {
         stale_after,
         ..now_gc()
     };
@@ -391,7 +391,7 @@ async fn a_long_repack_keeps_its_marker_alive() {
         async move { collect(&repo, &gc_opts).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let waited = backup_core::gc::RunMarker::start(&repo, stale_after).await;
+    let waited = backup_core::commands::gc::RunMarker::start(&repo, stale_after).await;
     assert!(
         !gc.is_finished(),
         "the GC is still repacking when the backup gives up"

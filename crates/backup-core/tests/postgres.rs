@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use backup_core::Error;
-use backup_core::backup::{BackupOptions, BackupReport, backup};
+use backup_core::commands::backup::{BackupOptions, BackupReport, backup};
+use backup_core::commands::restore::{
+    ApplyOptions, RestoreOptions, RestoreReport, TargetState, apply, plan,
+};
 use backup_core::config::PostgresConfig;
+use backup_core::engines::postgres::restore::PgRestoreOptions;
+use backup_core::engines::postgres::scratch::{PASSWORD_ROLE, ScratchPostgres, server_bin_dir};
 use backup_core::manifest::Snapshot;
 use backup_core::repository::Repository;
-use backup_core::restore::postgres::PgRestoreOptions;
-use backup_core::restore::{ApplyOptions, RestoreOptions, RestoreReport, TargetState, apply, plan};
-use backup_core::scratch::postgres::{PASSWORD_ROLE, ScratchPostgres, server_bin_dir};
 use common::*;
 
 /// A started server with the fixture loaded into database `app`, or `None` (with a message)

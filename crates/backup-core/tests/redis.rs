@@ -9,14 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use backup_core::Error;
-use backup_core::backup::{BackupOptions, backup};
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::restore::{ApplyOptions, RestoreOptions, apply, plan};
 use backup_core::config::{RedisConfig, RedisModeConfig};
+use backup_core::engines::redis::resp::{RedisConn, Reply};
+use backup_core::engines::redis::restore::RedisRestoreOptions;
+use backup_core::engines::redis::scratch::{ScratchRedis, ScratchRedisOptions, seed_fixture};
 use backup_core::repository::Repository;
-use backup_core::restore::redis::RedisRestoreOptions;
-use backup_core::restore::{ApplyOptions, RestoreOptions, apply, plan};
 use backup_core::scratch::find_program;
-use backup_core::scratch::redis::{ScratchRedis, ScratchRedisOptions, seed_fixture};
-use backup_core::source::redis::resp::{RedisConn, Reply};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

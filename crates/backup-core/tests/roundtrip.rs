@@ -2,8 +2,8 @@
 
 mod common;
 
-use backup_core::backup::{BackupOptions, backup};
-use backup_core::restore::{ApplyOptions, stream_item};
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::restore::{ApplyOptions, stream_item};
 use backup_core::source::ReaderSource;
 use common::*;
 use sha2::Digest;

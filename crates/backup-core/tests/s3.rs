@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backup_core::backup::{BackupOptions, backup};
-use backup_core::check::{CheckOptions, check};
-use backup_core::gc::{GcOptions, collect};
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::check::{CheckOptions, check};
+use backup_core::commands::gc::{GcOptions, collect};
 use backup_core::repository::{CacheOptions, InitOptions, Repository};
 use backup_core::scratch::s3::{ScratchS3, ministack_bin};
 use backup_core::store::{S3Options, S3Store, Store, conformance};
@@ -392,8 +392,10 @@ async fn object_lock_protects_every_object_and_extends_reused_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("payload");
     std::fs::write(&src, random_bytes(75, 3 << 20)).unwrap();
-    let failing =
-        backup_core::source::CommandSource::new("dump", format!("cat {}; exit 1", src.display()));
+    let failing = backup_core::engines::command::CommandSource::new(
+        "dump",
+        format!("cat {}; exit 1", src.display()),
+    );
     assert!(
         backup(&repo3, vec![Box::new(failing)], &BackupOptions::default())
             .await
@@ -427,13 +429,15 @@ async fn restore_after_forget_still_has_objects(store: &Arc<dyn Store>, key: &st
 /// Every kind of source through S3 in one snapshot, restored from a cold machine.
 #[tokio::test]
 async fn volume_command_postgres_and_redis_round_trip_through_s3() {
+    use backup_core::commands::restore::{ApplyOptions, RestoreOptions, apply, plan};
     use backup_core::config::{PostgresConfig, RedisConfig};
-    use backup_core::restore::postgres::PgRestoreOptions;
-    use backup_core::restore::redis::RedisRestoreOptions;
-    use backup_core::restore::{ApplyOptions, RestoreOptions, apply, plan};
-    use backup_core::scratch::postgres::{ScratchPostgres, server_bin_dir};
-    use backup_core::scratch::redis::{ScratchRedis, ScratchRedisOptions, seed_fixture};
-    use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+    use backup_core::engines::command::CommandSource;
+    use backup_core::engines::postgres::restore::PgRestoreOptions;
+    use backup_core::engines::postgres::scratch::{ScratchPostgres, server_bin_dir};
+    use backup_core::engines::redis::restore::RedisRestoreOptions;
+    use backup_core::engines::redis::scratch::{ScratchRedis, ScratchRedisOptions, seed_fixture};
+    use backup_core::engines::volume::{VolumeOptions, VolumeSource};
+    use backup_core::source::Source;
 
     let Some(s) = server() else { return };
     let have_pg = server_bin_dir().is_some();

@@ -8,10 +8,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
 use backup_core::Error;
-use backup_core::backup::{BackupOptions, backup};
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::restore::{ApplyOptions, RestoreOptions, TargetState, apply, plan};
+use backup_core::engines::volume::{VolumeOptions, VolumeSource};
 use backup_core::manifest::ItemKind;
-use backup_core::restore::{ApplyOptions, RestoreOptions, TargetState, apply, plan};
-use backup_core::source::{ReaderSource, VolumeOptions, VolumeSource};
+use backup_core::source::ReaderSource;
 use common::*;
 use filetime::FileTime;
 
@@ -442,11 +443,13 @@ async fn unchanged_large_files_come_from_the_file_cache() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let ids = t.repo.snapshot_ids().await.unwrap();
     t.repo.forget(&ids).await.unwrap();
-    let gc = backup_core::gc::GcOptions {
+    let gc = backup_core::commands::gc::GcOptions {
         grace: std::time::Duration::ZERO,
         ..Default::default()
     };
-    backup_core::gc::collect(&t.repo, &gc).await.unwrap();
+    backup_core::commands::gc::collect(&t.repo, &gc)
+        .await
+        .unwrap();
     let fresh = backup(&t.repo, volume(&src), &BackupOptions::default())
         .await
         .unwrap();

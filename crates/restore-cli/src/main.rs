@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, run_main};
-use backup_core::config::{ConfigFile, PostgresConfig, SourceConfig};
-use backup_core::manifest::Snapshot;
-use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
-use backup_core::restore::postgres::PgRestoreOptions;
-use backup_core::restore::redis::RedisRestoreOptions;
-use backup_core::restore::sink::{FileSink, Sink, StdoutSink};
-use backup_core::restore::{
+use backup_core::commands::restore::sink::{FileSink, Sink, StdoutSink};
+use backup_core::commands::restore::{
     ApplyEvent, ApplyEvents, ApplyOptions, PlannedItem, RestoreOptions, RestorePlan, RestoredItem,
     Target, TargetState, apply, plan, preflight, restore_item,
 };
+use backup_core::config::{ConfigFile, PostgresConfig, SourceConfig};
+use backup_core::engines::postgres::restore::PgRestoreOptions;
+use backup_core::engines::redis::restore::RedisRestoreOptions;
+use backup_core::manifest::Snapshot;
+use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 

@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use backup_core::backup::{BackupOptions, backup};
 use backup_core::codec::keys::KdfParams;
+use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::engines::command::CommandSource;
+use backup_core::engines::volume::{VolumeOptions, VolumeSource};
 use backup_core::repository::{CacheOptions, InitOptions, Repository};
 use backup_core::secret::Secret;
-use backup_core::source::{CommandSource, Source, VolumeOptions, VolumeSource};
+use backup_core::source::Source;
 use backup_core::store::LocalStore;
 
 struct Env {

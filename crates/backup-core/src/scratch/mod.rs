@@ -1,8 +1,6 @@
 //! Scratch servers Lifeboat starts itself on free loopback ports: for restore checks, drills
 //! and the integration tests. Each is stopped and its directory removed on drop.
 
-pub mod postgres;
-pub mod redis;
 pub mod s3;
 
 use std::net::TcpListener;

@@ -1,11 +1,7 @@
-//! Sources: what produces the byte stream of one snapshot item (volume, command, any reader).
+//! The `Source` contract every engine's backup side implements, and the pieces a source may
+//! send; [`ReaderSource`] backs up any reader.
 
-pub mod command;
-pub mod glob;
-pub mod postgres;
 pub mod reader;
-pub mod redis;
-pub mod volume;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -18,10 +14,8 @@ use crate::error::Result;
 use crate::id::ChunkId;
 use crate::manifest::{Facts, ItemKind};
 
-pub use command::CommandSource;
+pub use crate::engines::volume::cache::{CacheSlot, CachedChunk, CachedFile, FileCache, FileKey};
 pub use reader::ReaderSource;
-pub use volume::cache::{CacheSlot, CachedChunk, CachedFile, FileCache, FileKey};
-pub use volume::{VolumeOptions, VolumeSource};
 
 /// How many bytes the pipeline shows [`Source::volatile_prefix`].
 pub const HEAD_PEEK: usize = 64 * 1024;

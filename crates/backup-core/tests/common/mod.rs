@@ -5,10 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use backup_core::backup::{BackupOptions, BackupReport, backup};
 use backup_core::codec::keys::KdfParams;
+use backup_core::commands::backup::{BackupOptions, BackupReport, backup};
+use backup_core::commands::restore::{ApplyOptions, stream_item};
 use backup_core::repository::{CacheOptions, InitOptions, Repository};
-use backup_core::restore::{ApplyOptions, stream_item};
 use backup_core::secret::Secret;
 use backup_core::source::{ReaderSource, Source};
 use backup_core::store::{LocalStore, Store};
@@ -65,8 +65,8 @@ pub fn walk_count(dir: &std::path::Path) -> usize {
 }
 
 /// GC without a grace period: unreferenced objects go at once.
-pub fn now_gc() -> backup_core::gc::GcOptions {
-    backup_core::gc::GcOptions {
+pub fn now_gc() -> backup_core::commands::gc::GcOptions {
+    backup_core::commands::gc::GcOptions {
         grace: std::time::Duration::ZERO,
         ..Default::default()
     }
@@ -216,10 +216,10 @@ pub async fn restore_bytes(repo: &Repository, name: &str) -> backup_core::Result
 
 /// A volume source of `src` named `name`.
 pub fn volume(name: &str, src: &std::path::Path) -> Vec<Box<dyn Source>> {
-    vec![Box::new(backup_core::source::VolumeSource::new(
+    vec![Box::new(backup_core::engines::volume::VolumeSource::new(
         name,
         src,
-        backup_core::source::VolumeOptions::default(),
+        backup_core::engines::volume::VolumeOptions::default(),
     ))]
 }
 

@@ -46,7 +46,7 @@ pub struct BackupOptions {
     /// Awaited after every chunk is stored and before the snapshot is written (tests use it
     /// to pause a backup at its most delicate point).
     pub before_commit: Option<CommitHook>,
-    /// Markers older than this are a dead process's (see [`crate::gc`]).
+    /// Markers older than this are a dead process's (see [`crate::commands::gc`]).
     pub stale_after: std::time::Duration,
 }
 

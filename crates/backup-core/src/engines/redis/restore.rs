@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 
-use super::sink::{FileSink, Sink, SinkReport};
+use super::facts::{RedisFacts, keys_of};
+use crate::commands::restore::sink::{FileSink, Sink, SinkReport};
+use crate::engines::redis::scratch::{ScratchRedis, ScratchRedisOptions};
 use crate::error::{Error, Result};
 use crate::manifest::Item;
-use crate::scratch::redis::{ScratchRedis, ScratchRedisOptions};
 
 /// How to restore Redis items.
 #[derive(Debug, Clone, Default)]
@@ -26,11 +27,7 @@ pub struct RedisRestoreOptions {
 
 /// What to do next with a restored dump.rdb, for the server's persistence mode.
 pub fn next_steps(item: &Item, dir: &Path) -> String {
-    let aof = item
-        .facts
-        .get("aof_enabled")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    let aof = RedisFacts::of(item).aof_enabled.unwrap_or(false);
     let d = dir.display();
     if aof {
         format!(
@@ -119,14 +116,10 @@ pub fn compare_keyspace(
     item: &Item,
     got: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> Result<usize> {
-    let Some(want) = item.facts.get("keyspace").and_then(|v| v.as_object()) else {
+    let Some(want) = RedisFacts::of(item).keyspace else {
         return Ok(0);
     };
-    let keys = |v: Option<&serde_json::Value>| {
-        v.and_then(|x| x.get("keys"))
-            .and_then(|k| k.as_u64())
-            .unwrap_or(0)
-    };
+    let keys = keys_of;
     let mut dbs: Vec<&String> = want.keys().chain(got.keys()).collect();
     dbs.sort();
     dbs.dedup();

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::io::SyncIoBridge;
 
-use super::untar::{UntarStats, untar};
+use crate::engines::volume::untar::{UntarStats, untar};
 use crate::error::{Error, Result};
 
 /// A destination for one item's stream.

@@ -6,19 +6,18 @@
 //! `pg_export_snapshot()`, and `pg_dump --snapshot` dumps exactly that snapshot while the same
 //! session counts rows in it. The session stays open until pg_dump has finished.
 
-pub mod conninfo;
-pub mod session;
-
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::{ByteStream, CommandSource, Source};
+use super::conninfo;
+use super::session::PsqlSession;
+use crate::engines::command::CommandSource;
 use crate::error::{Error, Result};
 use crate::manifest::{Facts, ItemKind};
-use session::PsqlSession;
+use crate::source::{ByteStream, Source};
 
 /// Which PostgreSQL client programs to run, and the password to give them.
 #[derive(Clone, Default)]

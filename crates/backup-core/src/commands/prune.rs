@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
+use crate::commands::gc::{GcOptions, GcReport, collect};
 use crate::error::Result;
-use crate::gc::{GcOptions, GcReport, collect};
 use crate::repository::{ForgetReport, Repository};
 use crate::retention::{RetentionPlan, RetentionPolicy, plan};
 

@@ -1,10 +1,8 @@
 //! `VolumeSource`: a directory as a deterministic tar stream (sorted entries, numeric owners).
 //!
 //! The stream goes to the backup as [`Piece`]s: large files' data is fenced by cuts, so it
-//! becomes chunks of its own, and a file unchanged since the last backup (see [`cache`]) is
+//! becomes chunks of its own, and a file unchanged since the last backup (see [`super::cache`]) is
 //! sent as those chunks without being read.
-
-pub mod cache;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,18 +16,19 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::glob::Excludes;
-use super::{
+use super::facts::VolumeFacts;
+use crate::engines::volume::glob::Excludes;
+use crate::error::{Error, Result};
+use crate::manifest::{Facts, ItemKind};
+use crate::source::{
     ByteStream, CacheSlot, CachedChunk, FileCache, FileKey, Piece, PieceContext, PieceStream,
     Source,
 };
-use crate::error::{Error, Result};
-use crate::manifest::{Facts, ItemKind};
 
 /// Options of a volume source.
 #[derive(Debug, Clone)]
 pub struct VolumeOptions {
-    /// Exclude globs (see [`super::glob`]).
+    /// Exclude globs (see [`crate::engines::volume::glob`]).
     pub exclude: Vec<String>,
     /// Do not descend into other filesystems mounted below the root (the mount point itself is
     /// kept as an empty directory), like `tar --one-file-system`.
@@ -223,28 +222,23 @@ impl<'a> Walker<'a> {
 
     fn facts(&self, root: &Path) -> Facts {
         let s = &self.st;
-        let mut f = Facts::new();
-        f.insert("path".into(), root.display().to_string().into());
-        f.insert("files".into(), s.files.into());
-        f.insert("dirs".into(), s.dirs.into());
-        f.insert("symlinks".into(), s.symlinks.into());
-        f.insert("hardlinks".into(), s.hardlinks.into());
-        f.insert("bytes".into(), s.bytes.into());
-        f.insert("excluded".into(), s.excluded.into());
-        f.insert("vanished".into(), s.vanished.into());
-        f.insert("special_skipped".into(), s.special_skipped.into());
-        f.insert(
-            "other_filesystems_skipped".into(),
-            s.other_fs_skipped.into(),
-        );
-        if self.ctx.aligned_min > 0 {
-            f.insert("files_from_cache".into(), s.reused_files.into());
-            f.insert("bytes_from_cache".into(), s.reused_bytes.into());
+        let cached = self.ctx.aligned_min > 0;
+        VolumeFacts {
+            path: Some(root.display().to_string()),
+            files: Some(s.files),
+            dirs: Some(s.dirs),
+            symlinks: Some(s.symlinks),
+            hardlinks: Some(s.hardlinks),
+            bytes: Some(s.bytes),
+            excluded: Some(s.excluded),
+            vanished: Some(s.vanished),
+            special_skipped: Some(s.special_skipped),
+            other_filesystems_skipped: Some(s.other_fs_skipped),
+            files_from_cache: cached.then_some(s.reused_files),
+            bytes_from_cache: cached.then_some(s.reused_bytes),
+            changed_during_backup: (!s.changed.is_empty()).then(|| s.changed.clone()),
         }
-        if !s.changed.is_empty() {
-            f.insert("changed_during_backup".into(), s.changed.clone().into());
-        }
-        f
+        .to_facts()
     }
 
     fn walk(&mut self, dir: PathBuf, rel: PathBuf) -> Result<(), String> {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{free_port, is_root, temp_dir};
 use crate::error::{Error, Result};
+use crate::scratch::{free_port, is_root, temp_dir};
 
 /// Server binaries directory: the newest `/usr/lib/postgresql/*/bin` with `initdb`, or PATH.
 pub fn server_bin_dir() -> Option<PathBuf> {
@@ -23,7 +23,7 @@ pub fn server_bin_dir() -> Option<PathBuf> {
     if let Some((_, d)) = dirs.pop() {
         return Some(d);
     }
-    super::find_program("initdb", &[]).and_then(|p| p.parent().map(Path::to_path_buf))
+    crate::scratch::find_program("initdb", &[]).and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
 /// A running scratch cluster. Stopped (immediately) and deleted on drop unless [`keep`](Self::keep).
@@ -187,7 +187,7 @@ impl ScratchPostgres {
     /// Runs SQL with psql as the superuser and returns stdout (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         let out = Command::new(
-            super::find_program("psql", std::slice::from_ref(&self.bin))
+            crate::scratch::find_program("psql", std::slice::from_ref(&self.bin))
                 .unwrap_or_else(|| "psql".into()),
         )
         .args([
@@ -216,7 +216,7 @@ impl ScratchPostgres {
     /// Runs a SQL file with psql (`ON_ERROR_STOP`), as the superuser.
     pub fn psql_file(&self, db: &str, file: &Path) -> Result<()> {
         let out = Command::new(
-            super::find_program("psql", std::slice::from_ref(&self.bin))
+            crate::scratch::find_program("psql", std::slice::from_ref(&self.bin))
                 .unwrap_or_else(|| "psql".into()),
         )
         .args([

@@ -8,9 +8,6 @@
 //! mark again (or `$<len>\r\n` and len bytes). The RDB's header and CRC-64 trailer are checked
 //! as it streams: a truncated or corrupted transfer fails the item.
 
-pub mod rdb;
-pub mod resp;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,11 +17,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::net::TcpStream;
 
-use super::{ByteStream, Source};
+use super::rdb::{RdbCheck, RdbSummary};
+use super::resp::{RedisConn, RedisUrl, Reply};
 use crate::error::{Error, Result};
 use crate::manifest::{Facts, ItemKind};
-use rdb::{RdbCheck, RdbSummary};
-use resp::{RedisConn, RedisUrl, Reply};
+use crate::source::{ByteStream, Source};
 
 /// How the RDB is obtained.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

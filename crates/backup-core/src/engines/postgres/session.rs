@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::PgTools;
+use crate::engines::postgres::PgTools;
 
 const SENTINEL: &str = "__lifeboat_end_of_result__";
 

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{find_program, free_port, temp_dir};
+use crate::engines::redis::parse_keyspace;
+use crate::engines::redis::resp::{RedisConn, RedisUrl};
 use crate::error::{Error, Result};
-use crate::source::redis::parse_keyspace;
-use crate::source::redis::resp::{RedisConn, RedisUrl};
+use crate::scratch::{find_program, free_port, temp_dir};
 
 /// A running scratch server, killed and its directory removed on drop unless kept.
 #[derive(Debug)]

@@ -11,12 +11,13 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
-use super::TargetState;
-use super::sink::{Sink, SinkReport};
+use super::facts::PostgresFacts;
+use crate::commands::restore::TargetState;
+use crate::commands::restore::sink::{Sink, SinkReport};
+use crate::engines::postgres::session::PsqlSession;
+use crate::engines::postgres::{PgTools, TABLES_SQL, conninfo, exact_counts, parse_tables};
 use crate::error::{Error, Result};
 use crate::manifest::Item;
-use crate::source::postgres::session::PsqlSession;
-use crate::source::postgres::{PgTools, TABLES_SQL, conninfo, exact_counts, parse_tables};
 
 /// How to restore PostgreSQL items.
 #[derive(Debug, Clone, Default)]
@@ -163,16 +164,9 @@ pub async fn inspect(
         t.close().await;
     }
     let (restore_version, restore_major) = tools.version("pg_restore").await?;
-    let dump_major = item
-        .facts
-        .get("pg_dump_major")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
-    let dump_version = item
-        .facts
-        .get("pg_dump_version")
-        .and_then(|v| v.as_str())
-        .unwrap_or("unknown");
+    let facts = PostgresFacts::of(item);
+    let dump_major = facts.pg_dump_major.unwrap_or(0);
+    let dump_version = facts.pg_dump_version.as_deref().unwrap_or("unknown");
     let incompatible = (!is_globals(item) && dump_major > u64::from(restore_major)).then(|| {
         format!("the dump was written by {dump_version}, which {restore_version} cannot read; use pg_restore {dump_major} or newer (bin_dir / --pg-bin-dir)")
     });
@@ -355,22 +349,9 @@ impl PgRestoreSink {
 
 /// The row counts a restore with these options must reproduce (exact counts only).
 fn expected_counts(item: &Item, opts: &PgRestoreOptions) -> BTreeMap<String, u64> {
-    let exact = item
-        .facts
-        .get("row_counts_exact")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let Some(counts) = item
-        .facts
-        .get("row_counts")
-        .and_then(|v| v.as_object())
-        .filter(|_| exact)
-    else {
-        return BTreeMap::new();
-    };
-    counts
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+    PostgresFacts::of(item)
+        .exact_counts()
+        .into_iter()
         .filter(|(k, _)| {
             let (schema, table) = k.split_once('.').unwrap_or(("", k));
             (opts.tables.is_empty() || opts.tables.iter().any(|t| t == table || t == k))

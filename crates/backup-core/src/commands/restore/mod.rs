@@ -5,10 +5,7 @@
 //! SHA-256 and size before a sink commits. [`plan`] says what would go where and touches nothing; [`apply`]
 //! refuses to start if any target is in the way (unless forced).
 
-pub mod postgres;
-pub mod redis;
 pub mod sink;
-pub mod untar;
 
 pub use crate::content::reader::fetch_chunk;
 use crate::content::reader::{self as fetch, Verify};
@@ -22,16 +19,18 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::engines::postgres::conninfo;
+use crate::engines::postgres::facts::PostgresFacts;
+use crate::engines::postgres::restore::{
+    GlobalsSink, PgRestoreOptions, PgRestoreSink, PgTargetInfo, inspect as pg_inspect, is_globals,
+};
+use crate::engines::redis::restore::{RedisDirSink, RedisRestoreOptions, RedisScratchSink};
+use crate::engines::volume::facts::VolumeFacts;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use crate::source::postgres::conninfo;
-use postgres::{
-    GlobalsSink, PgRestoreOptions, PgRestoreSink, PgTargetInfo, inspect as pg_inspect, is_globals,
-};
-use redis::{RedisDirSink, RedisRestoreOptions, RedisScratchSink};
 use sink::{
     CommandSink, DirectorySink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty,
 };
@@ -263,12 +262,9 @@ fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Re
                     )));
                 }
                 Some(db) => db,
-                None => item
-                    .facts
-                    .get("database")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or(&item.name)
-                    .to_string(),
+                None => PostgresFacts::of(item)
+                    .database
+                    .unwrap_or_else(|| item.name.clone()),
             };
             return Ok(Target::Postgres(conninfo::with_database(&url, &db)));
         }
@@ -285,7 +281,7 @@ fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Re
         return Ok(Target::Command(cmd.clone()));
     }
     if item.kind == ItemKind::Volume
-        && let Some(path) = item.facts.get("path").and_then(|v| v.as_str())
+        && let Some(path) = VolumeFacts::of(item).path
     {
         return Ok(Target::Directory(PathBuf::from(path)));
     }

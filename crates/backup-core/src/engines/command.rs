@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
-use super::{ByteStream, Source};
 use crate::error::{Error, Result};
 use crate::manifest::{Facts, ItemKind};
+use crate::source::{ByteStream, Source};
 
 const STDERR_TAIL: usize = 4096;
 

@@ -1,0 +1,8 @@
+//! Commands: what the binaries run, each a library call with `*Options` in and a `*Report`
+//! out — backup, restore (plan, apply), check, GC, prune.
+
+pub mod backup;
+pub mod check;
+pub mod gc;
+pub mod prune;
+pub mod restore;

@@ -1,0 +1,12 @@
+//! PostgreSQL: `pg_dump` sources with facts from the dump's own snapshot, `pg_restore` and
+//! globals targets, connection strings, and the scratch server drills restore into.
+
+pub mod conninfo;
+pub mod drill;
+pub mod facts;
+pub mod restore;
+pub mod scratch;
+pub mod session;
+mod source;
+
+pub use source::*;
