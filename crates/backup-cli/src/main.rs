@@ -1,26 +1,25 @@
 //! `lifeboat-backup`: create repositories, run backups, list snapshots, check, manage keys.
 
+mod render;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, interrupted, run_main};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, interrupted, print_snapshots, run_main};
 use backup_core::codec::keys::KdfParams;
 use backup_core::commands::backup::{BackupOptions, backup};
 use backup_core::commands::check::{CheckOptions, check};
+use backup_core::commands::prune::{PruneOptions, prune};
 use backup_core::config::{
-    ConfigFile, PostgresConfig, RedisConfig, ResolvedRepo, RetentionConfig, split_named,
+    ConfigFile, ResolvedRepo, RetentionConfig, SourceSelection, select_sources,
 };
-use backup_core::engines::command::CommandSource;
-use backup_core::engines::volume::{VolumeOptions, VolumeSource};
 use backup_core::lock::RunLock;
-use backup_core::progress::{Progress, human_bytes, human_duration, spawn_ticker};
+use backup_core::progress::{Progress, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
-use backup_core::retention;
 use backup_core::secret::SecretSource;
-use backup_core::source::Source;
 use clap::{Args, Parser, Subcommand};
 
 /// Back up PostgreSQL, Redis, volumes and command output into an encrypted, deduplicated repository.
@@ -181,6 +180,19 @@ struct RunArgs {
     stale_after: Option<String>,
 }
 
+impl RunArgs {
+    fn selection(&self) -> SourceSelection {
+        SourceSelection {
+            sources: self.sources.clone(),
+            volumes: self.volumes.clone(),
+            commands: self.commands.clone(),
+            postgres: self.postgres.clone(),
+            redis: self.redis.clone(),
+            excludes: self.excludes.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum KeyCmd {
     /// List key slots.
@@ -230,154 +242,54 @@ fn main() -> ExitCode {
     run_main("lifeboat-backup", run(Cli::parse()))
 }
 
+/// Each subcommand is a library call and its rendering; the exit code is the library's.
 async fn run(cli: Cli) -> Result<ExitCode> {
     let (config, resolved) = cli.global.resolve()?;
+    let config = config.as_ref();
     let out = cli.global.output();
-    match cli.cmd {
+    let code = match cli.cmd {
         Cmd::Init {
             kdf_memory_mib,
             kdf_iterations,
             label,
             chunk_sizes,
         } => {
-            let secret = resolved.secret_source()?.resolve()?;
-            let opts = InitOptions {
-                kdf: KdfParams {
-                    memory_kib: kdf_memory_mib * 1024,
-                    iterations: kdf_iterations,
-                    parallelism: 1,
-                },
-                chunker: chunk_sizes.unwrap_or_default(),
-                label,
-                cache: resolved.cache.clone(),
-            };
-            let repo = Repository::init(resolved.store().await?, &secret, opts).await?;
-            out.result(
-                &serde_json::json!({"repository": resolved.url, "id": repo.config().id, "key_slot": repo.slot()}),
-                || format!("created repository {} at {} (key slot {})", repo.config().id, resolved.url, repo.slot()),
-            );
+            let kdf = kdf(kdf_memory_mib, kdf_iterations);
+            init(&resolved, kdf, label, chunk_sizes, &out).await?;
+            0
         }
-        Cmd::Run(args) => return run_backup(&resolved, config.as_ref(), args, &out).await,
+        Cmd::Run(args) => run_backup(&resolved, config, args, &out).await?,
         Cmd::Snapshots => {
             let repo = resolved.open().await?;
-            let listing = repo.snapshot_listing().await?;
-            let snaps = &listing.snapshots;
-            if out.json {
-                let mut all: Vec<serde_json::Value> = snaps.iter().map(summary).collect();
-                all.extend(listing.damaged.iter().map(
-                    |d| serde_json::json!({"id": d.id, "damaged": d.reason, "stored": d.stored}),
-                ));
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else {
-                println!(
-                    "{:<10} {:<20} {:<16} {:>10}  ITEMS",
-                    "ID", "TIME (UTC)", "HOST", "SIZE"
-                );
-                for s in snaps {
-                    println!(
-                        "{:<10} {:<20} {:<16} {:>10}  {}",
-                        s.id.short(),
-                        s.time.format("%Y-%m-%d %H:%M:%S"),
-                        s.host,
-                        human_bytes(s.size()),
-                        s.source_set().join(",")
-                    );
-                }
-                for d in &listing.damaged {
-                    println!(
-                        "{:<10} {:<20} {:<16} {:>10}  DAMAGED: {}",
-                        d.id.short(),
-                        d.stored
-                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                            .unwrap_or_else(|| "?".into()),
-                        "?",
-                        "?",
-                        d.reason
-                    );
-                }
-            }
-            // Listed, not fatal: the other snapshots are what the operator needs now.
-            for d in &listing.damaged {
-                eprintln!("damaged: {d}");
-            }
+            print_snapshots(&repo.snapshot_listing().await?, &repo.location(), &out);
+            0
         }
         Cmd::Check { read_data } => {
             let repo = resolved.open().await?;
-            let report = check(
-                &repo,
-                &CheckOptions {
-                    read_data,
-                    ..Default::default()
-                },
-            )
-            .await?;
-            if out.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for p in &report.problems {
-                    eprintln!("problem: {}", p.message);
-                }
-                if !out.quiet || !report.ok() {
-                    println!(
-                        "checked {} snapshots, {} items, {} chunks ({} read, {}), {} packs; {} unreferenced chunks{}; {}",
-                        report.snapshots,
-                        report.items,
-                        report.chunks,
-                        report.chunks_read,
-                        human_bytes(report.bytes_read),
-                        report.packs,
-                        report.unreferenced_chunks,
-                        if report.orphan_packs > 0 {
-                            format!(", {} packs without an index", report.orphan_packs)
-                        } else {
-                            String::new()
-                        },
-                        if report.ok() {
-                            "no problems".to_string()
-                        } else {
-                            format!("{} PROBLEMS", report.problems.len())
-                        }
-                    );
-                }
-            }
-            if !report.ok() {
-                eprintln!(
-                    "hint: restore an older snapshot that does not use the damaged objects, and take a fresh backup"
-                );
-                return Ok(ExitCode::from(6));
-            }
+            let opts = CheckOptions {
+                read_data,
+                ..Default::default()
+            };
+            let report = check(&repo, &opts).await?;
+            render::check(&report, &out)?;
+            report.exit_code()
         }
-        Cmd::Key(k) => key_cmd(&resolved, k, &out).await?,
+        Cmd::Key(k) => {
+            key_cmd(&resolved, k, &out).await?;
+            0
+        }
         Cmd::Forget {
             keep,
             dry_run,
             snapshots,
         } => {
             let repo = resolved.open().await?;
-            if !snapshots.is_empty() {
-                let mut ids = Vec::new();
-                for q in &snapshots {
-                    // By id without opening it: a damaged manifest must be removable.
-                    ids.push(repo.find_snapshot_id(q).await?);
-                }
-                let (done, retained) = if dry_run {
-                    (ids.clone(), Vec::new())
-                } else {
-                    let r = repo.forget(&ids).await?;
-                    (r.forgotten, r.retained)
-                };
-                out.result(&serde_json::json!({"forgotten": done, "retained": retained, "dry_run": dry_run}), || {
-                    let mut s = format!("{} {} snapshot(s)", if dry_run { "would forget" } else { "forgot" }, done.len());
-                    if !retained.is_empty() {
-                        s.push_str(&format!("; {} still under Object Lock retention, kept", retained.len()));
-                    }
-                    s
-                });
+            if snapshots.is_empty() {
+                let rc = policy_from(&keep, config)?;
+                retention_run(&repo, &rc, dry_run, false, &out).await?
             } else {
-                let rc = policy_from(&keep, config.as_ref())?;
-                if retention_run(&repo, &rc, dry_run, false, &out).await? {
-                    return Ok(ExitCode::from(6));
-                }
+                forget_ids(&repo, &snapshots, dry_run, &out).await?;
+                0
             }
         }
         Cmd::Prune {
@@ -390,120 +302,121 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let repo = resolved.open().await?;
             let mut rc = keep
                 .to_config()
-                .or_else(|| config.as_ref().and_then(|c| c.retention.clone()))
+                .or_else(|| config.and_then(|c| c.retention.clone()))
                 .unwrap_or_default();
-            if grace.is_some() {
-                rc.grace = grace;
-            }
-            if max_unused.is_some() {
-                rc.max_unused = max_unused;
-            }
-            if stale_after.is_some() {
-                rc.stale_after = stale_after;
-            }
-            if retention_run(&repo, &rc, dry_run, true, &out).await? {
-                return Ok(ExitCode::from(6));
-            }
+            rc.grace = grace.or(rc.grace);
+            rc.max_unused = max_unused.or(rc.max_unused);
+            rc.stale_after = stale_after.or(rc.stale_after);
+            retention_run(&repo, &rc, dry_run, true, &out).await?
         }
         Cmd::Protect { snapshot } => {
-            let repo = resolved.open().await?;
-            let s = repo.find_snapshot(&snapshot).await?;
-            repo.set_protected(&s.id, true).await?;
-            out.result(&serde_json::json!({"protected": s.id}), || {
-                format!("snapshot {} is protected", s.id.short())
-            });
+            protect(&resolved, &snapshot, true, &out).await?;
+            0
         }
         Cmd::Unprotect { snapshot } => {
-            let repo = resolved.open().await?;
-            let s = repo.find_snapshot(&snapshot).await?;
-            repo.set_protected(&s.id, false).await?;
-            out.result(&serde_json::json!({"unprotected": s.id}), || {
-                format!("snapshot {} is no longer protected", s.id.short())
-            });
+            protect(&resolved, &snapshot, false, &out).await?;
+            0
         }
+    };
+    Ok(ExitCode::from(code))
+}
+
+fn kdf(memory_mib: u32, iterations: u32) -> KdfParams {
+    KdfParams {
+        memory_kib: memory_mib * 1024,
+        iterations,
+        parallelism: 1,
     }
-    Ok(ExitCode::SUCCESS)
 }
 
-fn summary(s: &backup_core::manifest::Snapshot) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id, "time": s.time, "finished": s.finished, "host": s.host, "tags": s.tags, "size": s.size(),
-        "items": s.items.iter().map(|i| serde_json::json!({"name": i.name, "kind": i.kind, "size": i.size})).collect::<Vec<_>>(),
-    })
+async fn init(
+    resolved: &ResolvedRepo,
+    kdf: KdfParams,
+    label: Option<String>,
+    chunk_sizes: Option<ChunkerParams>,
+    out: &Output,
+) -> Result<()> {
+    let secret = resolved.secret_source()?.resolve()?;
+    let opts = InitOptions {
+        kdf,
+        chunker: chunk_sizes.unwrap_or_default(),
+        label,
+        cache: resolved.cache.clone(),
+    };
+    let repo = Repository::init(resolved.store().await?, &secret, opts).await?;
+    out.result(
+        &serde_json::json!({"repository": resolved.url, "id": repo.config().id, "key_slot": repo.slot()}),
+        || format!("created repository {} at {} (key slot {})", repo.config().id, resolved.url, repo.slot()),
+    );
+    Ok(())
 }
 
+/// `forget ID…`: by id, without opening the manifests (a damaged one must be removable).
+async fn forget_ids(
+    repo: &Repository,
+    queries: &[String],
+    dry_run: bool,
+    out: &Output,
+) -> Result<()> {
+    let mut ids = Vec::new();
+    for q in queries {
+        ids.push(repo.find_snapshot_id(q).await?);
+    }
+    let (done, retained) = if dry_run {
+        (ids, Vec::new())
+    } else {
+        let r = repo.forget(&ids).await?;
+        (r.forgotten, r.retained)
+    };
+    out.result(
+        &serde_json::json!({"forgotten": done, "retained": retained, "dry_run": dry_run}),
+        || {
+            let mut s = format!(
+                "{} {} snapshot(s)",
+                if dry_run { "would forget" } else { "forgot" },
+                done.len()
+            );
+            if !retained.is_empty() {
+                s.push_str(&format!(
+                    "; {} still under Object Lock retention, kept",
+                    retained.len()
+                ));
+            }
+            s
+        },
+    );
+    Ok(())
+}
+
+async fn protect(resolved: &ResolvedRepo, query: &str, on: bool, out: &Output) -> Result<()> {
+    let repo = resolved.open().await?;
+    let s = repo.find_snapshot(query).await?;
+    repo.set_protected(&s.id, on).await?;
+    let key = if on { "protected" } else { "unprotected" };
+    out.result(&serde_json::json!({ key: s.id }), || {
+        if on {
+            format!("snapshot {} is protected", s.id.short())
+        } else {
+            format!("snapshot {} is no longer protected", s.id.short())
+        }
+    });
+    Ok(())
+}
+
+/// `run`: back up the selected sources, then apply the config's retention.
 async fn run_backup(
     resolved: &ResolvedRepo,
     config: Option<&ConfigFile>,
     args: RunArgs,
     out: &Output,
-) -> Result<ExitCode> {
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    if let Some(cfg) = config {
-        for name in &args.sources {
-            if !cfg.sources.contains_key(name) {
-                bail!(backup_core::Error::Usage(format!(
-                    "no source {name} in the config (it has: {})",
-                    cfg.sources.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
-            }
-        }
-        let adhoc = !args.volumes.is_empty()
-            || !args.commands.is_empty()
-            || !args.postgres.is_empty()
-            || !args.redis.is_empty();
-        for (name, sc) in &cfg.sources {
-            if args.sources.contains(name) || (args.sources.is_empty() && !adhoc) {
-                sources.extend(sc.build(name).await?);
-            }
-        }
-    } else if !args.sources.is_empty() {
-        bail!(backup_core::Error::Usage("--source needs --config".into()));
-    }
-    for v in &args.volumes {
-        let (name, path) = split_named(v, "--volume")?;
-        let opts = VolumeOptions {
-            exclude: args.excludes.clone(),
-            ..Default::default()
-        };
-        sources.push(Box::new(VolumeSource::new(name, path, opts)));
-    }
-    for c in &args.commands {
-        let (name, cmd) = split_named(c, "--command")?;
-        sources.push(Box::new(CommandSource::new(name, cmd)));
-    }
-    for r in &args.redis {
-        let (name, url) = split_named(r, "--redis")?;
-        sources.push(Box::new(RedisConfig::from_url(&url).source(&name)?));
-    }
-    for p in &args.postgres {
-        let (name, url) = split_named(p, "--postgres")?;
-        sources.extend(PostgresConfig::from_url(&url).sources(&name).await?);
-    }
-    let lock_path = resolved.lock_path();
-    let _lock = RunLock::acquire(&lock_path, args.wait)?;
+) -> Result<u8> {
+    let sources = select_sources(config, &args.selection()).await?;
+    let _lock = RunLock::acquire(&resolved.lock_path(), args.wait)?;
     let repo = resolved.open().await?;
-    let bc = config.map(|c| c.backup.clone()).unwrap_or_default();
     let progress = Arc::new(Progress::default());
     let show_progress = !out.quiet && !out.json && std::io::stderr().is_terminal();
-    let opts = BackupOptions {
-        host: args.host.or(bc.host),
-        tags: if args.tags.is_empty() {
-            bc.tags
-        } else {
-            args.tags
-        },
-        compression_level: args
-            .compression_level
-            .or(bc.compression_level)
-            .unwrap_or(backup_core::commands::backup::DEFAULT_COMPRESSION_LEVEL),
-        concurrency: bc
-            .concurrency
-            .unwrap_or_else(backup_core::commands::backup::default_concurrency),
-        progress: show_progress.then(|| progress.clone()),
-        stale_after: stale_after_for_run(args.stale_after.as_deref(), config)?,
-        ..Default::default()
-    };
+    let mut opts = backup_options(config, &args)?;
+    opts.progress = show_progress.then(|| progress.clone());
     let ticker = show_progress.then(|| spawn_ticker(progress.clone()));
     // On SIGINT/SIGTERM the backup future is dropped: sources kill their producers and, as the
     // snapshot is written last, nothing that looks like a good backup is left behind.
@@ -517,52 +430,41 @@ async fn run_backup(
     drop(ticker);
     let report =
         result.context("backup failed, no snapshot was written; retention was not applied")?;
-    for w in &report.warnings {
-        eprintln!("lifeboat-backup: warning: {w}");
-    }
-    out.result(&serde_json::to_value(&report)?, || {
-        let mut s = format!(
-            "snapshot {} saved: {} item(s), {} in {} ({} new chunks, {} stored)",
-            report.snapshot.short(),
-            report.items.len(),
-            human_bytes(report.size),
-            human_duration(report.seconds),
-            report.chunks_new,
-            human_bytes(report.stored_bytes)
-        );
-        if report.store_retries > 0 {
-            s.push_str(&format!(
-                "; {} storage requests retried",
-                report.store_retries
-            ));
-        }
-        for i in &report.items {
-            s.push_str(&format!(
-                "\n  {:<20} {:<8} {:>10}  {} chunks, {} new",
-                i.name,
-                i.kind.to_string(),
-                human_bytes(i.size),
-                i.chunks,
-                i.chunks_new
-            ));
-        }
-        s
-    });
+    render::backup(&report, out)?;
     // Retention only after a fully successful backup (a failed run returned above).
-    if let Some(rc) = config.and_then(|c| c.retention.as_ref()) {
-        let quiet = Output {
-            json: false,
-            quiet: out.quiet || out.json,
-        };
-        let damaged = retention_run(&repo, rc, false, rc.prune.unwrap_or(true), &quiet)
-            .await
-            .context("the backup succeeded, but applying the retention policy failed")?;
-        if damaged {
-            // The snapshot is good; what is damaged is older, and someone must look at it.
-            return Ok(ExitCode::from(6));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    let Some(rc) = config.and_then(|c| c.retention.as_ref()) else {
+        return Ok(0);
+    };
+    let quiet = Output {
+        json: false,
+        quiet: out.quiet || out.json,
+    };
+    // A damaged older object exits non-zero: the snapshot is good, but someone must look.
+    retention_run(&repo, rc, false, rc.prune.unwrap_or(true), &quiet)
+        .await
+        .context("the backup succeeded, but applying the retention policy failed")
+}
+
+/// Flags over `[backup]` over the defaults.
+fn backup_options(config: Option<&ConfigFile>, args: &RunArgs) -> Result<BackupOptions> {
+    let bc = config.map(|c| c.backup.clone()).unwrap_or_default();
+    Ok(BackupOptions {
+        host: args.host.clone().or(bc.host),
+        tags: if args.tags.is_empty() {
+            bc.tags
+        } else {
+            args.tags.clone()
+        },
+        compression_level: args
+            .compression_level
+            .or(bc.compression_level)
+            .unwrap_or(backup_core::commands::backup::DEFAULT_COMPRESSION_LEVEL),
+        concurrency: bc
+            .concurrency
+            .unwrap_or_else(backup_core::commands::backup::default_concurrency),
+        stale_after: stale_after_for_run(args.stale_after.as_deref(), config)?,
+        ..Default::default()
+    })
 }
 
 /// `--stale-after`, else `[retention] stale_after`, else the default.
@@ -588,141 +490,23 @@ fn policy_from(keep: &KeepFlags, config: Option<&ConfigFile>) -> Result<Retentio
         })
 }
 
-/// Applies a retention config: plan, forget (unless dry run), then GC when `gc`.
+/// Applies a retention config (plan, forget unless dry run, then GC when `gc`); returns the
+/// exit code.
 async fn retention_run(
-    repo: &backup_core::Repository,
+    repo: &Repository,
     rc: &RetentionConfig,
     dry_run: bool,
     gc: bool,
     out: &Output,
-) -> Result<bool> {
-    let opts = backup_core::commands::prune::PruneOptions {
+) -> Result<u8> {
+    let opts = PruneOptions {
         policy: Some(rc.policy()?),
         gc: if gc { Some(rc.gc_options()?) } else { None },
         dry_run,
     };
-    let report = backup_core::commands::prune::prune(repo, &opts).await?;
-    let mut json = serde_json::json!({"dry_run": dry_run});
-    if let Some(plan) = &report.plan {
-        if !out.json && !out.quiet {
-            print_retention(plan, dry_run);
-        }
-        let mut forgotten = plan.remove().len();
-        if let Some(r) = &report.forget {
-            forgotten = r.forgotten.len();
-            if !r.retained.is_empty() && !out.json && !out.quiet {
-                println!(
-                    "{} snapshot(s) still under Object Lock retention were kept; they go once it expires",
-                    r.retained.len()
-                );
-            }
-            json["retained"] = serde_json::to_value(&r.retained)?;
-        }
-        json["plan"] = serde_json::to_value(plan)?;
-        json["forgotten"] = forgotten.into();
-    }
-    let damaged = &report.damaged;
-    if let Some(r) = &report.gc {
-        if !out.json && !out.quiet {
-            match &r.deferred {
-                Some(why) => println!("garbage collection deferred: {why}"),
-                None => println!(
-                    "garbage collection{}: {} of {} chunk objects unreferenced and past the grace period, {} reclaimed; {} kept in grace{}",
-                    if dry_run { " (dry run)" } else { "" },
-                    r.chunks_deleted,
-                    r.chunks_total,
-                    human_bytes(r.bytes_deleted),
-                    r.chunks_in_grace,
-                    if r.skipped_retained.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; {} still under retention (skipped)",
-                            r.skipped_retained.len()
-                        )
-                    }
-                ),
-            }
-            if r.deferred.is_none() && r.packs_total > 0 {
-                let would = |done: &str, plan: &str| {
-                    if dry_run {
-                        plan.to_string()
-                    } else {
-                        done.to_string()
-                    }
-                };
-                println!(
-                    "packs: {} of {} {} ({}), {} {} ({} copied, {} freed); {} unreferenced left in packs",
-                    r.packs_deleted,
-                    r.packs_total,
-                    would("deleted", "would be deleted"),
-                    human_bytes(r.pack_bytes_deleted),
-                    r.packs_repacked,
-                    would("repacked", "would be repacked"),
-                    human_bytes(r.repack_bytes_written),
-                    human_bytes(r.repack_bytes_freed),
-                    human_bytes(r.pack_bytes_unreferenced),
-                );
-            }
-            for s in &r.repack_skipped {
-                println!("not repacked: {s}");
-            }
-            if r.incomplete_removed > 0 {
-                println!(
-                    "{} partial writes of killed runs ({}) {}",
-                    r.incomplete_removed,
-                    human_bytes(r.incomplete_bytes),
-                    if dry_run {
-                        "would be removed"
-                    } else {
-                        "removed"
-                    }
-                );
-            }
-        }
-        json["gc"] = serde_json::to_value(r)?;
-    }
-    if out.json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
-    }
-    // Always on stderr, even with --quiet: a damaged object needs a person.
-    for d in damaged {
-        eprintln!("damaged: {d}");
-    }
-    if !damaged.is_empty() {
-        eprintln!(
-            "hint: nothing was deleted because it could not be read; run `lifeboat-backup check --read-data`, and forget snapshots that cannot be recovered"
-        );
-    }
-    Ok(!damaged.is_empty())
-}
-
-fn print_retention(plan: &retention::RetentionPlan, dry_run: bool) {
-    for g in &plan.groups {
-        let keep = g.snapshots.iter().filter(|d| d.keep).count();
-        println!(
-            "host {} / sources {}: keep {keep}, {} {}",
-            g.host.as_deref().unwrap_or("*"),
-            g.sources
-                .as_ref()
-                .map(|s| s.join(","))
-                .unwrap_or_else(|| "*".into()),
-            if dry_run { "would remove" } else { "remove" },
-            g.snapshots.len() - keep
-        );
-        for d in &g.snapshots {
-            println!(
-                "  {:<10} {:<20} {}",
-                d.id.short(),
-                d.time.format("%Y-%m-%d %H:%M:%S"),
-                if d.keep {
-                    format!("keep: {}", d.reasons.join(", "))
-                } else {
-                    "REMOVE".into()
-                }
-            );
-        }
-    }
+    let report = prune(repo, &opts).await?;
+    render::prune(&report, out)?;
+    Ok(report.exit_code())
 }
 
 async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()> {
@@ -730,29 +514,7 @@ async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()>
     match k {
         KeyCmd::List => {
             let slots = repo.key_slots().await?;
-            if out.json {
-                let v: Vec<_> = slots
-                    .iter()
-                    .map(|s| serde_json::json!({"id": s.id, "kind": s.kind(), "created": s.created, "host": s.host, "label": s.label, "current": s.id == repo.slot()}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "  {:<17} {:<11} {:<20} {:<16} LABEL",
-                    "ID", "KIND", "CREATED (UTC)", "HOST"
-                );
-                for s in slots {
-                    println!(
-                        "{} {:<17} {:<11} {:<20} {:<16} {}",
-                        if s.id == repo.slot() { "*" } else { " " },
-                        s.id,
-                        s.kind(),
-                        s.created.format("%Y-%m-%d %H:%M:%S"),
-                        s.host,
-                        s.label.unwrap_or_default()
-                    );
-                }
-            }
+            render::key_slots(&slots, repo.slot(), out)?;
             for d in repo.damaged_key_slots().await? {
                 eprintln!(
                     "damaged: key slot {} ({}); it opens nothing; delete the object if you have no copy of it",
@@ -780,11 +542,7 @@ async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()>
                         "key add needs --new-password-file, --new-password-command, --new-key-file or LIFEBOAT_NEW_PASSWORD".into(),
                     )
                 })?;
-            let kdf = KdfParams {
-                memory_kib: kdf_memory_mib * 1024,
-                iterations: kdf_iterations,
-                parallelism: 1,
-            };
+            let kdf = kdf(kdf_memory_mib, kdf_iterations);
             let slot = repo.add_key(&src.resolve()?, kdf, label).await?;
             out.result(
                 &serde_json::json!({"added": slot.id, "kind": slot.kind()}),

@@ -162,3 +162,51 @@ pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCo
     }
     ExitCode::from(core.map_or(1, |c| c.exit_code()) as u8)
 }
+
+/// Prints a snapshot listing, the same in every binary: a table (or JSON), and each damaged
+/// snapshot on stderr as well (listed, not fatal: the others are what the operator needs now).
+pub fn print_snapshots(listing: &crate::repository::SnapshotListing, location: &str, out: &Output) {
+    use crate::progress::{human_bytes, human_duration};
+    let now = chrono::Utc::now();
+    for d in &listing.damaged {
+        eprintln!("damaged: {d}");
+    }
+    if out.json {
+        let rows = listing.to_json(now);
+        println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+        return;
+    }
+    if listing.snapshots.is_empty() && listing.damaged.is_empty() {
+        if !out.quiet {
+            println!("no snapshots in {location}");
+        }
+        return;
+    }
+    println!(
+        "{:<10} {:<20} {:>8} {:<16} {:>10}  ITEMS",
+        "ID", "TIME (UTC)", "AGE", "HOST", "SIZE"
+    );
+    for s in &listing.snapshots {
+        println!(
+            "{:<10} {:<20} {:>8} {:<16} {:>10}  {}",
+            s.id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S"),
+            human_duration((now - s.time).num_seconds() as f64),
+            s.host,
+            human_bytes(s.size()),
+            s.source_set().join(",")
+        );
+    }
+    for d in &listing.damaged {
+        let stored = d.stored.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        println!(
+            "{:<10} {:<20} {:>8} {:<16} {:>10}  DAMAGED: {}",
+            d.id.short(),
+            stored.as_deref().unwrap_or("?"),
+            "?",
+            "?",
+            "?",
+            d.reason
+        );
+    }
+}

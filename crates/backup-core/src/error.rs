@@ -149,6 +149,10 @@ pub enum Error {
     },
 }
 
+/// Exit code of a command that ran but found damaged or missing data (`check` problems,
+/// damaged objects GC would not touch): the same code an integrity error exits with.
+pub const EXIT_INTEGRITY: u8 = 6;
+
 impl Error {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

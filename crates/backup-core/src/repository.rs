@@ -116,6 +116,32 @@ pub struct SnapshotListing {
     pub damaged: Vec<DamagedSnapshot>,
 }
 
+impl SnapshotListing {
+    /// The listing as both binaries print it with `--json`: one row per snapshot, oldest
+    /// first, then the damaged ones (`{id, damaged, stored}`).
+    pub fn to_json(&self, now: DateTime<Utc>) -> serde_json::Value {
+        let mut rows: Vec<serde_json::Value> = self
+            .snapshots
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id, "time": s.time, "finished": s.finished, "host": s.host,
+                    "tags": s.tags, "size": s.size(), "age_seconds": (now - s.time).num_seconds(),
+                    "items": s.items.iter().map(|i| serde_json::json!({
+                        "name": i.name, "kind": i.kind, "format": i.format, "size": i.size,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        rows.extend(
+            self.damaged
+                .iter()
+                .map(|d| serde_json::json!({"id": d.id, "damaged": d.reason, "stored": d.stored})),
+        );
+        serde_json::Value::Array(rows)
+    }
+}
+
 /// A snapshot manifest that is listed but does not open.
 #[derive(Debug, Clone, Serialize)]
 pub struct DamagedSnapshot {

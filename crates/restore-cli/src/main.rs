@@ -1,23 +1,23 @@
 //! `lifeboat-restore`: list and inspect snapshots, plan and run restores, export raw streams.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, run_main};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, print_snapshots, run_main};
 use backup_core::commands::restore::sink::{FileSink, Sink, StdoutSink};
 use backup_core::commands::restore::{
     ApplyEvent, ApplyEvents, ApplyOptions, PlannedItem, RestoreOptions, RestorePlan, RestoredItem,
     Target, TargetState, apply, plan, preflight, restore_item,
 };
-use backup_core::config::{ConfigFile, PostgresConfig, SourceConfig};
+use backup_core::config::{ConfigFile, PostgresConfig, RestoreDefaults};
 use backup_core::engines::postgres::restore::PgRestoreOptions;
 use backup_core::engines::redis::restore::RedisRestoreOptions;
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
+use backup_core::repository::Repository;
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 
@@ -136,106 +136,26 @@ fn main() -> ExitCode {
     run_main("lifeboat-restore", run(Cli::parse()))
 }
 
+/// Each subcommand is a library call and its rendering.
 async fn run(cli: Cli) -> Result<ExitCode> {
     let (config, resolved) = cli.global.resolve()?;
+    let config = config.as_ref();
     let out = cli.global.output();
     let repo = resolved.open().await?;
-    let restore_commands: HashMap<String, String> = config
-        .iter()
-        .flat_map(|c| c.sources.iter())
-        .filter_map(|(n, s)| s.restore_command().map(|c| (n.clone(), c.to_string())))
-        .collect();
     match cli.cmd {
-        Cmd::List => {
-            let listing = repo.snapshot_listing().await?;
-            let snaps = &listing.snapshots;
-            // Listed, not fatal: the other snapshots are what the operator needs now.
-            for d in &listing.damaged {
-                eprintln!("damaged: {d}");
-            }
-            if out.json {
-                let mut v: Vec<_> = snaps.iter().map(snapshot_json).collect();
-                v.extend(listing.damaged.iter().map(
-                    |d| serde_json::json!({"id": d.id, "damaged": d.reason, "stored": d.stored}),
-                ));
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if snaps.is_empty() {
-                println!("no snapshots in {}", repo.location());
-            } else {
-                println!(
-                    "{:<10} {:<20} {:>8} {:<16} {:>10}  ITEMS",
-                    "ID", "TIME (UTC)", "AGE", "HOST", "SIZE"
-                );
-                for s in snaps {
-                    println!(
-                        "{:<10} {:<20} {:>8} {:<16} {:>10}  {}",
-                        s.id.short(),
-                        s.time.format("%Y-%m-%d %H:%M:%S"),
-                        human_duration((Utc::now() - s.time).num_seconds() as f64),
-                        s.host,
-                        human_bytes(s.size()),
-                        s.source_set().join(",")
-                    );
-                }
-            }
-        }
-        Cmd::Show { snapshot } => {
-            let s = repo.find_snapshot(&snapshot).await?;
-            if out.json {
-                let mut v = serde_json::to_value(&s)?;
-                // Chunk lists are long and say nothing to a reader; count them instead.
-                if let Some(items) = v.get_mut("items").and_then(|i| i.as_array_mut()) {
-                    for (it, orig) in items.iter_mut().zip(&s.items) {
-                        it["chunks"] = orig.chunks.len().into();
-                    }
-                }
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "snapshot {}\n  time     {} UTC ({} ago)\n  host     {}\n  tags     {}\n  program  {}\n  size     {}",
-                    s.id,
-                    s.time.format("%Y-%m-%d %H:%M:%S"),
-                    human_duration((Utc::now() - s.time).num_seconds() as f64),
-                    s.host,
-                    s.tags.join(","),
-                    s.program,
-                    human_bytes(s.size())
-                );
-                for i in &s.items {
-                    println!(
-                        "\nitem {} ({}, {})\n  size     {} in {} chunks\n  sha256   {}\n  took     {}",
-                        i.name,
-                        i.kind,
-                        i.format,
-                        human_bytes(i.size),
-                        i.chunks.len(),
-                        i.sha256,
-                        human_duration((i.finished - i.started).num_milliseconds() as f64 / 1000.0)
-                    );
-                    for (k, v) in &i.facts {
-                        println!("  {k:<26} {v}");
-                    }
-                }
-            }
-        }
+        Cmd::List => print_snapshots(&repo.snapshot_listing().await?, &repo.location(), &out),
+        Cmd::Show { snapshot } => show(&repo.find_snapshot(&snapshot).await?, &out)?,
         Cmd::Plan(sel) => {
-            let snap = repo.find_snapshot_with(&sel.snapshot, &sel.only).await?;
-            let mut opts = sel.options(restore_commands, config.as_ref())?;
-            expand_item_urls(&mut opts, &snap);
-            let p = plan(&snap, &opts).await?;
+            let (_, p) = sel.plan(&repo, config).await?;
             print_plan(&p, &out)?;
         }
         Cmd::Run { sel, dry_run, yes } => {
-            let snap = repo.find_snapshot_with(&sel.snapshot, &sel.only).await?;
-            let mut opts = sel.options(restore_commands, config.as_ref())?;
-            expand_item_urls(&mut opts, &snap);
-            let p = plan(&snap, &opts).await?;
-            if dry_run {
+            let (snap, p) = sel.plan(&repo, config).await?;
+            if dry_run || (!out.quiet && !out.json) {
                 print_plan(&p, &out)?;
-                return Ok(ExitCode::SUCCESS);
             }
-            if !out.quiet && !out.json {
-                print_plan(&p, &out)?;
+            if dry_run {
+                return Ok(ExitCode::SUCCESS);
             }
             preflight(&p)?;
             if p.force
@@ -246,74 +166,127 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             {
                 bail!("restore cancelled; nothing was touched");
             }
-            return restore(&repo, &snap, &p, &out).await;
+            restore(&repo, &snap, &p, &out).await?;
         }
         Cmd::Export {
             snapshot,
             item,
             output,
             force,
-        } => {
-            let snap = repo
-                .find_snapshot_with(&snapshot, std::slice::from_ref(&item))
-                .await?;
-            let it = snap
-                .item(&item)
-                .ok_or_else(|| backup_core::Error::ItemNotFound {
-                    snapshot: snap.id,
-                    item: item.clone(),
-                    available: snap.source_set().join(", "),
-                })?;
-            let to_stdout = output.as_os_str() == "-";
-            let sink: Box<dyn Sink> = if to_stdout {
-                Box::new(StdoutSink::new())
-            } else {
-                Box::new(FileSink::create(&it.name, &output, force).await?)
-            };
-            let progress = Arc::new(Progress::default());
-            let show = !out.quiet && !out.json && !to_stdout && std::io::stderr().is_terminal();
-            let opts = ApplyOptions {
-                progress: show.then(|| progress.clone()),
-                ..Default::default()
-            };
-            let ticker = show.then(|| spawn_ticker(progress));
-            let r = restore_item(&repo, snap.id, it, sink, &opts).await;
-            drop(ticker);
-            if let Err(e) = r {
-                if to_stdout {
-                    eprintln!(
-                        "lifeboat-restore: the data already written to stdout is incomplete or unverified: discard it"
-                    );
-                }
-                return Err(e.into());
-            }
-            if !to_stdout {
-                out.result(&serde_json::json!({"item": it.name, "size": it.size, "sha256": it.sha256, "output": output}), || {
-                    format!("exported {} ({}, sha256 {} verified) to {}", it.name, human_bytes(it.size), it.sha256, output.display())
-                });
-            }
-        }
+        } => export(&repo, &snapshot, &item, &output, force, &out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-impl Selection {
-    fn options(
-        &self,
-        restore_commands: HashMap<String, String>,
-        config: Option<&ConfigFile>,
-    ) -> Result<RestoreOptions> {
-        let mut item_urls = BTreeMap::new();
-        let mut tools = None;
-        for (name, sc) in config.iter().flat_map(|c| c.sources.iter()) {
-            if let SourceConfig::Postgres(pg) = sc {
-                tools.get_or_insert(pg.tools()?);
-                if let Some(url) = &pg.restore_url {
-                    item_urls.insert(name.clone(), url.clone());
-                }
+fn show(s: &Snapshot, out: &Output) -> Result<()> {
+    if out.json {
+        let mut v = serde_json::to_value(s)?;
+        // Chunk lists are long and say nothing to a reader; count them instead.
+        if let Some(items) = v.get_mut("items").and_then(|i| i.as_array_mut()) {
+            for (it, orig) in items.iter_mut().zip(&s.items) {
+                it["chunks"] = orig.chunks.len().into();
             }
         }
-        let mut tools = tools.unwrap_or_default();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "snapshot {}\n  time     {} UTC ({} ago)\n  host     {}\n  tags     {}\n  program  {}\n  size     {}",
+        s.id,
+        s.time.format("%Y-%m-%d %H:%M:%S"),
+        human_duration((Utc::now() - s.time).num_seconds() as f64),
+        s.host,
+        s.tags.join(","),
+        s.program,
+        human_bytes(s.size())
+    );
+    for i in &s.items {
+        println!(
+            "\nitem {} ({}, {})\n  size     {} in {} chunks\n  sha256   {}\n  took     {}",
+            i.name,
+            i.kind,
+            i.format,
+            human_bytes(i.size),
+            i.chunks.len(),
+            i.sha256,
+            human_duration((i.finished - i.started).num_milliseconds() as f64 / 1000.0)
+        );
+        for (k, v) in &i.facts {
+            println!("  {k:<26} {v}");
+        }
+    }
+    Ok(())
+}
+
+/// `export`: one item's raw stream to a file or stdout, verified.
+async fn export(
+    repo: &Repository,
+    snapshot: &str,
+    item: &str,
+    output: &Path,
+    force: bool,
+    out: &Output,
+) -> Result<()> {
+    let snap = repo
+        .find_snapshot_with(snapshot, &[item.to_string()])
+        .await?;
+    let it = snap
+        .item(item)
+        .ok_or_else(|| backup_core::Error::ItemNotFound {
+            snapshot: snap.id,
+            item: item.to_string(),
+            available: snap.source_set().join(", "),
+        })?;
+    let to_stdout = output.as_os_str() == "-";
+    let sink: Box<dyn Sink> = if to_stdout {
+        Box::new(StdoutSink::new())
+    } else {
+        Box::new(FileSink::create(&it.name, output, force).await?)
+    };
+    let progress = Arc::new(Progress::default());
+    let show = !out.quiet && !out.json && !to_stdout && std::io::stderr().is_terminal();
+    let opts = ApplyOptions {
+        progress: show.then(|| progress.clone()),
+        ..Default::default()
+    };
+    let ticker = show.then(|| spawn_ticker(progress));
+    let r = restore_item(repo, snap.id, it, sink, &opts).await;
+    drop(ticker);
+    if let Err(e) = r {
+        if to_stdout {
+            eprintln!(
+                "lifeboat-restore: the data already written to stdout is incomplete or unverified: discard it"
+            );
+        }
+        return Err(e.into());
+    }
+    if !to_stdout {
+        out.result(&serde_json::json!({"item": it.name, "size": it.size, "sha256": it.sha256, "output": output}), || {
+            format!("exported {} ({}, sha256 {} verified) to {}", it.name, human_bytes(it.size), it.sha256, output.display())
+        });
+    }
+    Ok(())
+}
+
+impl Selection {
+    /// The snapshot these flags select and the restore plan for it.
+    async fn plan(
+        &self,
+        repo: &Repository,
+        config: Option<&ConfigFile>,
+    ) -> Result<(Snapshot, RestorePlan)> {
+        let snap = repo.find_snapshot_with(&self.snapshot, &self.only).await?;
+        let defaults = match config {
+            Some(c) => c.restore_defaults(&snap)?,
+            None => RestoreDefaults::default(),
+        };
+        let p = plan(&snap, &self.options(defaults)?).await?;
+        Ok((snap, p))
+    }
+
+    /// Flags over the config file's restore settings.
+    fn options(&self, defaults: RestoreDefaults) -> Result<RestoreOptions> {
+        let mut tools = defaults.tools.unwrap_or_default();
         if let Some(d) = &self.pg.pg_bin_dir {
             tools.bin_dir = Some(d.clone());
         }
@@ -327,10 +300,10 @@ impl Selection {
             skip: self.skip.clone(),
             to: self.to.clone(),
             force: self.force,
-            restore_commands,
+            restore_commands: defaults.commands,
             postgres: PgRestoreOptions {
                 url: self.pg.to_postgres.clone(),
-                item_urls,
+                item_urls: defaults.postgres_urls,
                 clean: self.pg.clean,
                 jobs: self.pg.jobs,
                 tables: self.pg.tables.clone(),
@@ -346,28 +319,6 @@ impl Selection {
             },
         })
     }
-}
-
-/// Config `restore_url`s are per source; items are named SOURCE or SOURCE.DB.
-fn expand_item_urls(opts: &mut RestoreOptions, snap: &Snapshot) {
-    let by_source = std::mem::take(&mut opts.postgres.item_urls);
-    for item in &snap.items {
-        for (source, url) in &by_source {
-            if PostgresConfig::owns_item(source, &item.name) {
-                opts.postgres
-                    .item_urls
-                    .insert(item.name.clone(), url.clone());
-            }
-        }
-    }
-}
-
-fn snapshot_json(s: &Snapshot) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id, "time": s.time, "finished": s.finished, "host": s.host, "tags": s.tags, "size": s.size(),
-        "age_seconds": (Utc::now() - s.time).num_seconds(),
-        "items": s.items.iter().map(|i| serde_json::json!({"name": i.name, "kind": i.kind, "format": i.format, "size": i.size})).collect::<Vec<_>>(),
-    })
 }
 
 fn print_plan(p: &RestorePlan, out: &Output) -> Result<()> {
@@ -440,12 +391,7 @@ fn confirm(p: &RestorePlan) -> Result<bool> {
     Ok(line.trim() == "yes")
 }
 
-async fn restore(
-    repo: &backup_core::Repository,
-    snap: &Snapshot,
-    p: &RestorePlan,
-    out: &Output,
-) -> Result<ExitCode> {
+async fn restore(repo: &Repository, snap: &Snapshot, p: &RestorePlan, out: &Output) -> Result<()> {
     let progress = Arc::new(Progress::default());
     let show = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let text = !out.quiet && !out.json;
@@ -496,7 +442,7 @@ async fn restore(
             )?
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn print_restored(item: &PlannedItem, r: &RestoredItem) {

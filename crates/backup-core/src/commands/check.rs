@@ -65,6 +65,22 @@ impl CheckReport {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// The next step when something was found.
+    pub fn hint(&self) -> Option<&'static str> {
+        (!self.ok()).then_some(
+            "restore an older snapshot that does not use the damaged objects, and take a fresh backup",
+        )
+    }
+
+    /// Process exit code: 0, or [`crate::error::EXIT_INTEGRITY`] when there are problems.
+    pub fn exit_code(&self) -> u8 {
+        if self.ok() {
+            0
+        } else {
+            crate::error::EXIT_INTEGRITY
+        }
+    }
 }
 
 /// Checks the repository.

@@ -35,6 +35,25 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
+impl PruneReport {
+    /// The next step when damaged objects were found.
+    pub fn hint(&self) -> Option<&'static str> {
+        (!self.damaged.is_empty()).then_some(
+            "nothing was deleted because it could not be read; run `lifeboat-backup check --read-data`, and forget snapshots that cannot be recovered",
+        )
+    }
+
+    /// Process exit code: 0, or [`crate::error::EXIT_INTEGRITY`] when something is damaged
+    /// (the run did what it could; a person must look at the rest).
+    pub fn exit_code(&self) -> u8 {
+        if self.damaged.is_empty() {
+            0
+        } else {
+            crate::error::EXIT_INTEGRITY
+        }
+    }
+}
+
 /// Plans retention over the readable snapshots (a damaged one is kept and named), forgets
 /// what the plan removes, then collects garbage.
 pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {

@@ -1,0 +1,228 @@
+//! Text and JSON for what `lifeboat-backup`'s commands report.
+
+use anyhow::Result;
+use backup_core::cli::Output;
+use backup_core::codec::keys::KeySlot;
+use backup_core::commands::backup::BackupReport;
+use backup_core::commands::check::CheckReport;
+use backup_core::commands::gc::GcReport;
+use backup_core::commands::prune::PruneReport;
+use backup_core::id::SlotId;
+use backup_core::progress::{human_bytes, human_duration};
+use backup_core::retention::RetentionPlan;
+
+pub fn backup(report: &BackupReport, out: &Output) -> Result<()> {
+    for w in &report.warnings {
+        eprintln!("lifeboat-backup: warning: {w}");
+    }
+    out.result(&serde_json::to_value(report)?, || {
+        let mut s = format!(
+            "snapshot {} saved: {} item(s), {} in {} ({} new chunks, {} stored)",
+            report.snapshot.short(),
+            report.items.len(),
+            human_bytes(report.size),
+            human_duration(report.seconds),
+            report.chunks_new,
+            human_bytes(report.stored_bytes)
+        );
+        if report.store_retries > 0 {
+            s.push_str(&format!(
+                "; {} storage requests retried",
+                report.store_retries
+            ));
+        }
+        for i in &report.items {
+            s.push_str(&format!(
+                "\n  {:<20} {:<8} {:>10}  {} chunks, {} new",
+                i.name,
+                i.kind.to_string(),
+                human_bytes(i.size),
+                i.chunks,
+                i.chunks_new
+            ));
+        }
+        s
+    });
+    Ok(())
+}
+
+pub fn check(report: &CheckReport, out: &Output) -> Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        for p in &report.problems {
+            eprintln!("problem: {}", p.message);
+        }
+        if !out.quiet || !report.ok() {
+            println!(
+                "checked {} snapshots, {} items, {} chunks ({} read, {}), {} packs; {} unreferenced chunks{}; {}",
+                report.snapshots,
+                report.items,
+                report.chunks,
+                report.chunks_read,
+                human_bytes(report.bytes_read),
+                report.packs,
+                report.unreferenced_chunks,
+                if report.orphan_packs > 0 {
+                    format!(", {} packs without an index", report.orphan_packs)
+                } else {
+                    String::new()
+                },
+                if report.ok() {
+                    "no problems".to_string()
+                } else {
+                    format!("{} PROBLEMS", report.problems.len())
+                }
+            );
+        }
+    }
+    if let Some(h) = report.hint() {
+        eprintln!("hint: {h}");
+    }
+    Ok(())
+}
+
+/// A prune or forget-by-policy: the plan, what was forgotten, GC, and damaged objects (always
+/// on stderr, even with `--quiet`: a damaged object needs a person).
+pub fn prune(report: &PruneReport, out: &Output) -> Result<()> {
+    let dry_run = report.dry_run;
+    let human = !out.json && !out.quiet;
+    let mut json = serde_json::json!({"dry_run": dry_run});
+    if let Some(plan) = &report.plan {
+        if human {
+            retention_plan(plan, dry_run);
+        }
+        let mut forgotten = plan.remove().len();
+        if let Some(r) = &report.forget {
+            forgotten = r.forgotten.len();
+            if !r.retained.is_empty() && human {
+                println!(
+                    "{} snapshot(s) still under Object Lock retention were kept; they go once it expires",
+                    r.retained.len()
+                );
+            }
+            json["retained"] = serde_json::to_value(&r.retained)?;
+        }
+        json["plan"] = serde_json::to_value(plan)?;
+        json["forgotten"] = forgotten.into();
+    }
+    if let Some(r) = &report.gc {
+        if human {
+            gc(r, dry_run);
+        }
+        json["gc"] = serde_json::to_value(r)?;
+    }
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    for d in &report.damaged {
+        eprintln!("damaged: {d}");
+    }
+    if let Some(h) = report.hint() {
+        eprintln!("hint: {h}");
+    }
+    Ok(())
+}
+
+fn gc(r: &GcReport, dry_run: bool) {
+    let would = |done: &'static str, plan: &'static str| if dry_run { plan } else { done };
+    match &r.deferred {
+        Some(why) => println!("garbage collection deferred: {why}"),
+        None => println!(
+            "garbage collection{}: {} of {} chunk objects unreferenced and past the grace period, {} reclaimed; {} kept in grace{}",
+            if dry_run { " (dry run)" } else { "" },
+            r.chunks_deleted,
+            r.chunks_total,
+            human_bytes(r.bytes_deleted),
+            r.chunks_in_grace,
+            if r.skipped_retained.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} still under retention (skipped)",
+                    r.skipped_retained.len()
+                )
+            }
+        ),
+    }
+    if r.deferred.is_none() && r.packs_total > 0 {
+        println!(
+            "packs: {} of {} {} ({}), {} {} ({} copied, {} freed); {} unreferenced left in packs",
+            r.packs_deleted,
+            r.packs_total,
+            would("deleted", "would be deleted"),
+            human_bytes(r.pack_bytes_deleted),
+            r.packs_repacked,
+            would("repacked", "would be repacked"),
+            human_bytes(r.repack_bytes_written),
+            human_bytes(r.repack_bytes_freed),
+            human_bytes(r.pack_bytes_unreferenced),
+        );
+    }
+    for s in &r.repack_skipped {
+        println!("not repacked: {s}");
+    }
+    if r.incomplete_removed > 0 {
+        println!(
+            "{} partial writes of killed runs ({}) {}",
+            r.incomplete_removed,
+            human_bytes(r.incomplete_bytes),
+            would("removed", "would be removed")
+        );
+    }
+}
+
+fn retention_plan(plan: &RetentionPlan, dry_run: bool) {
+    for g in &plan.groups {
+        let keep = g.snapshots.iter().filter(|d| d.keep).count();
+        println!(
+            "host {} / sources {}: keep {keep}, {} {}",
+            g.host.as_deref().unwrap_or("*"),
+            g.sources
+                .as_ref()
+                .map(|s| s.join(","))
+                .unwrap_or_else(|| "*".into()),
+            if dry_run { "would remove" } else { "remove" },
+            g.snapshots.len() - keep
+        );
+        for d in &g.snapshots {
+            println!(
+                "  {:<10} {:<20} {}",
+                d.id.short(),
+                d.time.format("%Y-%m-%d %H:%M:%S"),
+                if d.keep {
+                    format!("keep: {}", d.reasons.join(", "))
+                } else {
+                    "REMOVE".into()
+                }
+            );
+        }
+    }
+}
+
+pub fn key_slots(slots: &[KeySlot], current: SlotId, out: &Output) -> Result<()> {
+    if out.json {
+        let v: Vec<_> = slots
+            .iter()
+            .map(|s| serde_json::json!({"id": s.id, "kind": s.kind(), "created": s.created, "host": s.host, "label": s.label, "current": s.id == current}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "  {:<17} {:<11} {:<20} {:<16} LABEL",
+        "ID", "KIND", "CREATED (UTC)", "HOST"
+    );
+    for s in slots {
+        println!(
+            "{} {:<17} {:<11} {:<20} {:<16} {}",
+            if s.id == current { "*" } else { " " },
+            s.id,
+            s.kind(),
+            s.created.format("%Y-%m-%d %H:%M:%S"),
+            s.host,
+            s.label.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(())
+}

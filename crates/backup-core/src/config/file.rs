@@ -1,0 +1,164 @@
+//! The configuration file's schema: `[repository]`, `[backup]`, loading with `${VAR}`
+//! expansion and unknown keys refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{RetentionConfig, SourceConfig};
+use crate::error::{Error, Result};
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Applied by `run` after a fully successful backup, and by `forget`/`prune`.
+    pub retention: Option<RetentionConfig>,
+}
+
+/// `[repository]`: where, and how to unlock it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// A directory path (`s3://bucket/prefix` comes with the S3 store).
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the passphrase.
+    pub password_env: Option<String>,
+    pub password_command: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    /// Settings for `s3://` repositories.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+/// `[repository.s3]`: the standard AWS environment works too (`AWS_ENDPOINT_URL`,
+/// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, profiles, instance roles).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub storage_class: Option<String>,
+    pub access_key_id: Option<String>,
+    /// File holding the secret access key.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Attempts per request, retries included (default 8).
+    pub max_attempts: Option<u32>,
+    /// Sign uploaded bodies with SigV4 (default false: objects are sealed with AES-GCM, and
+    /// signing costs a SHA-256 pass over every byte uploaded).
+    pub sign_payload: Option<bool>,
+    /// `{ mode = "governance" | "compliance", days = N }`.
+    pub object_lock: Option<ObjectLockConfig>,
+}
+
+/// Object Lock settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    pub mode: String,
+    pub days: u32,
+}
+
+/// `[backup]`: run settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    pub host: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub compression_level: Option<i32>,
+    pub concurrency: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        let err = |detail: String| Error::Config {
+            path: path.display().to_string(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut value: toml::Value = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        expand_env(&mut value).map_err(err)?;
+        let cfg: ConfigFile = value
+            .try_into()
+            .map_err(|e: toml::de::Error| err(e.to_string()))?;
+        for name in cfg.sources.keys() {
+            if !crate::manifest::validate_item_name(name) {
+                return Err(err(format!(
+                    "source name {name:?} is not allowed: use letters, digits, '.', '_' and '-'"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn expand_env(v: &mut toml::Value) -> std::result::Result<(), String> {
+    match v {
+        toml::Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("${") {
+                out.push_str(&rest[..i]);
+                let end = rest[i..]
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?
+                    + i;
+                let var = &rest[i + 2..end];
+                out.push_str(
+                    &std::env::var(var)
+                        .map_err(|_| format!("environment variable {var} is not set"))?,
+                );
+                rest = &rest[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Array(a) => a.iter_mut().try_for_each(expand_env)?,
+        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, v)| expand_env(v))?,
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_with_env_expansion_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        // SAFETY-free: tests in this crate do not read LIFEBOAT_TEST_DIR concurrently.
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
+        std::fs::write(
+            &p,
+            "[repository]\nurl = \"${HOME}/repo\"\npassword_file = \"/etc/pw\"\n\n[sources.web]\ntype = \"volume\"\npath = \"/srv\"\nexclude = [\"*.tmp\"]\n\n[sources.db]\ntype = \"command\"\ncommand = \"echo hi\"\nrestore_command = \"cat\"\n",
+        )
+        .unwrap();
+        let c = ConfigFile::load(&p).unwrap();
+        assert_eq!(c.repository.url, format!("{home}/repo"));
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.sources["db"].restore_command(), Some("cat"));
+        std::fs::write(&p, "[repository]\nurl = \"x\"\npasword_file = \"typo\"\n").unwrap();
+        let e = ConfigFile::load(&p).unwrap_err();
+        assert!(e.to_string().contains("pasword_file"), "{e}");
+        std::fs::write(&p, "[repository]\nurl = \"${LIFEBOAT_SURELY_UNSET_VAR}\"\n").unwrap();
+        assert!(
+            ConfigFile::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("LIFEBOAT_SURELY_UNSET_VAR")
+        );
+    }
+}
