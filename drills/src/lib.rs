@@ -4,12 +4,14 @@
 //!
 //! | module | role |
 //! |---|---|
+//! | [`demo`] | the demo: fixtures (compiled in) backed up into a temporary repository |
 //! | [`file`] | the drill file (TOML) |
 //! | [`run`] | the runner: scratch targets, restore, checks, timings |
 //! | [`report`] | the report and its JSON / Markdown / Prometheus renderings |
 
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod file;
 pub mod report;
 pub mod run;

@@ -82,7 +82,17 @@ fn demo_drill_passes_and_its_report_shows_every_item_and_check() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let out = drill(&["demo"], tmp.path());
+    // Installed outside the checkout and run from elsewhere: the fixtures travel with it.
+    let install = tempfile::tempdir().unwrap();
+    let bin = install.path().join("lifeboat-drill");
+    std::fs::copy(env!("CARGO_BIN_EXE_lifeboat-drill"), &bin).unwrap();
+    let out = Command::new(&bin)
+        .arg("demo")
+        .current_dir(install.path())
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let md = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -101,6 +111,8 @@ fn demo_drill_passes_and_its_report_shows_every_item_and_check() {
         "RTO",
         "RPO",
         "restore s",
+        "restored config file is there",
+        "orders with an amount exist",
     ] {
         assert!(md.contains(needle), "report lacks {needle:?}:\n{md}");
     }
