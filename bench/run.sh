@@ -127,9 +127,14 @@ make_tree() {
 
 # ------------------------------------------------------------------ tools
 
-cargo build --release --quiet --locked -p backup-cli -p restore-cli
-B="$root/target/release/lifeboat-backup"
-R="$root/target/release/lifeboat-restore"
+# LIFEBOAT_BIN_DIR=DIR measures the binaries in DIR (another build, for before/after) instead
+# of building this checkout's.
+if [ -n "${LIFEBOAT_BIN_DIR:-}" ]; then
+  B="$LIFEBOAT_BIN_DIR/lifeboat-backup" R="$LIFEBOAT_BIN_DIR/lifeboat-restore"
+else
+  cargo build --release --quiet --locked -p backup-cli -p restore-cli
+  B="$root/target/release/lifeboat-backup" R="$root/target/release/lifeboat-restore"
+fi
 RUSTIC="$(command -v rustic || ls /opt/rustic/bin/rustic 2>/dev/null || true)"
 available=""
 for t in ${tools//,/ }; do

@@ -167,12 +167,11 @@ async fn run_items(
     let mut reused = HashSet::new();
     let mut caches = Vec::new();
     for mut src in sources {
-        let (item, report, item_reused, cache) =
-            backup_item(repo, &mut *src, &known, &packer, opts).await?;
-        caches.extend(cache);
-        items.push(item);
-        reports.push(report);
-        reused.extend(item_reused);
+        let done = backup_item(repo, &mut *src, &known, &packer, opts).await?;
+        caches.extend(done.cache);
+        items.push(done.item);
+        reports.push(done.report);
+        reused.extend(done.reused);
     }
     if let Some(last) = packer.take() {
         packer.write(last, &**repo.store(), repo.keys()).await?;
@@ -243,12 +242,139 @@ struct OpenFile {
     chunks: Vec<CachedChunk>,
 }
 
-type ItemOutcome = (
-    Item,
-    ItemReport,
-    Vec<ChunkId>,
-    Option<(CacheSlot, FileCache)>,
-);
+/// What backing up one item produced.
+struct ItemOutcome {
+    item: Item,
+    report: ItemReport,
+    /// Chunks this item named without writing them (their Object Lock may need extending).
+    reused: Vec<ChunkId>,
+    /// The item's file cache, saved once the snapshot is written.
+    cache: Option<(CacheSlot, FileCache)>,
+}
+
+/// How a chunk counts for the report, once the packer has taken it.
+enum Counted {
+    New(u64),
+    Reused,
+}
+
+/// An item's chunks in stream order, counted, with the file cache they fill.
+struct Tally {
+    chunks: Vec<ChunkId>,
+    reused: Vec<ChunkId>,
+    chunks_new: usize,
+    stored_bytes: u64,
+    size: u64,
+    /// With pieces, the item's digest is over its chunk ids (a cached file is never read).
+    per_chunk: bool,
+    list_digest: Sha256,
+    cache: Option<FileCache>,
+    file: Option<OpenFile>,
+}
+
+impl Tally {
+    fn new(per_chunk: bool) -> Self {
+        Tally {
+            chunks: Vec::new(),
+            reused: Vec::new(),
+            chunks_new: 0,
+            stored_bytes: 0,
+            size: 0,
+            per_chunk,
+            list_digest: Sha256::new(),
+            cache: per_chunk.then(FileCache::new),
+            file: None,
+        }
+    }
+
+    fn start_file(&mut self, key: Option<FileKey>) {
+        self.file = key.map(|key| OpenFile {
+            key,
+            got: 0,
+            chunks: Vec::new(),
+        });
+    }
+
+    fn chunk(&mut self, id: ChunkId, len: u64, counted: Counted) {
+        self.chunks.push(id);
+        self.size += len;
+        match counted {
+            Counted::New(n) => {
+                self.chunks_new += 1;
+                self.stored_bytes += n;
+            }
+            Counted::Reused => self.reused.push(id),
+        }
+        if !self.per_chunk {
+            return;
+        }
+        self.list_digest.update(id.0);
+        if let Some(f) = &mut self.file {
+            f.got += len;
+            f.chunks.push(CachedChunk { id, len });
+        }
+        // Cuts fence a file's data, so its chunks end exactly at its size.
+        if let Some(f) = self.file.take_if(|f| f.got >= f.key.size)
+            && f.got == f.key.size
+            && let Some(c) = &mut self.cache
+        {
+            c.insert(CachedFile {
+                key: f.key,
+                chunks: f.chunks,
+            });
+        }
+    }
+}
+
+/// Full packs being written while the item's loop goes on: at most two at a time.
+#[derive(Default)]
+struct PackWrites(std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>);
+
+impl PackWrites {
+    /// Hands a sealed small chunk to the packer, starting a pack's write when one fills.
+    fn pack(
+        &mut self,
+        repo: &Repository,
+        packer: &Arc<Packer>,
+        id: ChunkId,
+        object: &[u8],
+        len: u64,
+    ) -> Counted {
+        match packer.add(id, object, len as u32) {
+            None => Counted::Reused,
+            Some(full) => {
+                if let Some(pack) = full {
+                    let (repo, packer) = (repo.clone(), packer.clone());
+                    self.0.push_back(tokio::spawn(async move {
+                        packer.write(pack, &**repo.store(), repo.keys()).await
+                    }));
+                }
+                Counted::New(object.len() as u64)
+            }
+        }
+    }
+
+    /// Waits for the oldest write once more than two are running.
+    async fn throttle(&mut self) -> Result<()> {
+        match self.0.len() > 2 {
+            true => join_write(self.0.pop_front().expect("more than two")).await,
+            false => Ok(()),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        while let Some(w) = self.0.pop_front() {
+            join_write(w).await?;
+        }
+        Ok(())
+    }
+
+    fn abort(self) {
+        for w in self.0 {
+            w.abort();
+        }
+    }
+}
 
 async fn backup_item(
     repo: &Repository,
@@ -263,48 +389,13 @@ async fn backup_item(
     if let Some(p) = &opts.progress {
         p.start_item(&name, 0);
     }
-    let params = repo.config().chunker_params;
     let slot = repo
         .file_cache_path(&name)
         .map(|p| CacheSlot::new(p, repo.keys().clone(), &name));
-    let ctx = PieceContext {
-        cache: slot.clone(),
-        known: known.clone(),
-        aligned_min: u64::from(params.min_size),
-        group_min: params.file_group(),
-    };
-    let mut head = Vec::new();
-    let (messages, feed): (futures::stream::BoxStream<'static, Chunked>, Feed) =
-        match src.open_pieces(ctx).await? {
-            Some(pieces) => {
-                let (mut rx, task) = spawn_piece_chunker(pieces, params, 2);
-                let s = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-                (s.boxed(), Feed::Pieces(task))
-            }
-            None => {
-                let mut reader = src.open().await?;
-                if src.has_volatile_prefix() {
-                    let mut peek = Vec::with_capacity(HEAD_PEEK);
-                    (&mut reader)
-                        .take(HEAD_PEEK as u64)
-                        .read_to_end(&mut peek)
-                        .await
-                        .map_err(|e| Error::SourceFailed {
-                            item: name.clone(),
-                            detail: format!("reading the stream: {e}"),
-                        })?;
-                    let n = src.volatile_prefix(&peek).min(peek.len());
-                    head = peek[..n].to_vec();
-                    let rest = std::io::Cursor::new(peek[n..].to_vec());
-                    reader = Box::new(rest.chain(reader));
-                }
-                let (mut rx, task) = spawn_chunker(reader, params, 2, &head);
-                let s = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Chunked::Data);
-                (s.boxed(), Feed::Stream(task))
-            }
-        };
-    let per_chunk = matches!(feed, Feed::Pieces(_));
-    let mut results = messages
+    let (messages, feed, head) = open_feed(repo, src, slot.clone(), known).await?;
+    let mut tally = Tally::new(matches!(feed, Feed::Pieces(_)));
+    let mut writes = PackWrites::default();
+    let results = messages
         .map(|m| {
             process(
                 repo,
@@ -315,125 +406,24 @@ async fn backup_item(
             )
         })
         .buffered(opts.concurrency.max(1));
-
-    let mut chunks = Vec::new();
-    let mut reused = Vec::new();
-    let (mut chunks_new, mut stored_bytes, mut size) = (0usize, 0u64, 0u64);
-    let mut list_digest = Sha256::new();
-    let mut cache = per_chunk.then(FileCache::new);
-    let mut file: Option<OpenFile> = None;
-    let mut failure = None;
-    // Full packs being written: at most two at a time, the loop goes on meanwhile.
-    let mut writes: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>> =
-        Default::default();
-    while let Some(r) = results.next().await {
-        match r {
-            Ok(Outcome::File(key)) => {
-                file = key.map(|key| OpenFile {
-                    key,
-                    got: 0,
-                    chunks: Vec::new(),
-                })
-            }
-            Ok(Outcome::Chunk { id, len, stored }) => {
-                chunks.push(id);
-                size += len;
-                let stored = match stored {
-                    Stored::Pack(object) => match packer.add(id, &object, len as u32) {
-                        None => Stored::Reused,
-                        Some(full) => {
-                            if let Some(pack) = full {
-                                let (repo, packer) = (repo.clone(), packer.clone());
-                                writes.push_back(tokio::spawn(async move {
-                                    packer.write(pack, &**repo.store(), repo.keys()).await
-                                }));
-                            }
-                            Stored::New(object.len() as u64)
-                        }
-                    },
-                    other => other,
-                };
-                match stored {
-                    Stored::New(n) => {
-                        chunks_new += 1;
-                        stored_bytes += n;
-                    }
-                    Stored::Reused => reused.push(id),
-                    Stored::Pack(_) => unreachable!("packed above"),
-                }
-                if writes.len() > 2
-                    && let Some(w) = writes.pop_front()
-                    && let Err(e) = join_write(w).await
-                {
-                    failure = Some(e);
-                    break;
-                }
-                if per_chunk {
-                    list_digest.update(id.0);
-                    if let Some(f) = &mut file {
-                        f.got += len;
-                        f.chunks.push(CachedChunk { id, len });
-                    }
-                }
-                // Cuts fence a file's data, so its chunks end exactly at its size.
-                if let Some(f) = file.take_if(|f| f.got >= f.key.size)
-                    && f.got == f.key.size
-                    && let Some(c) = &mut cache
-                {
-                    c.insert(CachedFile {
-                        key: f.key,
-                        chunks: f.chunks,
-                    });
-                }
-                if let Some(p) = &opts.progress {
-                    p.add(len);
-                }
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
+    let mut stored = consume(repo, packer, results, &mut tally, &mut writes, opts).await;
+    if stored.is_ok() {
+        stored = writes.finish().await;
     }
-    drop(results);
-    if failure.is_none() {
-        for w in writes.drain(..) {
-            if let Err(e) = join_write(w).await {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(e) = failure {
-        for w in writes {
-            w.abort();
-        }
+    if let Err(e) = stored {
+        writes.abort();
         feed.abort();
         return Err(e);
     }
-    let fed = match feed {
-        Feed::Stream(t) => t.await.map(|r| r.map(Some)),
-        Feed::Pieces(t) => t.await.map(|r| r.map(|()| None)),
-    };
-    let stream_digest = match fed {
-        Ok(Ok(d)) => d,
-        Ok(Err(read_err)) => {
-            // The producer's own report (pg_dump's message, the tar walker's error) explains a
-            // broken stream better than the read error does.
-            return Err(match src.finish().await {
-                Err(e) => e,
-                Ok(_) => Error::SourceFailed {
-                    item: name,
-                    detail: format!("reading the stream: {read_err}"),
-                },
-            });
-        }
-        Err(join) => return Err(Error::io("chunker task", std::io::Error::other(join))),
-    };
+    let stream_digest = finish_feed(feed, src, &name).await?;
     let facts = src.finish().await?;
     let (size, sha256, digest) = match stream_digest {
         Some(d) => (d.size, d.sha256, DigestKind::Stream),
-        None => (size, list_digest.finalize().into(), DigestKind::ChunkIds),
+        None => (
+            tally.size,
+            tally.list_digest.finalize().into(),
+            DigestKind::ChunkIds,
+        ),
     };
     let item = Item {
         name: name.clone(),
@@ -443,7 +433,7 @@ async fn backup_item(
         sha256: hex::encode(sha256),
         digest,
         head: (!head.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&head)),
-        chunks,
+        chunks: tally.chunks,
         started,
         finished: Utc::now(),
         facts,
@@ -453,11 +443,114 @@ async fn backup_item(
         kind: item.kind,
         size: item.size,
         chunks: item.chunks.len(),
-        chunks_new,
-        stored_bytes,
+        chunks_new: tally.chunks_new,
+        stored_bytes: tally.stored_bytes,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    Ok((item, report, reused, slot.zip(cache)))
+    Ok(ItemOutcome {
+        item,
+        report,
+        reused: tally.reused,
+        cache: slot.zip(tally.cache),
+    })
+}
+
+/// Reads the pipeline's results in stream order into the tally, packing small chunks.
+async fn consume(
+    repo: &Repository,
+    packer: &Arc<Packer>,
+    mut results: impl futures::Stream<Item = Result<Outcome>> + Unpin,
+    tally: &mut Tally,
+    writes: &mut PackWrites,
+    opts: &BackupOptions,
+) -> Result<()> {
+    while let Some(r) = results.next().await {
+        let (id, len, stored) = match r? {
+            Outcome::File(key) => {
+                tally.start_file(key);
+                continue;
+            }
+            Outcome::Chunk { id, len, stored } => (id, len, stored),
+        };
+        let counted = match stored {
+            Stored::Pack(object) => writes.pack(repo, packer, id, &object, len),
+            Stored::New(n) => Counted::New(n),
+            Stored::Reused => Counted::Reused,
+        };
+        tally.chunk(id, len, counted);
+        writes.throttle().await?;
+        if let Some(p) = &opts.progress {
+            p.add(len);
+        }
+    }
+    Ok(())
+}
+
+/// Starts the item's source and chunker: as pieces when the source knows its structure, else
+/// as a stream whose volatile header (if any) is kept apart. Returns the header too.
+async fn open_feed(
+    repo: &Repository,
+    src: &mut dyn Source,
+    cache: Option<CacheSlot>,
+    known: &Arc<Mutex<HashSet<ChunkId>>>,
+) -> Result<(futures::stream::BoxStream<'static, Chunked>, Feed, Vec<u8>)> {
+    let params = repo.config().chunker_params;
+    let ctx = PieceContext {
+        cache,
+        known: known.clone(),
+        aligned_min: u64::from(params.min_size),
+        group_min: params.file_group(),
+    };
+    if let Some(pieces) = src.open_pieces(ctx).await? {
+        let (mut rx, task) = spawn_piece_chunker(pieces, params, 2);
+        let s = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        return Ok((s.boxed(), Feed::Pieces(task), Vec::new()));
+    }
+    let mut reader = src.open().await?;
+    let mut head = Vec::new();
+    if src.has_volatile_prefix() {
+        let mut peek = Vec::with_capacity(HEAD_PEEK);
+        (&mut reader)
+            .take(HEAD_PEEK as u64)
+            .read_to_end(&mut peek)
+            .await
+            .map_err(|e| Error::SourceFailed {
+                item: src.name().to_string(),
+                detail: format!("reading the stream: {e}"),
+            })?;
+        let n = src.volatile_prefix(&peek).min(peek.len());
+        head = peek[..n].to_vec();
+        let rest = std::io::Cursor::new(peek[n..].to_vec());
+        reader = Box::new(rest.chain(reader));
+    }
+    let (mut rx, task) = spawn_chunker(reader, params, 2, &head);
+    let s = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Chunked::Data);
+    Ok((s.boxed(), Feed::Stream(task), head))
+}
+
+/// Waits for the feed to end; a stream feed returns its digest.
+async fn finish_feed(
+    feed: Feed,
+    src: &mut dyn Source,
+    name: &str,
+) -> Result<Option<crate::chunk::StreamDigest>> {
+    let fed = match feed {
+        Feed::Stream(t) => t.await.map(|r| r.map(Some)),
+        Feed::Pieces(t) => t.await.map(|r| r.map(|()| None)),
+    };
+    match fed {
+        Ok(Ok(d)) => Ok(d),
+        // The producer's own report (pg_dump's message, the tar walker's error) explains a
+        // broken stream better than the read error does.
+        Ok(Err(read_err)) => Err(match src.finish().await {
+            Err(e) => e,
+            Ok(_) => Error::SourceFailed {
+                item: name.to_string(),
+                detail: format!("reading the stream: {read_err}"),
+            },
+        }),
+        Err(join) => Err(Error::io("chunker task", std::io::Error::other(join))),
+    }
 }
 
 /// One message of the chunker through the pipeline: new data is identified, deduplicated and
