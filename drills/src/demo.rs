@@ -113,54 +113,8 @@ pub async fn setup() -> Result<Demo> {
         }],
         ..Default::default()
     };
-    let pg = if server_bin_dir().is_some() {
-        eprintln!("demo: starting a scratch PostgreSQL with fixtures/postgres/schema.sql");
-        let pg = tokio::task::spawn_blocking(ScratchPostgres::start)
-            .await
-            .map_err(|e| Error::io("starting PostgreSQL", std::io::Error::other(e)))??;
-        pg.psql("postgres", "CREATE DATABASE app")?;
-        pg.psql("app", SCHEMA_SQL)?;
-        sources.extend(
-            PostgresConfig::from_url(&pg.url("app"))
-                .sources("app")
-                .await?,
-        );
-        checks.sql.push(SqlCheck {
-            item: "app".into(),
-            sql: "select count(*) from sales.orders where amount > 0".into(),
-            expect: "> 0".into(),
-            name: Some("orders with an amount exist".into()),
-        });
-        Some(pg)
-    } else {
-        eprintln!(
-            "demo: PostgreSQL server binaries not found (install postgresql); the drill runs without a database"
-        );
-        None
-    };
-    let redis = if find_program("redis-server", &[]).is_some() {
-        eprintln!("demo: starting a scratch redis-server with the fixture data set");
-        let r = ScratchRedis::start(ScratchRedisOptions::default()).await?;
-        let seeded = match r.connect_as(None, None).await {
-            Ok(mut c) => seed_fixture(&mut c).await,
-            Err(e) => Err(e),
-        };
-        seeded.map_err(|e| Error::io("seeding redis", std::io::Error::other(e)))?;
-        sources.push(Box::new(RedisConfig::from_url(&r.url()).source("cache")?));
-        checks.redis.push(RedisCheck {
-            item: "cache".into(),
-            command: vec!["HGET".into(), "db5:cfg".into(), "mode".into()],
-            expect: "blue".into(),
-            db: 5,
-            name: Some("db 5 config hash restored".into()),
-        });
-        Some(r)
-    } else {
-        eprintln!(
-            "demo: redis-server not found (install redis-server); the drill runs without Redis"
-        );
-        None
-    };
+    let pg = demo_postgres(&mut sources, &mut checks).await?;
+    let redis = demo_redis(&mut sources, &mut checks).await?;
     eprintln!("demo: backing up into {}", repo_path.display());
     backup(&repo, sources, &BackupOptions::default()).await?;
     let file = DrillFile {
@@ -191,4 +145,66 @@ pub async fn setup() -> Result<Demo> {
         _pg: pg,
         _redis: redis,
     })
+}
+
+/// A scratch PostgreSQL with the fixture schema, its source and a check (none without
+/// PostgreSQL installed).
+async fn demo_postgres(
+    sources: &mut Vec<Box<dyn Source>>,
+    checks: &mut Checks,
+) -> Result<Option<ScratchPostgres>> {
+    if server_bin_dir().is_none() {
+        eprintln!(
+            "demo: PostgreSQL server binaries not found (install postgresql); the drill runs without a database"
+        );
+        return Ok(None);
+    }
+    eprintln!("demo: starting a scratch PostgreSQL with fixtures/postgres/schema.sql");
+    let pg = tokio::task::spawn_blocking(ScratchPostgres::start)
+        .await
+        .map_err(|e| Error::io("starting PostgreSQL", std::io::Error::other(e)))??;
+    pg.psql("postgres", "CREATE DATABASE app")?;
+    pg.psql("app", SCHEMA_SQL)?;
+    sources.extend(
+        PostgresConfig::from_url(&pg.url("app"))
+            .sources("app")
+            .await?,
+    );
+    checks.sql.push(SqlCheck {
+        item: "app".into(),
+        sql: "select count(*) from sales.orders where amount > 0".into(),
+        expect: "> 0".into(),
+        name: Some("orders with an amount exist".into()),
+    });
+    Ok(Some(pg))
+}
+
+/// A scratch redis-server with the fixture data set, its source and a check (none without
+/// redis-server installed).
+async fn demo_redis(
+    sources: &mut Vec<Box<dyn Source>>,
+    checks: &mut Checks,
+) -> Result<Option<ScratchRedis>> {
+    if find_program("redis-server", &[]).is_none() {
+        eprintln!(
+            "demo: redis-server not found (install redis-server); the drill runs without Redis"
+        );
+        return Ok(None);
+    }
+    eprintln!("demo: starting a scratch redis-server with the fixture data set");
+    let r = ScratchRedis::start(ScratchRedisOptions::default()).await?;
+    let seeded = match r.connect_as(None, None).await {
+        Ok(mut c) => seed_fixture(&mut c).await,
+        Err(e) => Err(e),
+    };
+    seeded.map_err(|e| Error::io("seeding redis", std::io::Error::other(e)))?;
+    sources.push(Box::new(RedisConfig::from_url(&r.url()).source("cache")?));
+    checks.redis.push(RedisCheck {
+        item: "cache".into(),
+        command: vec!["HGET".into(), "db5:cfg".into(), "mode".into()],
+        expect: "blue".into(),
+        db: 5,
+        name: Some("db 5 config hash restored".into()),
+    });
+    Ok(Some(r))
 }

@@ -190,66 +190,10 @@ pub fn plan(
             "the retention policy keeps nothing: give at least one --keep-* rule".into(),
         ));
     }
-    let tz = policy
-        .timezone
-        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"));
-    type Key = (Option<String>, Option<Vec<String>>, Option<Vec<String>>);
-    let mut groups: BTreeMap<Key, Vec<&Snapshot>> = BTreeMap::new();
-    for s in snapshots {
-        let mut tags = s.tags.clone();
-        tags.sort();
-        let key = (
-            policy.group_by.host.then(|| s.host.clone()),
-            policy.group_by.sources.then(|| s.source_set()),
-            policy.group_by.tags.then_some(tags),
-        );
-        groups.entry(key).or_default().push(s);
-    }
-    let rules: [(&str, Option<u32>, BucketFn); 5] = [
-        ("hourly", policy.keep_hourly, hour),
-        ("daily", policy.keep_daily, day),
-        ("weekly", policy.keep_weekly, week),
-        ("monthly", policy.keep_monthly, month),
-        ("yearly", policy.keep_yearly, year),
-    ];
     let mut out = Vec::new();
-    for ((host, sources, tags), mut snaps) in groups {
+    for ((host, sources, tags), mut snaps) in groups(policy, snapshots) {
         snaps.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
-        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snaps.len()];
-        if let Some(n) = policy.keep_last {
-            for (i, r) in reasons.iter_mut().enumerate().take(n as usize) {
-                r.push(format!("last {} of {n}", i + 1));
-            }
-        }
-        for (name, count, bucket) in rules {
-            let Some(n) = count else { continue };
-            let mut last = None;
-            let mut kept = 0;
-            for (i, s) in snaps.iter().enumerate() {
-                if kept >= n {
-                    break;
-                }
-                let b = bucket(s.time.with_timezone(&tz));
-                if last != Some(b) {
-                    last = Some(b);
-                    kept += 1;
-                    reasons[i].push(format!("{name} {kept} of {n}"));
-                }
-            }
-        }
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(d) = policy.keep_within
-                && s.time >= now - d
-            {
-                reasons[i].push(format!("within {}", show_duration(d)));
-            }
-            if let Some(t) = s.tags.iter().find(|t| policy.keep_tags.contains(t)) {
-                reasons[i].push(format!("tag {t}"));
-            }
-            if protected.contains(&s.id) {
-                reasons[i].push("protected".into());
-            }
-        }
+        let reasons = reasons(policy, &snaps, protected, now);
         if !snaps.is_empty() && reasons.iter().all(|r| r.is_empty()) {
             return Err(Error::Usage(format!(
                 "the policy would remove all {} snapshots of host {} / sources {}: refusing (keep at least one rule that matches, e.g. --keep-last 1)",
@@ -286,6 +230,82 @@ pub fn plan(
         });
     }
     Ok(RetentionPlan { groups: out })
+}
+
+/// A group: host, sources and tags, each set only when the policy groups by it.
+type GroupKey = (Option<String>, Option<Vec<String>>, Option<Vec<String>>);
+
+fn groups<'a>(
+    policy: &RetentionPolicy,
+    snapshots: &'a [Snapshot],
+) -> BTreeMap<GroupKey, Vec<&'a Snapshot>> {
+    let mut groups: BTreeMap<GroupKey, Vec<&Snapshot>> = BTreeMap::new();
+    for s in snapshots {
+        let mut tags = s.tags.clone();
+        tags.sort();
+        let key = (
+            policy.group_by.host.then(|| s.host.clone()),
+            policy.group_by.sources.then(|| s.source_set()),
+            policy.group_by.tags.then_some(tags),
+        );
+        groups.entry(key).or_default().push(s);
+    }
+    groups
+}
+
+/// Why each snapshot of a group (newest first) is kept; empty: removed.
+fn reasons(
+    policy: &RetentionPolicy,
+    snaps: &[&Snapshot],
+    protected: &BTreeSet<SnapshotId>,
+    now: DateTime<Utc>,
+) -> Vec<Vec<String>> {
+    let tz = policy
+        .timezone
+        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"));
+    let rules: [(&str, Option<u32>, BucketFn); 5] = [
+        ("hourly", policy.keep_hourly, hour),
+        ("daily", policy.keep_daily, day),
+        ("weekly", policy.keep_weekly, week),
+        ("monthly", policy.keep_monthly, month),
+        ("yearly", policy.keep_yearly, year),
+    ];
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snaps.len()];
+    if let Some(n) = policy.keep_last {
+        for (i, r) in reasons.iter_mut().enumerate().take(n as usize) {
+            r.push(format!("last {} of {n}", i + 1));
+        }
+    }
+    for (name, count, bucket) in rules {
+        let Some(n) = count else { continue };
+        let mut last = None;
+        let mut kept = 0;
+        for (i, s) in snaps.iter().enumerate() {
+            if kept >= n {
+                break;
+            }
+            let b = bucket(s.time.with_timezone(&tz));
+            if last != Some(b) {
+                last = Some(b);
+                kept += 1;
+                reasons[i].push(format!("{name} {kept} of {n}"));
+            }
+        }
+    }
+    for (i, s) in snaps.iter().enumerate() {
+        if let Some(d) = policy.keep_within
+            && s.time >= now - d
+        {
+            reasons[i].push(format!("within {}", show_duration(d)));
+        }
+        if let Some(t) = s.tags.iter().find(|t| policy.keep_tags.contains(t)) {
+            reasons[i].push(format!("tag {t}"));
+        }
+        if protected.contains(&s.id) {
+            reasons[i].push("protected".into());
+        }
+    }
+    reasons
 }
 
 fn show_duration(d: Duration) -> String {

@@ -135,31 +135,10 @@ async fn collect_marked(
     report: &mut GcReport,
 ) -> Result<()> {
     let store = repo.store().clone();
-    let (other, stale_gcs) = other_gc(&*store, opts, own_marker).await?;
-    if let Some(why) = other {
-        report.deferred = Some(why);
+    let Some((snapshots, stale)) = may_collect(repo, opts, own_marker, report).await? else {
         return Ok(());
-    }
-    let (live, mut stale) = markers(&*store, "markers/run-", opts.stale_after).await?;
-    stale.extend(stale_gcs);
-    if let Some(m) = live.first() {
-        report.deferred = Some(format!(
-            "a backup is running ({}); nothing deleted, run prune again later",
-            m.key
-        ));
-        return Ok(());
-    }
-    let listing = repo.snapshot_listing().await?;
-    if !listing.damaged.is_empty() {
-        // Its chunks are unknown: any of them could be one that looks unreferenced.
-        report.damaged = listing.damaged.iter().map(|d| d.to_string()).collect();
-        report.deferred = Some(format!(
-            "{} snapshot manifest(s) cannot be opened, so which chunks they name is unknown; nothing deleted",
-            listing.damaged.len()
-        ));
-        return Ok(());
-    }
-    let referenced: HashSet<ChunkId> = Repository::chunks_of(&listing.snapshots);
+    };
+    let referenced: HashSet<ChunkId> = Repository::chunks_of(&snapshots);
     let chunks = store.list("chunks/").await?;
     // Indexes before packs: a pack is written before its index, so a listed index's pack is
     // in the pack listing that follows.
@@ -195,8 +174,58 @@ async fn collect_marked(
         ));
         return Ok(());
     }
-    delete_loose(&*store, plan.loose_delete, opts, report).await?;
-    delete_packs(&*store, plan.packs_delete, opts, report).await?;
+    apply(repo, &index, plan, stale, opts, report).await
+}
+
+/// Whether this GC may collect now: not while another GC or a backup runs, nor while a
+/// manifest does not open (the report says why). Returns the snapshots and the dead
+/// processes' markers to remove.
+async fn may_collect(
+    repo: &Repository,
+    opts: &GcOptions,
+    own_marker: &str,
+    report: &mut GcReport,
+) -> Result<Option<(Vec<crate::manifest::Snapshot>, Vec<ObjectMeta>)>> {
+    let store = repo.store();
+    let (other, stale_gcs) = other_gc(&**store, opts, own_marker).await?;
+    if let Some(why) = other {
+        report.deferred = Some(why);
+        return Ok(None);
+    }
+    let (live, mut stale) = markers(&**store, "markers/run-", opts.stale_after).await?;
+    stale.extend(stale_gcs);
+    if let Some(m) = live.first() {
+        report.deferred = Some(format!(
+            "a backup is running ({}); nothing deleted, run prune again later",
+            m.key
+        ));
+        return Ok(None);
+    }
+    let listing = repo.snapshot_listing().await?;
+    if !listing.damaged.is_empty() {
+        // Its chunks are unknown: any of them could be one that looks unreferenced.
+        report.damaged = listing.damaged.iter().map(|d| d.to_string()).collect();
+        report.deferred = Some(format!(
+            "{} snapshot manifest(s) cannot be opened, so which chunks they name is unknown; nothing deleted",
+            listing.damaged.len()
+        ));
+        return Ok(None);
+    }
+    Ok(Some((listing.snapshots, stale)))
+}
+
+/// Carries out a plan: deletes, repacks, removes dead markers and old partial writes.
+async fn apply(
+    repo: &Repository,
+    index: &Arc<crate::content::PackIndex>,
+    plan: plan::Plan,
+    stale: Vec<ObjectMeta>,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<()> {
+    let store = repo.store();
+    delete_loose(&**store, plan.loose_delete, opts, report).await?;
+    delete_packs(&**store, plan.packs_delete, opts, report).await?;
     for key in plan.dangling {
         if !opts.dry_run {
             store.delete(&key).await?;
@@ -205,7 +234,7 @@ async fn collect_marked(
     }
     // Object Lock: the old packs could not be deleted before their retention ends.
     if store.retention_days().is_none() {
-        repack(repo, &index, plan.repack, opts, report).await?;
+        repack(repo, index, plan.repack, opts, report).await?;
     } else {
         report.pack_bytes_unreferenced += plan.repack.iter().map(|r| r.dead).sum::<u64>();
     }

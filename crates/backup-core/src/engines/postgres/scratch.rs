@@ -27,6 +27,33 @@ pub fn server_bin_dir() -> Option<PathBuf> {
 }
 
 /// A running scratch cluster. Stopped (immediately) and deleted on drop unless [`keep`](Self::keep).
+/// Runs a server program, as the postgres user when we are root (the server refuses root).
+fn run_as_postgres(args: &[&str], what: &str) -> Result<()> {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]);
+        c.arg(args[0]);
+        c
+    } else {
+        Command::new(args[0])
+    };
+    cmd.args(&args[1..]);
+    let out = cmd
+        .output()
+        .map_err(|e| Error::io(format!("running {what}"), e))?;
+    if !out.status.success() {
+        return Err(Error::SourceFailed {
+            item: "scratch postgres".into(),
+            detail: format!(
+                "{what} failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct ScratchPostgres {
     dir: PathBuf,
@@ -53,39 +80,29 @@ impl ScratchPostgres {
             keep: false,
             stopped: true,
         };
-        let data = pg.data_dir();
-        let run = |args: &[&str], what: &str| -> Result<()> {
-            let mut cmd = if is_root() {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]);
-                c.arg(args[0]);
-                c.args(&args[1..]);
-                c
-            } else {
-                let mut c = Command::new(args[0]);
-                c.args(&args[1..]);
-                c
-            };
-            let out = cmd
-                .output()
-                .map_err(|e| Error::io(format!("running {what}"), e))?;
-            if !out.status.success() {
-                return Err(Error::SourceFailed {
-                    item: "scratch postgres".into(),
-                    detail: format!(
-                        "{what} failed: {}{}",
-                        String::from_utf8_lossy(&out.stderr),
-                        String::from_utf8_lossy(&out.stdout)
-                    ),
-                });
-            }
-            Ok(())
-        };
         if is_root() {
             chown_postgres(&pg.dir)?;
         }
-        let initdb = pg.bin.join("initdb").display().to_string();
-        run(
+        pg.initdb()?;
+        // Another process may take the free port between our pick and the server's bind.
+        for attempt in 0..5 {
+            match pg.start_on_free_port() {
+                Ok(()) => {
+                    pg.stopped = false;
+                    pg.verify_ours()?;
+                    return Ok(pg);
+                }
+                Err(e) if attempt == 4 => return Err(e),
+                Err(_) => continue,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn initdb(&self) -> Result<()> {
+        let data = self.data_dir();
+        let initdb = self.bin.join("initdb").display().to_string();
+        run_as_postgres(
             &[
                 &initdb,
                 "-D",
@@ -107,46 +124,39 @@ impl ScratchPostgres {
             "local all all trust\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
         );
         std::fs::write(data.join("pg_hba.conf"), hba)
-            .map_err(|e| Error::io("writing pg_hba.conf", e))?;
-        for attempt in 0..5 {
-            pg.port = free_port()?;
-            let conf = format!(
-                "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_wal_senders = 4\nwal_level = replica\n",
-                pg.port,
-                pg.dir.display()
-            );
-            let conf_path = data.join("postgresql.auto.conf");
-            std::fs::write(&conf_path, conf)
-                .map_err(|e| Error::io("writing postgresql.auto.conf", e))?;
-            if is_root() {
-                chown_postgres(&conf_path)?;
-            }
-            let pg_ctl = pg.bin.join("pg_ctl").display().to_string();
-            let log = pg.dir.join("server.log").display().to_string();
-            match run(
-                &[
-                    &pg_ctl,
-                    "-D",
-                    &data.display().to_string(),
-                    "-l",
-                    &log,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                "pg_ctl start",
-            ) {
-                Ok(()) => {
-                    pg.stopped = false;
-                    pg.verify_ours()?;
-                    return Ok(pg);
-                }
-                Err(e) if attempt == 4 => return Err(e),
-                Err(_) => continue,
-            }
+            .map_err(|e| Error::io("writing pg_hba.conf", e))
+    }
+
+    fn start_on_free_port(&mut self) -> Result<()> {
+        let data = self.data_dir();
+        self.port = free_port()?;
+        let conf = format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_wal_senders = 4\nwal_level = replica\n",
+            self.port,
+            self.dir.display()
+        );
+        let conf_path = data.join("postgresql.auto.conf");
+        std::fs::write(&conf_path, conf)
+            .map_err(|e| Error::io("writing postgresql.auto.conf", e))?;
+        if is_root() {
+            chown_postgres(&conf_path)?;
         }
-        unreachable!("the loop returns")
+        let pg_ctl = self.bin.join("pg_ctl").display().to_string();
+        let log = self.dir.join("server.log").display().to_string();
+        run_as_postgres(
+            &[
+                &pg_ctl,
+                "-D",
+                &data.display().to_string(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            "pg_ctl start",
+        )
     }
 
     /// Confirms the server on our port is the one we started (its data directory is ours).

@@ -42,125 +42,158 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
     archive.set_preserve_mtime(true);
     archive.set_preserve_ownerships(is_root);
     archive.set_overwrite(false);
-    let mut st = UntarStats::default();
-    let mut dirs = Vec::new();
-    let io_err = |what: &str, e: io::Error| Error::Sink {
-        item: item.to_string(),
-        target: dst.display().to_string(),
-        detail: format!("{what}: {e}"),
+    let mut x = Extract {
+        dst,
+        item,
+        is_root,
+        st: UntarStats::default(),
+        dirs: Vec::new(),
     };
+    for entry in archive
+        .entries()
+        .map_err(|e| x.io_err("reading archive", e))?
     {
-        let entries = archive
-            .entries()
-            .map_err(|e| io_err("reading archive", e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| io_err("reading archive", e))?;
-            let raw = entry
-                .path()
-                .map_err(|e| io_err("entry name", e))?
-                .into_owned();
-            let shown = raw.display().to_string();
-            let refuse = |reason: &str| Error::UnsafeArchive {
-                item: item.to_string(),
-                entry: shown.clone(),
-                reason: reason.to_string(),
-            };
-            let rel = safe_relative(&raw).map_err(&refuse)?;
-            let target = dst.join(&rel);
-            check_parents(dst, &rel).map_err(|r| refuse(&r))?;
-            let ty = entry.header().entry_type();
-            let mode = entry.header().mode().unwrap_or(0o755);
-            let mtime = entry.header().mtime().unwrap_or(0);
-            let owner = match (is_root, entry.header().uid(), entry.header().gid()) {
-                (true, Ok(u), Ok(g)) => Some((u, g)),
-                _ => None,
-            };
-            if rel.as_os_str().is_empty() {
-                // The volume root itself: its attributes go on the target directory.
-                if ty.is_dir() {
-                    dirs.push(DirAttrs {
-                        path: dst.to_path_buf(),
-                        mode,
-                        mtime,
-                        owner,
-                    });
-                }
-                continue;
-            }
-            if let Ok(existing) = fs::symlink_metadata(&target)
-                && !(ty.is_dir() && existing.is_dir())
-            {
-                return Err(refuse("duplicate entry"));
-            }
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(|e| io_err(&shown, e))?;
-            }
-            match ty {
-                tar::EntryType::Directory => {
-                    if !target.is_dir() {
-                        fs::create_dir(&target).map_err(|e| io_err(&shown, e))?;
-                    }
-                    dirs.push(DirAttrs {
-                        path: target,
-                        mode,
-                        mtime,
-                        owner,
-                    });
-                    st.dirs += 1;
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    st.bytes += entry.header().size().unwrap_or(0);
-                    entry.unpack(&target).map_err(|e| io_err(&shown, e))?;
-                    st.files += 1;
-                }
-                tar::EntryType::Symlink => {
-                    entry.unpack(&target).map_err(|e| io_err(&shown, e))?;
-                    st.symlinks += 1;
-                }
-                tar::EntryType::Link => {
-                    let link = entry
-                        .link_name()
-                        .map_err(|e| io_err(&shown, e))?
-                        .ok_or_else(|| refuse("hard link without a target"))?
-                        .into_owned();
-                    let lrel = safe_relative(&link)
-                        .map_err(|r| refuse(&format!("hard link target: {r}")))?;
-                    check_parents(dst, &lrel)
-                        .map_err(|r| refuse(&format!("hard link target: {r}")))?;
-                    let src = dst.join(&lrel);
-                    match fs::symlink_metadata(&src) {
-                        Ok(m) if m.is_file() => {}
-                        _ => {
-                            return Err(refuse(
-                                "hard link target is not an earlier regular file of the archive",
-                            ));
-                        }
-                    }
-                    fs::hard_link(&src, &target).map_err(|e| io_err(&shown, e))?;
-                    st.hardlinks += 1;
-                }
-                // GNU/PAX metadata entries are consumed by the tar reader; anything else
-                // (devices, FIFOs) is not restorable data.
-                _ => st.skipped += 1,
-            }
-        }
+        let entry = entry.map_err(|e| x.io_err("reading archive", e))?;
+        x.entry(entry)?;
     }
-    // Deepest first, so setting a parent's mtime is not undone by work in a child.
-    for d in dirs.iter().rev() {
-        if let Some((u, g)) = d.owner {
-            lchown(&d.path, Some(u as u32), Some(g as u32))
-                .map_err(|e| io_err(&d.path.display().to_string(), e))?;
-        }
-        fs::set_permissions(&d.path, fs::Permissions::from_mode(d.mode & 0o7777))
-            .map_err(|e| io_err(&d.path.display().to_string(), e))?;
-        let t = filetime::FileTime::from_unix_time(d.mtime as i64, 0);
-        filetime::set_file_mtime(&d.path, t)
-            .map_err(|e| io_err(&d.path.display().to_string(), e))?;
-    }
+    x.set_dir_attrs()?;
     // Read to the end, so the writer is not cut off by a reader that stopped at the end marker.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| io_err("reading archive", e))?;
-    Ok(st)
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| x.io_err("reading archive", e))?;
+    Ok(x.st)
+}
+
+/// One extraction in progress.
+struct Extract<'a> {
+    dst: &'a Path,
+    item: &'a str,
+    is_root: bool,
+    st: UntarStats,
+    /// Attributes set once everything is written (writing into a directory changes its mtime).
+    dirs: Vec<DirAttrs>,
+}
+
+impl Extract<'_> {
+    fn io_err(&self, what: &str, e: io::Error) -> Error {
+        Error::Sink {
+            item: self.item.to_string(),
+            target: self.dst.display().to_string(),
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    fn refuse(&self, entry: &str, reason: &str) -> Error {
+        Error::UnsafeArchive {
+            item: self.item.to_string(),
+            entry: entry.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Writes one entry, refusing anything that would land outside `dst` or replace an entry.
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let raw = entry
+            .path()
+            .map_err(|e| self.io_err("entry name", e))?
+            .into_owned();
+        let shown = raw.display().to_string();
+        let rel = safe_relative(&raw).map_err(|r| self.refuse(&shown, r))?;
+        let target = self.dst.join(&rel);
+        check_parents(self.dst, &rel).map_err(|r| self.refuse(&shown, &r))?;
+        let h = entry.header();
+        let ty = h.entry_type();
+        let attrs = |path: PathBuf| DirAttrs {
+            path,
+            mode: h.mode().unwrap_or(0o755),
+            mtime: h.mtime().unwrap_or(0),
+            owner: match (self.is_root, h.uid(), h.gid()) {
+                (true, Ok(u), Ok(g)) => Some((u, g)),
+                _ => None,
+            },
+        };
+        if rel.as_os_str().is_empty() {
+            // The volume root itself: its attributes go on the target directory.
+            if ty.is_dir() {
+                let a = attrs(self.dst.to_path_buf());
+                self.dirs.push(a);
+            }
+            return Ok(());
+        }
+        if let Ok(existing) = fs::symlink_metadata(&target)
+            && !(ty.is_dir() && existing.is_dir())
+        {
+            return Err(self.refuse(&shown, "duplicate entry"));
+        }
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| self.io_err(&shown, e))?;
+        }
+        match ty {
+            tar::EntryType::Directory => {
+                if !target.is_dir() {
+                    fs::create_dir(&target).map_err(|e| self.io_err(&shown, e))?;
+                }
+                let a = attrs(target);
+                self.dirs.push(a);
+                self.st.dirs += 1;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                self.st.bytes += h.size().unwrap_or(0);
+                entry.unpack(&target).map_err(|e| self.io_err(&shown, e))?;
+                self.st.files += 1;
+            }
+            tar::EntryType::Symlink => {
+                entry.unpack(&target).map_err(|e| self.io_err(&shown, e))?;
+                self.st.symlinks += 1;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| self.io_err(&shown, e))?
+                    .ok_or_else(|| self.refuse(&shown, "hard link without a target"))?
+                    .into_owned();
+                self.hard_link(&shown, &link, &target)?;
+            }
+            // GNU/PAX metadata entries are consumed by the tar reader; anything else
+            // (devices, FIFOs) is not restorable data.
+            _ => self.st.skipped += 1,
+        }
+        Ok(())
+    }
+
+    /// A hard link, only to an earlier regular file of the same archive.
+    fn hard_link(&mut self, shown: &str, link: &Path, target: &Path) -> Result<()> {
+        let refuse = |r: &str| self.refuse(shown, &format!("hard link target: {r}"));
+        let lrel = safe_relative(link).map_err(refuse)?;
+        check_parents(self.dst, &lrel).map_err(|r| refuse(&r))?;
+        let src = self.dst.join(&lrel);
+        match fs::symlink_metadata(&src) {
+            Ok(m) if m.is_file() => {}
+            _ => {
+                return Err(self.refuse(
+                    shown,
+                    "hard link target is not an earlier regular file of the archive",
+                ));
+            }
+        }
+        fs::hard_link(&src, target).map_err(|e| self.io_err(shown, e))?;
+        self.st.hardlinks += 1;
+        Ok(())
+    }
+
+    /// Deepest first, so setting a parent's mtime is not undone by work in a child.
+    fn set_dir_attrs(&self) -> Result<()> {
+        for d in self.dirs.iter().rev() {
+            let err = |e| self.io_err(&d.path.display().to_string(), e);
+            if let Some((u, g)) = d.owner {
+                lchown(&d.path, Some(u as u32), Some(g as u32)).map_err(err)?;
+            }
+            fs::set_permissions(&d.path, fs::Permissions::from_mode(d.mode & 0o7777))
+                .map_err(err)?;
+            let t = filetime::FileTime::from_unix_time(d.mtime as i64, 0);
+            filetime::set_file_mtime(&d.path, t).map_err(err)?;
+        }
+        Ok(())
+    }
 }
 
 /// The entry path as a plain relative path, or why it is refused.
