@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use backup_core::commands::restore::sink::SinkReport;
 use backup_core::commands::restore::{ApplyOptions, RestoreOptions, apply, plan};
 use backup_core::config::{ConfigFile, RepoArgs};
 use backup_core::engines::CheckOutcome;
@@ -22,6 +21,7 @@ use backup_core::manifest::{Item, ItemKind, Snapshot};
 use backup_core::repository::Repository;
 use backup_core::retention::parse_duration;
 use backup_core::scratch::temp_dir;
+use backup_core::sink::SinkReport;
 use chrono::Utc;
 
 use crate::file::{DrillFile, expect_holds};

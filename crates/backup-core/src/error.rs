@@ -149,6 +149,15 @@ pub enum Error {
     },
 }
 
+impl From<crate::id::BadId> for Error {
+    fn from(e: crate::id::BadId) -> Self {
+        Error::Format {
+            object: e.object,
+            detail: e.detail,
+        }
+    }
+}
+
 /// Exit code of a command that ran but found damaged or missing data (`check` problems,
 /// damaged objects GC would not touch): the same code an integrity error exits with.
 pub const EXIT_INTEGRITY: u8 = 6;

@@ -5,7 +5,22 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::Error;
+/// A malformed id (not hex of the right length); an [`crate::Error::Format`] once it is
+/// known where the id came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadId {
+    /// What was parsed, e.g. `SnapshotId "xyz"`.
+    pub object: String,
+    pub detail: String,
+}
+
+impl fmt::Display for BadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.detail)
+    }
+}
+
+impl std::error::Error for BadId {}
 
 macro_rules! hex_id {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {
@@ -41,10 +56,10 @@ macro_rules! hex_id {
         }
 
         impl FromStr for $name {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self, Error> {
+            type Err = BadId;
+            fn from_str(s: &str) -> Result<Self, BadId> {
                 let mut out = [0u8; $len];
-                hex::decode_to_slice(s, &mut out).map_err(|e| Error::Format {
+                hex::decode_to_slice(s, &mut out).map_err(|e| BadId {
                     object: format!("{} {s:?}", stringify!($name)),
                     detail: e.to_string(),
                 })?;

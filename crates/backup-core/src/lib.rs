@@ -5,24 +5,24 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`source`] | what produces an item's bytes: volume (tar), command, PostgreSQL (pg_dump), Redis (RDB over replication), any reader |
+//! | [`source`] | the `Source` contract every engine's backup side implements; `ReaderSource` for any reader |
+//! | [`engines`] | one folder per kind of data — `volume` (tar, file cache, untar), `command`, `postgres` (pg_dump, pg_restore, scratch server), `redis` (RDB over replication, scratch server) — each with its typed facts and drill checks |
 //! | [`chunk`] | FastCDC chunking and the stream's SHA-256 |
 //! | [`codec`] | keyed chunk ids, zstd, the AES-256-GCM envelope; [`codec::keys`]: key slots |
 //! | [`content`] | chunks by id: the writer (dedup, pack or loose), the packer, the pack index, the reader (every copy, read plans, verification) |
 //! | [`store`] | the `Store` trait, `LocalStore`, `S3Store`; with feature `testkit` (tests only) fault injection and the conformance suite |
 //! | [`manifest`] | snapshot and item records |
 //! | [`repository`] | config, keys, snapshots and their cache on top of a store |
-//! | [`backup`] | the pipeline and the all-or-nothing snapshot |
-//! | [`restore`] | plan, fetch, verify, sinks (directory/untar, file, stdout, command, pg_restore, Redis) |
-//! | [`check`] | repository verification |
-//! | [`buffer`] | reusable chunk-sized buffers |
-//! | [`runtime`] | the CPU pool (one thread per core) that backup, restore, check and GC share |
-//! | [`retention`], [`gc`], [`prune`] | which snapshots to keep; lock-free garbage collection and repacking (`gc::plan`: what may be deleted, decided without I/O) |
 //! | [`markers`] | the run and GC marker objects through which backups and GC see each other |
-//! | [`config`], [`secret`], [`lock`], [`progress`] | configuration, secrets, run lock, progress |
-//! | [`scratch`] | throw-away PostgreSQL, redis-server and S3 servers on free loopback ports |
+//! | [`sink`] | the `Sink` contract every restore target implements; file, stdout and command sinks |
+//! | [`commands`] | what the binaries run: `backup`, `restore` (plan, apply, sinks), `check`, `gc` (`gc::plan`: what may be deleted, decided without I/O), `prune` |
+//! | [`retention`] | which snapshots a policy keeps |
+//! | [`config`] | the config file's schema, its sources, repository/key precedence (flags, environment, file) |
+//! | [`runtime`], [`buffer`] | the CPU pool (one thread per core) and reusable chunk-sized buffers |
+//! | [`secret`], [`lock`], [`progress`] | secrets, the run lock, progress |
+//! | [`scratch`] | helpers for throw-away servers on free loopback ports, and the S3 one (engines have theirs) |
 //! | [`error`] | the one error enum, with exit codes and hints |
-//! | `cli` (feature `cli`) | flags and error reporting shared by the binaries |
+//! | `cli` (feature `cli`) | flags, output and error reporting shared by the binaries, the snapshot listing |
 
 #![forbid(unsafe_code)]
 
@@ -46,6 +46,7 @@ pub mod retention;
 pub mod runtime;
 pub mod scratch;
 pub mod secret;
+pub mod sink;
 pub mod source;
 pub mod store;
 

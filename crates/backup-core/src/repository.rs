@@ -224,6 +224,28 @@ pub struct Repository {
     packs: Arc<std::sync::RwLock<Option<Arc<PackIndex>>>>,
 }
 
+#[async_trait::async_trait]
+impl crate::content::Contents for Repository {
+    fn store(&self) -> &Arc<dyn Store> {
+        Repository::store(self)
+    }
+    fn keys(&self) -> &Keys {
+        Repository::keys(self)
+    }
+    fn max_chunk(&self) -> usize {
+        self.config.chunker_params.max_size as usize
+    }
+    fn location(&self) -> String {
+        Repository::location(self)
+    }
+    async fn packs(&self) -> Result<Arc<PackIndex>> {
+        Repository::packs(self).await
+    }
+    async fn reload_packs(&self) -> Result<Arc<PackIndex>> {
+        Repository::reload_packs(self).await
+    }
+}
+
 impl Repository {
     /// Creates a new repository in an empty store, with one key slot for `secret`.
     pub async fn init(

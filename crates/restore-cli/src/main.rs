@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, print_snapshots, run_main};
-use backup_core::commands::restore::sink::{FileSink, Sink, StdoutSink};
 use backup_core::commands::restore::{
     ApplyEvent, ApplyEvents, ApplyOptions, PlannedItem, RestoreOptions, RestorePlan, RestoredItem,
     Target, TargetState, apply, plan, preflight, restore_item,
@@ -18,6 +17,7 @@ use backup_core::engines::redis::restore::RedisRestoreOptions;
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
 use backup_core::repository::Repository;
+use backup_core::sink::{FileSink, Sink, StdoutSink};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 

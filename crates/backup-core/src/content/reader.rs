@@ -9,10 +9,10 @@
 
 use std::ops::Range;
 
+use super::Contents;
 use super::index::{PackIndex, PackedAt};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, SnapshotId};
-use crate::repository::Repository;
 use crate::runtime::blocking;
 
 use sha2::{Digest, Sha256};
@@ -91,7 +91,7 @@ pub(crate) fn group(copies: impl IntoIterator<Item = (ChunkId, Option<PackedAt>)
 /// Plaintexts (with their part of the item digest, see [`Verify`]) of one read's chunks, in
 /// order.
 pub(crate) async fn fetch(
-    repo: &Repository,
+    repo: &dyn Contents,
     snapshot: SnapshotId,
     item: &str,
     f: Fetch,
@@ -127,7 +127,7 @@ pub(crate) async fn fetch(
 /// Exactly these copies, with no other copy tried: `check` verifies each copy on its own.
 /// A loose chunk whose object is missing is `NotFound`, like a pack that is gone.
 pub(crate) async fn fetch_exact(
-    repo: &Repository,
+    repo: &dyn Contents,
     snapshot: SnapshotId,
     item: &str,
     f: Fetch,
@@ -137,7 +137,7 @@ pub(crate) async fn fetch_exact(
         Fetch::Loose(id) => {
             let mut object = repo.store().get(&id.object_key()).await?;
             let keys = repo.keys().clone();
-            let max = repo.config().chunker_params.max_size as usize;
+            let max = repo.max_chunk();
             let item = item.to_string();
             blocking(move || {
                 verify
@@ -163,7 +163,7 @@ pub(crate) async fn fetch_exact(
 
 /// One range read of a pack, split and opened chunk by chunk.
 async fn read_packed(
-    repo: &Repository,
+    repo: &dyn Contents,
     snapshot: SnapshotId,
     item: &str,
     pack: PackId,
@@ -175,7 +175,7 @@ async fn read_packed(
     let mut data = repo.store().get_range(&pack.object_key(), range).await?;
     let chunks = chunks.to_vec();
     let keys = repo.keys().clone();
-    let max = repo.config().chunker_params.max_size as usize;
+    let max = repo.max_chunk();
     let item = item.to_string();
     blocking(move || {
         let mut out = Vec::with_capacity(chunks.len());
@@ -209,7 +209,7 @@ async fn read_packed(
 
 /// Reads one chunk and proves it is the chunk named `id`.
 pub async fn fetch_chunk(
-    repo: &Repository,
+    repo: &dyn Contents,
     snapshot: SnapshotId,
     item: &str,
     id: ChunkId,
@@ -268,7 +268,7 @@ impl Verify {
 /// As [`fetch_chunk`], proving the chunk as `verify` says; returns the plaintext and its part
 /// of the item digest.
 pub(crate) async fn fetch_chunk_verified(
-    repo: &Repository,
+    repo: &dyn Contents,
     snapshot: SnapshotId,
     item: &str,
     id: ChunkId,
@@ -277,7 +277,7 @@ pub(crate) async fn fetch_chunk_verified(
     // Each copy (a chunk may be stored twice) is opened on a worker; a damaged one is passed
     // over for the next, and the first damage is reported if none opens.
     let keys = repo.keys().clone();
-    let max = repo.config().chunker_params.max_size as usize;
+    let max = repo.max_chunk();
     let mut objects = Vec::new();
     let listed = each_copy(repo, &id, |object| {
         objects.push(object);
@@ -340,7 +340,7 @@ pub(crate) async fn fetch_chunk_verified(
 /// a GC that moved it since). Returns `take`'s first rejection if no copy was accepted,
 /// `NotFound` if there was none.
 pub async fn each_copy(
-    repo: &Repository,
+    repo: &dyn Contents,
     id: &ChunkId,
     mut take: impl FnMut(Vec<u8>) -> Result<()>,
 ) -> Result<()> {

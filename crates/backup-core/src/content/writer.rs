@@ -4,11 +4,11 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use super::Contents;
 use super::index::PACK_BELOW;
 use super::packer::Packer;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::repository::Repository;
 use crate::runtime::blocking;
 use crate::store::PutMode;
 
@@ -22,7 +22,7 @@ pub(crate) enum Stored {
 }
 
 pub(crate) async fn store_chunk(
-    repo: &Repository,
+    repo: &dyn Contents,
     data: Arc<Vec<u8>>,
     known: Arc<Mutex<HashSet<ChunkId>>>,
     packer: &Packer,

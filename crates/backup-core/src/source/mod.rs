@@ -1,6 +1,7 @@
 //! The `Source` contract every engine's backup side implements, and the pieces a source may
 //! send; [`ReaderSource`] backs up any reader.
 
+pub mod cache;
 pub mod reader;
 
 use std::collections::HashSet;
@@ -14,7 +15,7 @@ use crate::error::Result;
 use crate::id::ChunkId;
 use crate::manifest::{Facts, ItemKind};
 
-pub use crate::engines::volume::cache::{CacheSlot, CachedChunk, CachedFile, FileCache, FileKey};
+pub use cache::{CacheSlot, CachedChunk, CachedFile, FileCache, FileKey};
 pub use reader::ReaderSource;
 
 /// How many bytes the pipeline shows [`Source::volatile_prefix`].

@@ -5,8 +5,6 @@
 //! SHA-256 and size before a sink commits. [`plan`] says what would go where and touches nothing; [`apply`]
 //! refuses to start if any target is in the way (unless forced).
 
-pub mod sink;
-
 pub use crate::content::reader::fetch_chunk;
 use crate::content::reader::{self as fetch, Verify};
 
@@ -26,14 +24,14 @@ use crate::engines::postgres::restore::{
 };
 use crate::engines::redis::restore::{RedisDirSink, RedisRestoreOptions, RedisScratchSink};
 use crate::engines::volume::facts::VolumeFacts;
+use crate::engines::volume::restore::DirectorySink;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use sink::{
-    CommandSink, DirectorySink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty,
-};
+pub use crate::sink::TargetState;
+use crate::sink::{CommandSink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty};
 
 /// Where an item is restored to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,18 +68,6 @@ impl std::fmt::Display for Target {
             Target::RedisScratch => f.write_str("scratch redis-server"),
         }
     }
-}
-
-/// State of a target before the restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TargetState {
-    Missing,
-    Empty,
-    /// Something is there: restoring replaces it, and needs `force`.
-    Occupied,
-    /// A command or stdout: nothing to inspect.
-    NotApplicable,
 }
 
 /// What to restore and where.

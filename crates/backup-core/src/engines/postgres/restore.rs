@@ -12,12 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
 use super::facts::PostgresFacts;
-use crate::commands::restore::TargetState;
-use crate::commands::restore::sink::{Sink, SinkReport};
 use crate::engines::postgres::session::PsqlSession;
 use crate::engines::postgres::{PgTools, TABLES_SQL, conninfo, exact_counts, parse_tables};
 use crate::error::{Error, Result};
 use crate::manifest::Item;
+use crate::sink::TargetState;
+use crate::sink::{Sink, SinkReport};
 
 /// How to restore PostgreSQL items.
 #[derive(Debug, Clone, Default)]

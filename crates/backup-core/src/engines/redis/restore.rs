@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 
 use super::facts::{RedisFacts, keys_of};
-use crate::commands::restore::sink::{FileSink, Sink, SinkReport};
 use crate::engines::redis::scratch::{ScratchRedis, ScratchRedisOptions};
 use crate::error::{Error, Result};
 use crate::manifest::Item;
+use crate::sink::{FileSink, Sink, SinkReport};
 
 /// How to restore Redis items.
 #[derive(Debug, Clone, Default)]

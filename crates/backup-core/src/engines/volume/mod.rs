@@ -1,9 +1,9 @@
-//! Volumes: a directory as a deterministic tar stream with a file cache for unchanged files,
-//! exclude globs, and the safe untar a restore writes through.
+//! Volumes: a directory as a deterministic tar stream (unchanged files sent as the chunks the
+//! file cache remembers), exclude globs, and the safe untar a restore writes through.
 
-pub mod cache;
 pub mod facts;
 pub mod glob;
+pub mod restore;
 mod source;
 pub mod untar;
 

@@ -1,7 +1,7 @@
 //! `VolumeSource`: a directory as a deterministic tar stream (sorted entries, numeric owners).
 //!
 //! The stream goes to the backup as [`Piece`]s: large files' data is fenced by cuts, so it
-//! becomes chunks of its own, and a file unchanged since the last backup (see [`super::cache`]) is
+//! becomes chunks of its own, and a file unchanged since the last backup (see [`crate::source::cache`]) is
 //! sent as those chunks without being read.
 
 use std::cell::RefCell;

@@ -10,20 +10,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::{PermissionsExt, lchown};
 use std::path::{Component, Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
 
-/// What an extraction wrote.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct UntarStats {
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub hardlinks: u64,
-    pub bytes: u64,
-    pub skipped: u64,
-}
+pub use crate::sink::UntarStats;
 
 struct DirAttrs {
     path: PathBuf,

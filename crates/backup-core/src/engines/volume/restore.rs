@@ -1,0 +1,155 @@
+//! The volume's restore target: a tar stream unpacked into a temporary sibling directory,
+//! renamed over the target on commit.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::io::AsyncWrite;
+use tokio_util::io::SyncIoBridge;
+
+use super::untar::{UntarStats, untar};
+use crate::error::{Error, Result};
+use crate::sink::{Sink, SinkReport, is_missing_or_empty, sibling, sink_err};
+
+/// Unpacks a tar stream into a temporary sibling directory, renamed over the target on commit.
+pub struct DirectorySink {
+    item: String,
+    target: PathBuf,
+    tmp: PathBuf,
+    force: bool,
+    writer: Option<tokio::io::DuplexStream>,
+    task: Option<tokio::task::JoinHandle<Result<UntarStats>>>,
+}
+
+impl DirectorySink {
+    /// Prepares the temporary directory. Refuses a non-empty target unless `force`.
+    pub async fn create(item: &str, target: &Path, force: bool) -> Result<Self> {
+        if !force && !is_missing_or_empty(target) {
+            return Err(Error::TargetNotEmpty {
+                path: target.to_path_buf(),
+            });
+        }
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| sink_err(item, target, e))?;
+        let tmp = sibling(target, "restore");
+        tokio::fs::create_dir(&tmp)
+            .await
+            .map_err(|e| sink_err(item, target, e))?;
+        let (w, r) = tokio::io::duplex(1 << 20);
+        let bridge = SyncIoBridge::new(r);
+        let (t, it) = (tmp.clone(), item.to_string());
+        let task = tokio::task::spawn_blocking(move || untar(bridge, &t, &it));
+        Ok(DirectorySink {
+            item: item.to_string(),
+            target: target.to_path_buf(),
+            tmp,
+            force,
+            writer: Some(w),
+            task: Some(task),
+        })
+    }
+
+    async fn join(&mut self) -> Result<UntarStats> {
+        drop(self.writer.take());
+        match self.task.take() {
+            Some(t) => t.await.map_err(|e| sink_err(&self.item, &self.target, e))?,
+            None => Err(sink_err(
+                &self.item,
+                &self.target,
+                "extraction already joined",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for DirectorySink {
+    fn describe(&self) -> String {
+        format!("directory {}", self.target.display())
+    }
+
+    fn writer(&mut self) -> &mut (dyn AsyncWrite + Send + Unpin) {
+        self.writer
+            .as_mut()
+            .expect("writer present until commit/abort")
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<SinkReport> {
+        let stats = match self.join().await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&self.tmp).await;
+                return Err(e);
+            }
+        };
+        let (item, target, tmp, force) = (
+            self.item.clone(),
+            self.target.clone(),
+            self.tmp.clone(),
+            self.force,
+        );
+        let placed = tokio::task::spawn_blocking(move || place_dir(&item, &target, &tmp, force))
+            .await
+            .map_err(|e| Error::io("placing restored directory", std::io::Error::other(e)))?;
+        placed?;
+        Ok(SinkReport {
+            target: self.target.display().to_string(),
+            untar: Some(stats),
+            verified_tables: None,
+            note: None,
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Option<Error> {
+        let err = self.join().await.err();
+        let _ = tokio::fs::remove_dir_all(&self.tmp).await;
+        err
+    }
+}
+
+/// Moves the finished temporary directory into place; with `force`, the old target is moved
+/// aside first and deleted only once the new one is in place.
+fn place_dir(item: &str, target: &Path, tmp: &Path, force: bool) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| {
+        let _ = std::fs::remove_dir_all(tmp);
+        sink_err(item, target, format!("{what}: {e}"))
+    };
+    match std::fs::symlink_metadata(target) {
+        Err(_) => std::fs::rename(tmp, target).map_err(|e| fail("rename into place", e)),
+        Ok(m) if m.is_dir() && is_missing_or_empty(target) => {
+            std::fs::remove_dir(target).map_err(|e| fail("remove empty target", e))?;
+            std::fs::rename(tmp, target).map_err(|e| fail("rename into place", e))
+        }
+        Ok(_) if force => {
+            let old = sibling(target, "old");
+            std::fs::rename(target, &old).map_err(|e| fail("move old target aside", e))?;
+            if let Err(e) = std::fs::rename(tmp, target) {
+                let _ = std::fs::rename(&old, target);
+                return Err(fail("rename into place (old target put back)", e));
+            }
+            if m_is_dir(&old) {
+                let _ = std::fs::remove_dir_all(&old);
+            } else {
+                let _ = std::fs::remove_file(&old);
+            }
+            Ok(())
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Err(Error::TargetNotEmpty {
+                path: target.to_path_buf(),
+            })
+        }
+    }
+}
+
+fn m_is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+}
