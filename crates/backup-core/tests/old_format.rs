@@ -29,15 +29,20 @@ async fn open_copy() -> (tempfile::TempDir, Repository) {
         .status()
         .unwrap();
     assert!(status.success());
-    let store = Arc::new(LocalStore::new(dir.path().join("repo")));
+    let repo = open_at(&dir.path().join("repo")).await;
+    (dir, repo)
+}
+
+/// Opens the repository at `path` as a fresh host would (no cache).
+async fn open_at(path: &Path) -> Repository {
+    let store = Arc::new(LocalStore::new(path));
     let cache = CacheOptions {
         dir: None,
         disabled: true,
     };
-    let repo = Repository::open(store, &passphrase("fixture-password"), cache)
+    Repository::open(store, &passphrase("fixture-password"), cache)
         .await
-        .expect("the 8ab3238 repository opens");
-    (dir, repo)
+        .expect("the 8ab3238 repository opens")
 }
 
 /// `sha256sum`-style lines (`HASH  ./PATH`) of every regular file under `root`, sorted.
@@ -83,6 +88,17 @@ fn tree_lines(root: &Path) -> String {
     out.join("\n") + "\n"
 }
 
+/// `check --read-data` finds nothing.
+async fn checks_clean(repo: &Repository) -> backup_core::commands::check::CheckReport {
+    let opts = CheckOptions {
+        read_data: true,
+        ..Default::default()
+    };
+    let c = check(repo, &opts).await.unwrap();
+    assert!(c.ok(), "{:?}", c.problems);
+    c
+}
+
 async fn restore_volume(repo: &Repository, query: &str, to: &Path) -> PathBuf {
     let snap = repo.find_snapshot(query).await.unwrap();
     let opts = RestoreOptions {
@@ -115,16 +131,7 @@ async fn old_repository_lists_checks_and_restores_exactly() {
     assert_eq!(tags, ["first", "second"]);
     assert!(snaps.iter().all(|s| s.host == "fixture"));
 
-    let c = check(
-        &repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(c.ok(), "{:?}", c.problems);
+    let c = checks_clean(&repo).await;
     assert!(c.chunks_read > 0 && c.packs == 2, "{c:?}");
 
     let want = |f: &str| std::fs::read_to_string(fixture().join(f)).unwrap();
@@ -165,24 +172,8 @@ async fn old_repository_takes_new_backups_and_prunes() {
     assert!(r.deferred.is_none(), "{r:?}");
 
     // A fresh open sees the old and the new snapshots whole.
-    let store = Arc::new(LocalStore::new(dir.path().join("repo")));
-    let cache = CacheOptions {
-        dir: None,
-        disabled: true,
-    };
-    let repo = Repository::open(store, &passphrase("fixture-password"), cache)
-        .await
-        .unwrap();
-    let c = check(
-        &repo,
-        &CheckOptions {
-            read_data: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(c.ok(), "{:?}", c.problems);
+    let repo = open_at(&dir.path().join("repo")).await;
+    checks_clean(&repo).await;
     assert_eq!(restore_bytes(&repo, "new").await.unwrap(), data);
     let snaps = repo.snapshots().await.unwrap();
     let second = snaps.iter().find(|s| s.tags == ["second"]).unwrap();
