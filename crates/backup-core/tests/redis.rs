@@ -308,6 +308,19 @@ async fn acl_user_limited_to_replication_works_and_others_get_noperm() {
     backup(&t.repo, vec![Box::new(ok)], &BackupOptions::default())
         .await
         .expect("+replconf +sync is enough");
+    // The documented form: the user in the URL, its password from password_file.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    let mut cfg = RedisConfig::from_url(&src.url_as(Some("backup"), None));
+    cfg.password_file = Some(pw);
+    backup(
+        &t.repo,
+        vec![Box::new(cfg.source("cache").unwrap())],
+        &BackupOptions::default(),
+    )
+    .await
+    .expect("AUTH backup <password from the file>");
     let facts = &t.repo.find_snapshot("latest").await.unwrap().items[0].facts;
     assert!(
         facts["info"].as_str().unwrap().contains("NOPERM"),
@@ -331,7 +344,7 @@ async fn acl_user_limited_to_replication_works_and_others_get_noperm() {
         .unwrap_err();
     assert!(e.to_string().contains("WRONGPASS"), "{e}");
     assert!(!e.to_string().contains("nope"), "password not shown: {e}");
-    assert_eq!(t.repo.snapshots().await.unwrap().len(), 1);
+    assert_eq!(t.repo.snapshots().await.unwrap().len(), 2);
 }
 
 /// Forwards a connection to `to`, flipping one byte of the server's reply at `flip_at`.

@@ -63,7 +63,9 @@ impl RedisUrl {
                     (!user.is_empty()).then(|| user.to_string()),
                     Some(pw.to_string()),
                 ),
-                None => (None, Some(u.to_string())),
+                // `redis://backup@host`: a user name, as in any URL (the password then comes
+                // from password_file, password_env or REDISCLI_AUTH).
+                None => ((!u.is_empty()).then(|| u.to_string()), None),
             },
         };
         let (host, port) = match hostport.rsplit_once(':') {
@@ -260,6 +262,15 @@ mod tests {
         assert_eq!(
             (p.user, p.password.as_deref(), p.port),
             (None, Some("pw"), 6379)
+        );
+        let user_only = RedisUrl::parse("redis://backup@h:7000").unwrap();
+        assert_eq!(
+            (
+                user_only.user.as_deref(),
+                user_only.password,
+                user_only.port
+            ),
+            (Some("backup"), None, 7000)
         );
         assert!(RedisUrl::parse("rediss://h").unwrap_err().contains("TLS"));
         assert!(RedisUrl::parse("http://h").is_err());

@@ -161,7 +161,8 @@ impl ScratchRedis {
         let auth = match (user, password) {
             (Some(u), Some(p)) => format!("{u}:{p}@"),
             (None, Some(p)) => format!(":{p}@"),
-            _ => String::new(),
+            (Some(u), None) => format!("{u}@"),
+            (None, None) => String::new(),
         };
         format!("redis://{auth}127.0.0.1:{}", self.port)
     }
