@@ -343,7 +343,7 @@ async fn init(
         label,
         cache: resolved.cache.clone(),
     };
-    let repo = Repository::init(resolved.store().await?, &secret, opts).await?;
+    let repo = Repository::init(resolved.store_for_init().await?, &secret, opts).await?;
     out.result(
         &serde_json::json!({"repository": resolved.url, "id": repo.config().id, "key_slot": repo.slot()}),
         || format!("created repository {} at {} (key slot {})", repo.config().id, resolved.url, repo.slot()),

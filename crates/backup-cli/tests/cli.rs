@@ -163,6 +163,52 @@ fn exit_codes_are_distinct_and_errors_carry_hints() {
 }
 
 #[test]
+fn init_refuses_typo_locations_and_foreign_directories() {
+    let e = Env::new();
+    let work = e.p("work");
+    std::fs::create_dir(&work).unwrap();
+    let init = |repo: &str| {
+        e.cmd(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"])
+            .env("LIFEBOAT_REPOSITORY", repo)
+            .current_dir(&work)
+            .output()
+            .unwrap()
+    };
+    let one_slash = init("s3:/bkt/x");
+    assert_eq!(one_slash.status.code(), Some(2), "{}", stderr(&one_slash));
+    assert!(
+        stderr(&one_slash).contains("s3://bkt/x"),
+        "{}",
+        stderr(&one_slash)
+    );
+    let empty = init("");
+    assert_eq!(empty.status.code(), Some(2), "{}", stderr(&empty));
+    assert_eq!(
+        count(&work),
+        0,
+        "nothing written into the current directory"
+    );
+    std::fs::write(work.join("notes.txt"), "mine").unwrap();
+    let foreign = init(work.to_str().unwrap());
+    assert_eq!(foreign.status.code(), Some(2), "{}", stderr(&foreign));
+    assert!(
+        stderr(&foreign).contains("not empty"),
+        "{}",
+        stderr(&foreign)
+    );
+    assert_eq!(count(&work), 1, "the directory is as it was");
+    let again = init(e.p("repo").to_str().unwrap());
+    assert_ne!(
+        again.status.code(),
+        Some(0),
+        "an existing repository is refused too"
+    );
+    let colon = init("./s3:dir");
+    assert!(colon.status.success(), "{}", stderr(&colon));
+    assert!(work.join("s3:dir/config").exists());
+}
+
+#[test]
 fn config_file_runs_all_or_named_sources_into_one_snapshot() {
     let e = Env::new();
     std::fs::create_dir_all(e.p("www")).unwrap();

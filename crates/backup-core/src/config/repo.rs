@@ -115,6 +115,27 @@ impl ResolvedRepo {
         open_store(&self.url, &self.s3).await
     }
 
+    /// Opens the store for `init`: a local directory must be missing or empty (a repository
+    /// is refused by `Repository::init` itself; anything else would be mixed into one).
+    pub async fn store_for_init(&self) -> Result<Arc<dyn Store>> {
+        let store = self.store().await?;
+        if is_s3(&self.url) {
+            return Ok(store);
+        }
+        let path = std::path::Path::new(&self.url);
+        let stray = match std::fs::read_dir(path) {
+            Ok(mut entries) => entries.next().is_some() && !path.join("config").exists(),
+            Err(_) => false,
+        };
+        if stray {
+            return Err(Error::Usage(format!(
+                "{} is not empty and is not a Lifeboat repository: refusing to create one among other files (choose an empty or new directory)",
+                self.url
+            )));
+        }
+        Ok(store)
+    }
+
     /// Opens the repository.
     pub async fn open(&self) -> Result<Repository> {
         let secret = self.secret_source()?.resolve()?;
@@ -132,9 +153,38 @@ impl ResolvedRepo {
     }
 }
 
+fn is_s3(url: &str) -> bool {
+    url.starts_with("s3://")
+}
+
+/// Refuses locations that are surely a typo: an empty one (the current directory), and a
+/// `scheme:/…` or `scheme:…` that lost a slash (it would become a local directory named
+/// `s3:`).
+fn check_location(url: &str) -> Result<()> {
+    if url.trim().is_empty() {
+        return Err(Error::Usage(
+            "the repository location is empty: give a directory path or s3://bucket/prefix (use . for the current directory)".into(),
+        ));
+    }
+    if let Some((scheme, rest)) = url.split_once(':')
+        && scheme.len() > 1
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
+        && !rest.starts_with("//")
+    {
+        return Err(Error::Usage(format!(
+            "repository {url}: looks like a URL with a missing slash (did you mean {scheme}://{}?); a local directory whose name has a colon can be given as ./{url}",
+            rest.trim_start_matches('/')
+        )));
+    }
+    Ok(())
+}
+
 /// Opens the store a repository URL names: a directory, or `s3://bucket/prefix`.
 pub async fn open_store(url: &str, s3: &S3Config) -> Result<Arc<dyn Store>> {
-    if url.starts_with("s3://") {
+    check_location(url)?;
+    if is_s3(url) {
         let mut o = S3Options::from_url(url)?;
         o.endpoint = s3
             .endpoint
