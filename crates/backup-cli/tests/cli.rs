@@ -154,6 +154,33 @@ fn exit_codes_are_distinct_and_errors_carry_hints() {
         e.snapshots().is_empty(),
         "a failing command leaves no snapshot"
     );
+    for level in ["99", "0"] {
+        let bad = e.run(&[
+            "run",
+            "--compression-level",
+            level,
+            "--command",
+            "x=echo hi",
+        ]);
+        assert_eq!(
+            bad.status.code(),
+            Some(2),
+            "level {level}: {}",
+            stderr(&bad)
+        );
+        assert!(stderr(&bad).contains("1–19"), "{}", stderr(&bad));
+    }
+    std::fs::write(
+        e.p("c.toml"),
+        format!(
+            "[repository]\nurl = \"{}\"\n[backup]\ncompression_level = 99\n[sources.x]\ntype = \"command\"\ncommand = \"echo hi\"\n",
+            e.p("repo").display()
+        ),
+    )
+    .unwrap();
+    let bad = e.run(&["--config", e.p("c.toml").to_str().unwrap(), "run"]);
+    assert_eq!(bad.status.code(), Some(2), "config level: {}", stderr(&bad));
+    assert!(e.snapshots().is_empty(), "no snapshot at a refused level");
     let argv_secret = e.run(&["snapshots", "--password", "x"]);
     assert_eq!(
         argv_secret.status.code(),

@@ -174,7 +174,7 @@ impl Error {
     /// Documented process exit code for this error (see README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Config { .. } => 2,
+            Error::Usage(_) | Error::Config { .. } | Error::SnapshotAmbiguous { .. } => 2,
             Error::WrongKey { .. }
             | Error::KeySlotDamaged { .. }
             | Error::NoSecret { .. }
@@ -247,5 +247,20 @@ impl Error {
             _ => return None,
         };
         Some(h.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ambiguous_prefix_is_a_usage_error() {
+        let e = Error::SnapshotAmbiguous {
+            query: "a".into(),
+            candidates: "a1…, a2…".into(),
+        };
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.hint().is_some());
     }
 }

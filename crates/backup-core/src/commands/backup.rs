@@ -78,6 +78,9 @@ impl Default for BackupOptions {
 /// in docs/BENCHMARKS.md); level 3 is one setting away for repositories that pay by the byte.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 
+/// The zstd levels a backup accepts (0 would mean zstd's default, 20+ need far more memory).
+pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+
 pub use crate::runtime::default_concurrency;
 
 /// What one item of a backup did.
@@ -132,6 +135,14 @@ pub async fn backup(
     }
     if sources.is_empty() {
         return Err(Error::Usage("nothing to back up: no sources given".into()));
+    }
+    if !COMPRESSION_LEVELS.contains(&opts.compression_level) {
+        return Err(Error::Usage(format!(
+            "compression level {} is out of range: zstd levels {}–{} (1, the default, is fastest; 3 saves a few % more)",
+            opts.compression_level,
+            COMPRESSION_LEVELS.start(),
+            COMPRESSION_LEVELS.end()
+        )));
     }
     // Announce the run before reading anything, so a concurrent GC keeps every chunk we may
     // rely on; wait for a running GC to finish first.
