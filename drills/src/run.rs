@@ -107,7 +107,7 @@ async fn open_repo(file: &DrillFile) -> Result<Repository> {
             ));
         }
     };
-    RepoArgs::default().resolve(Some(&cfg))?.open().await
+    RepoArgs::resolve_file_first(&cfg)?.open().await
 }
 
 /// Runs a drill and returns its report (a failing check is a report, not an error).

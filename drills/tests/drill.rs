@@ -90,6 +90,9 @@ fn demo_drill_passes_and_its_report_shows_every_item_and_check() {
         .arg("demo")
         .current_dir(install.path())
         .env("TMPDIR", tmp.path())
+        // Exported for another repository: the demo must not pick them up.
+        .env("LIFEBOAT_REPOSITORY", install.path().join("elsewhere"))
+        .env("LIFEBOAT_PASSWORD", "not the demo's")
         .stdin(Stdio::null())
         .output()
         .unwrap();

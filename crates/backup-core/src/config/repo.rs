@@ -70,20 +70,7 @@ impl RepoArgs {
                         .map(|_| SecretSource::PasswordEnv("LIFEBOAT_PASSWORD".into()))
                 })
         };
-        let from_cfg = || {
-            rc.and_then(|r| {
-                r.password_file
-                    .clone()
-                    .map(SecretSource::PasswordFile)
-                    .or_else(|| r.password_env.clone().map(SecretSource::PasswordEnv))
-                    .or_else(|| {
-                        r.password_command
-                            .clone()
-                            .map(SecretSource::PasswordCommand)
-                    })
-                    .or_else(|| r.key_file.clone().map(SecretSource::KeyFile))
-            })
-        };
+        let from_cfg = || rc.and_then(secret_of);
         let secret = flag.or_else(from_env).or_else(from_cfg);
         let cache = CacheOptions {
             dir: self
@@ -100,6 +87,32 @@ impl RepoArgs {
             s3,
         })
     }
+
+    /// For a file that names its repository (a drill file): the file's repository and key win
+    /// over the environment, which only fills in what the file leaves out. A shell with
+    /// `LIFEBOAT_REPOSITORY` exported for another repository must not change what is drilled.
+    pub fn resolve_file_first(cfg: &ConfigFile) -> Result<ResolvedRepo> {
+        let mut r = RepoArgs::default().resolve(Some(cfg))?;
+        r.url = cfg.repository.url.clone();
+        if let Some(s) = secret_of(&cfg.repository) {
+            r.secret = Some(s);
+        }
+        Ok(r)
+    }
+}
+
+/// The key a `[repository]` section names, if any.
+fn secret_of(r: &super::RepositoryConfig) -> Option<SecretSource> {
+    r.password_file
+        .clone()
+        .map(SecretSource::PasswordFile)
+        .or_else(|| r.password_env.clone().map(SecretSource::PasswordEnv))
+        .or_else(|| {
+            r.password_command
+                .clone()
+                .map(SecretSource::PasswordCommand)
+        })
+        .or_else(|| r.key_file.clone().map(SecretSource::KeyFile))
 }
 
 impl ResolvedRepo {
