@@ -129,11 +129,12 @@ fn gc(r: &GcReport, dry_run: bool) {
     match &r.deferred {
         Some(why) => println!("garbage collection deferred: {why}"),
         None => println!(
-            "garbage collection{}: {} of {} chunk objects unreferenced and past the grace period, {} reclaimed; {} kept in grace{}",
+            "garbage collection{}: {} of {} chunk objects unreferenced and past the grace period, {} {}; {} kept in grace{}",
             if dry_run { " (dry run)" } else { "" },
             r.chunks_deleted,
             r.chunks_total,
             human_bytes(r.bytes_deleted),
+            would("reclaimed", "would be reclaimed"),
             r.chunks_in_grace,
             if r.skipped_retained.is_empty() {
                 String::new()

@@ -552,6 +552,14 @@ fn forget_dry_run_shows_what_apply_does_and_protect_holds() {
         .collect();
     assert_eq!(left.len(), 3);
     assert!(left.contains(&oldest), "protected snapshot kept");
+    let dry = e.run(&["prune", "--grace", "0s", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(text.contains("would be reclaimed"), "{text}");
+    assert!(
+        !text.contains("B reclaimed"),
+        "a dry run reclaims nothing: {text}"
+    );
     let direct = e.run(&["forget", &oldest[..8]]);
     assert_ne!(
         direct.status.code(),

@@ -105,6 +105,9 @@ pub enum Error {
     #[error("restore target {path} is not empty")]
     TargetNotEmpty { path: PathBuf },
 
+    #[error("{path} already exists")]
+    TargetExists { path: PathBuf },
+
     #[error("restore of item {item} to {target} failed: {detail}")]
     Sink {
         item: String,
@@ -188,6 +191,7 @@ impl Error {
             | Error::Verification { .. }
             | Error::Format { .. } => 6,
             Error::TargetNotEmpty { .. }
+            | Error::TargetExists { .. }
             | Error::UnsafeArchive { .. }
             | Error::Incompatible { .. } => 7,
             _ => 1,
@@ -231,6 +235,7 @@ impl Error {
             Error::UnsafeArchive { .. } => {
                 "the archive tried to write outside the target; nothing was put in place. Inspect it with `lifeboat-restore export`"
             }
+            Error::TargetExists { .. } => "write to another file, or pass --force to replace it",
             Error::TargetNotEmpty { .. } => {
                 "restore elsewhere (--to DIR, another database), empty the target, or pass --force (databases: --clean) to replace it"
             }

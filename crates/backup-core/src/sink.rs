@@ -105,7 +105,7 @@ impl FileSink {
     /// Refuses an existing target unless `force`.
     pub async fn create(item: &str, target: &Path, force: bool) -> Result<Self> {
         if !force && std::fs::symlink_metadata(target).is_ok() {
-            return Err(Error::TargetNotEmpty {
+            return Err(Error::TargetExists {
                 path: target.to_path_buf(),
             });
         }

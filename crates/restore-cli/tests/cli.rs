@@ -165,6 +165,13 @@ async fn export_to_stdout_and_file_and_corruption_exit_code() {
     let listing = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
     let names = String::from_utf8_lossy(&listing.stdout);
     assert!(names.contains("img/logo.svg"), "a standard tar: {names}");
+    let again = e.run(&["export", "latest", "site", "-o", tar.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists") && stderr(&again).contains("--force"),
+        "an existing file is named as one: {}",
+        stderr(&again)
+    );
 
     // Corrupt every chunk object, loose or packed (a byte in every 16 hits each object in a
     // pack): restore fails with the integrity exit code and names the chunk.
