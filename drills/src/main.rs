@@ -73,3 +73,14 @@ fn print_report(report: &DrillReport, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_help_text() {
+        let missing = backup_core::cli::options_without_help(&super::Cli::command());
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+    }
+}

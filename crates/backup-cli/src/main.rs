@@ -55,6 +55,7 @@ enum Cmd {
     Snapshots,
     /// Verify the repository: snapshots readable, chunks present; --read-data decrypts every chunk.
     Check {
+        /// Also download, decrypt and verify every copy of every chunk (slow: reads the whole repository).
         #[arg(long)]
         read_data: bool,
     },
@@ -75,6 +76,7 @@ enum Cmd {
     Prune {
         #[command(flatten)]
         keep: KeepFlags,
+        /// Show what would be forgotten and deleted, change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Keep unreferenced chunks younger than this (default 24h): a rerun of an
@@ -98,17 +100,23 @@ enum Cmd {
 
 #[derive(Args, Default)]
 struct KeepFlags {
-    #[arg(long)]
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N")]
     keep_last: Option<u32>,
-    #[arg(long)]
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
     keep_hourly: Option<u32>,
-    #[arg(long)]
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, value_name = "N")]
     keep_daily: Option<u32>,
-    #[arg(long)]
+    /// Keep the newest snapshot of each of the last N weeks that have one.
+    #[arg(long, value_name = "N")]
     keep_weekly: Option<u32>,
-    #[arg(long)]
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, value_name = "N")]
     keep_monthly: Option<u32>,
-    #[arg(long)]
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, value_name = "N")]
     keep_yearly: Option<u32>,
     /// Keep everything newer than this (30d, 48h, 2w, 1y).
     #[arg(long)]
@@ -200,16 +208,22 @@ enum KeyCmd {
     /// Add a key slot; the new secret comes from --new-password-file, --new-password-command,
     /// --new-key-file or LIFEBOAT_NEW_PASSWORD.
     Add {
+        /// File holding the new slot's passphrase.
         #[arg(long)]
         new_password_file: Option<PathBuf>,
+        /// Command printing the new slot's passphrase.
         #[arg(long)]
         new_password_command: Option<String>,
+        /// Key file for the new slot (instead of a passphrase).
         #[arg(long)]
         new_key_file: Option<PathBuf>,
+        /// Label shown by `key list` (who or what uses the slot).
         #[arg(long)]
         label: Option<String>,
+        /// Argon2id memory in MiB for a passphrase slot.
         #[arg(long, default_value_t = 64)]
         kdf_memory_mib: u32,
+        /// Argon2id passes.
         #[arg(long, default_value_t = 3)]
         kdf_iterations: u32,
     },
@@ -560,4 +574,15 @@ async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_help_text() {
+        let missing = backup_core::cli::options_without_help(&super::Cli::command());
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+    }
 }

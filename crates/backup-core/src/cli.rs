@@ -19,13 +19,19 @@ pub struct GlobalFlags {
     #[command(flatten)]
     pub repo: RepoFlags,
     /// Configuration file (TOML); see fixtures/lifeboat.toml.
-    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "LIFEBOAT_CONFIG",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
     /// Machine-readable JSON output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     /// Print nothing on success (for cron); errors still go to stderr.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     pub quiet: bool,
 }
 
@@ -57,6 +63,7 @@ impl GlobalFlags {
 
 /// Repository selection flags; each has an environment fallback (see [`crate::config`]).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Repository (global)")]
 pub struct RepoFlags {
     /// Repository location (or LIFEBOAT_REPOSITORY).
     #[arg(long, short = 'r', global = true)]
@@ -209,4 +216,24 @@ pub fn print_snapshots(listing: &crate::repository::SnapshotListing, location: &
             d.reason
         );
     }
+}
+
+/// Options of `cmd` and its subcommands that have no help text (`sub sub --flag`), for each
+/// binary's test that every option explains itself in `--help`.
+pub fn options_without_help(cmd: &clap::Command) -> Vec<String> {
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let is_option = a.get_long().is_some() || a.get_short().is_some();
+            let generated = matches!(a.get_id().as_str(), "help" | "version");
+            if is_option && !generated && a.get_help().is_none() {
+                out.push(format!("{path} --{}", a.get_long().unwrap_or_default()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(cmd, cmd.get_name(), &mut out);
+    out
 }

@@ -57,6 +57,7 @@ enum Cmd {
     Export {
         snapshot: String,
         item: String,
+        /// File to write the item's raw stream to (`-` for stdout); refused if it exists, unless --force.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
         /// Replace an existing output file.
@@ -475,5 +476,16 @@ fn print_failed(item: &PlannedItem, done: &[String]) {
     );
     if !done.is_empty() {
         eprintln!("lifeboat-restore: already restored: {}", done.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_help_text() {
+        let missing = backup_core::cli::options_without_help(&super::Cli::command());
+        assert!(missing.is_empty(), "options without help: {missing:?}");
     }
 }
