@@ -190,21 +190,15 @@ impl PostgresConfig {
                 })?;
                 vec![(name.to_string(), db)]
             }
-            Some(Databases::Word(w)) if w == "all" => tools
-                .list_databases(&self.url)
-                .await?
-                .into_iter()
-                .map(|db| (format!("{name}.{}", sanitize(&db)), db))
-                .collect(),
+            Some(Databases::Word(w)) if w == "all" => {
+                item_names(name, tools.list_databases(&self.url).await?, self.globals)
+            }
             Some(Databases::Word(w)) => {
                 return Err(Error::Usage(format!(
                     "postgres source {name}: databases = {w:?}: use \"all\" or a list"
                 )));
             }
-            Some(Databases::List(l)) => l
-                .iter()
-                .map(|db| (format!("{name}.{}", sanitize(db)), db.clone()))
-                .collect(),
+            Some(Databases::List(l)) => item_names(name, l.clone(), self.globals),
         };
         let mut out: Vec<Box<dyn Source>> = Vec::new();
         for (item, db) in dbs {
@@ -247,6 +241,34 @@ pub(super) fn read_password(file: Option<&Path>, env: Option<&str>) -> Result<Op
         }),
         (None, None) => Ok(None),
     }
+}
+
+/// Item names `SOURCE.DB` for databases, distinct even where sanitising a name loses
+/// characters (`a b` and `a_b`, or a database called `globals` beside the globals item): a
+/// name that had to be changed and then collides gets a suffix from its hash (stable from run
+/// to run, so dedup and retention groups hold).
+fn item_names(source: &str, dbs: Vec<String>, globals: bool) -> Vec<(String, String)> {
+    let plain: Vec<String> = dbs.iter().map(|db| sanitize(db)).collect();
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for p in &plain {
+        *taken.entry(p.as_str()).or_default() += 1;
+    }
+    if globals {
+        *taken.entry("globals").or_default() += 1;
+    }
+    dbs.iter()
+        .zip(&plain)
+        .map(|(db, p)| {
+            let lossy_clash = (p != db || p == "globals") && taken[p.as_str()] > 1;
+            let suffix = if lossy_clash {
+                let h = crate::codec::hmac(b"lifeboat database name", &[db.as_bytes()]);
+                format!("{p}-{}", hex::encode(&h[..3]))
+            } else {
+                p.clone()
+            };
+            (format!("{source}.{suffix}"), db.clone())
+        })
+        .collect()
 }
 
 /// A database name as an item-name suffix.
@@ -442,6 +464,26 @@ pub async fn select_sources(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_item_names_are_distinct() {
+        let dbs = ["a b", "a_b", "app", "globals", "x/y"]
+            .map(String::from)
+            .to_vec();
+        let names: Vec<String> = item_names("pg", dbs.clone(), true)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let globals = "pg.globals".to_string();
+        let unique: std::collections::HashSet<_> =
+            names.iter().chain(std::iter::once(&globals)).collect();
+        assert_eq!(unique.len(), names.len() + 1, "{names:?}");
+        assert_eq!(names[1], "pg.a_b", "a name that needed no change keeps it");
+        assert_eq!(names[2], "pg.app");
+        assert_eq!(names[4], "pg.x_y", "no clash, no suffix");
+        assert!(names[0].starts_with("pg.a_b-"), "{names:?}");
+        assert_eq!(item_names("pg", dbs, true)[0].0, names[0], "stable");
+    }
 
     #[test]
     fn named_args() {
