@@ -129,6 +129,7 @@ pub async fn run_drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillRep
             "targets.redis: only \"ephemeral\" is supported (loading an RDB needs a server the drill starts)".into(),
         ));
     }
+    validate_checks(file, &snap)?;
     let mut drill = Drill::new(file, &repo, &snap, opts)?;
     drill.start_postgres().await?;
     let mut items: Vec<&Item> = snap.items.iter().collect();
@@ -171,6 +172,45 @@ pub async fn run_drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillRep
     drop(scratch);
     write_reports(file, &report)?;
     Ok(report)
+}
+
+/// Refuses, before anything is restored, checks that name an item the snapshot does not have
+/// (or one of another kind): found after the restore, the mistake costs the whole drill.
+fn validate_checks(file: &DrillFile, snap: &Snapshot) -> Result<()> {
+    let wanted = file
+        .checks
+        .sql
+        .iter()
+        .map(|c| (&c.item, "checks.sql", ItemKind::Postgres))
+        .chain(
+            file.checks
+                .redis
+                .iter()
+                .map(|c| (&c.item, "checks.redis", ItemKind::Redis)),
+        );
+    for (item, section, kind) in wanted {
+        let found = snap.item(item).filter(|i| i.kind == kind && !is_globals(i));
+        if found.is_some() {
+            continue;
+        }
+        let candidates: Vec<&str> = snap
+            .items
+            .iter()
+            .filter(|i| i.kind == kind && !is_globals(i))
+            .map(|i| i.name.as_str())
+            .collect();
+        return Err(Error::Usage(format!(
+            "[[{section}]] names item {item}, but snapshot {} has no {kind} item of that name ({} items: {}); the items of a source with databases = [...] are SOURCE.DB",
+            snap.id.short(),
+            kind,
+            if candidates.is_empty() {
+                "none".to_string()
+            } else {
+                candidates.join(", ")
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// One drill in progress: where things are restored to, and what was found so far.

@@ -278,6 +278,20 @@ async fn failing_checks_and_budgets_are_named_and_exit_distinctly() {
         "{prom}"
     );
 
+    // A check naming an item the snapshot lacks is refused before anything is restored.
+    std::fs::remove_file(s.p("report.json")).unwrap();
+    let typo = s.drill_file("[[checks.sql]]\nitem = \"app\"\nsql = \"select 1\"\nexpect = \"1\"\n");
+    let out = drill(&["run", typo.to_str().unwrap()], tmp.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("item app") && err.contains("shop"), "{err}");
+    assert!(
+        !s.p("report.json").exists(),
+        "nothing was restored or reported"
+    );
+    assert_clean(tmp.path());
+    let f = s.drill_file("[budgets]\nmax_snapshot_age = \"1d\"\nmax_restore_time = \"1h\"\n");
+
     // A corrupted chunk: the restore of that item fails and is named.
     let snap = s.repo.find_snapshot("latest").await.unwrap();
     let chunk = snap.item("dump").unwrap().chunks[1];
