@@ -53,6 +53,15 @@ pub struct DrillReport {
     pub budgets_held: bool,
 }
 
+/// HELP and TYPE of the last-success metric (also written when it is carried over).
+pub const LAST_SUCCESS_HEAD: &str = "# HELP lifeboat_drill_last_success_timestamp_seconds When a drill last passed.\n# TYPE lifeboat_drill_last_success_timestamp_seconds gauge";
+
+/// The textfile of a drill that could not run at all (repository unreachable, bad drill
+/// file): not a success, whatever the last file said.
+pub fn prometheus_not_run() -> String {
+    "# HELP lifeboat_drill_success 1 if the last drill passed every check and budget.\n# TYPE lifeboat_drill_success gauge\nlifeboat_drill_success 0\n".to_string()
+}
+
 impl DrillReport {
     /// Every check passed and every budget held.
     pub fn success(&self) -> bool {
@@ -155,7 +164,7 @@ impl DrillReport {
         if self.success() {
             let _ = writeln!(
                 p,
-                "# HELP lifeboat_drill_last_success_timestamp_seconds When a drill last passed.\n# TYPE lifeboat_drill_last_success_timestamp_seconds gauge\nlifeboat_drill_last_success_timestamp_seconds {}",
+                "{LAST_SUCCESS_HEAD}\nlifeboat_drill_last_success_timestamp_seconds {}",
                 self.finished.timestamp()
             );
         }

@@ -25,7 +25,7 @@ use backup_core::sink::SinkReport;
 use chrono::Utc;
 
 use crate::file::{DrillFile, expect_holds};
-use crate::report::{CheckResult, DrillReport, ItemResult};
+use crate::report::{CheckResult, DrillReport, ItemResult, LAST_SUCCESS_HEAD, prometheus_not_run};
 
 /// How to run a drill.
 #[derive(Debug, Clone, Default)]
@@ -110,8 +110,20 @@ async fn open_repo(file: &DrillFile) -> Result<Repository> {
     RepoArgs::resolve_file_first(&cfg)?.open().await
 }
 
-/// Runs a drill and returns its report (a failing check is a report, not an error).
+/// Runs a drill and returns its report (a failing check is a report, not an error). A drill
+/// that cannot run at all still says so in its Prometheus file.
 pub async fn run_drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
+    let r = drill(file, opts).await;
+    if r.is_err()
+        && let Some(p) = &file.reports.prometheus
+    {
+        // The drill's own error is the one to report; this write is best effort.
+        let _ = write_prometheus(p, prometheus_not_run(), true);
+    }
+    r
+}
+
+async fn drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
     let started = Utc::now();
     let t0 = Instant::now();
     let budget = |s: &Option<String>| -> Result<Option<f64>> {
@@ -521,6 +533,26 @@ fn expect(want: &str, got: CheckOutcome) -> CheckOutcome {
     })
 }
 
+/// Writes a Prometheus textfile atomically; a failure keeps the time of the last success
+/// (with its HELP and TYPE, so the file stays valid for `promtool check metrics`).
+fn write_prometheus(p: &Path, mut text: String, failed: bool) -> Result<()> {
+    if failed
+        && let Ok(old) = std::fs::read_to_string(p)
+        && let Some(line) = old
+            .lines()
+            .find(|l| l.starts_with("lifeboat_drill_last_success_timestamp_seconds "))
+    {
+        text.push_str(LAST_SUCCESS_HEAD);
+        text.push('\n');
+        text.push_str(line);
+        text.push('\n');
+    }
+    // Textfile collectors read whole files: write aside, then rename.
+    let tmp = p.with_extension("prom.tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, p).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+}
+
 fn write_reports(file: &DrillFile, report: &DrillReport) -> Result<()> {
     let write = |p: &Path, text: String| {
         std::fs::write(p, text).map_err(|e| Error::io(format!("writing {}", p.display()), e))
@@ -535,23 +567,8 @@ fn write_reports(file: &DrillFile, report: &DrillReport) -> Result<()> {
         write(p, report.markdown())?;
     }
     if let Some(p) = &file.reports.prometheus {
-        let mut text = report.prometheus();
-        // Keep the time of the last success across failing drills.
-        if !report.success()
-            && let Ok(old) = std::fs::read_to_string(p)
-            && let Some(line) = old
-                .lines()
-                .find(|l| l.starts_with("lifeboat_drill_last_success_timestamp_seconds "))
-        {
-            text.push_str("# TYPE lifeboat_drill_last_success_timestamp_seconds gauge\n");
-            text.push_str(line);
-            text.push('\n');
-        }
-        // Textfile collectors read whole files: write aside, then rename.
-        let tmp = p.with_extension("prom.tmp");
-        write(&tmp, text)?;
-        std::fs::rename(&tmp, p)
-            .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+        let text = report.prometheus();
+        write_prometheus(p, text, !report.success())?;
     }
     Ok(())
 }
