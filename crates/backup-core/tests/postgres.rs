@@ -431,3 +431,38 @@ async fn row_counts_come_from_the_dumps_snapshot_under_concurrent_writes() {
     .unwrap();
     assert_eq!(plan_again.items[0].target_state, TargetState::Occupied);
 }
+
+#[tokio::test]
+async fn a_locked_table_fails_the_backup_after_the_lock_timeout_naming_it() {
+    let Some(pg) = server() else { return };
+    let t = new_repo().await;
+    // A migration holding ACCESS EXCLUSIVE on a table for longer than the test runs.
+    let mut locker = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            &pg.url("app"),
+            "-c",
+            "BEGIN; LOCK TABLE audit.events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;",
+        ])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut cfg = PostgresConfig::from_url(&pg.url("app"));
+    cfg.lock_timeout = Some("1s".into());
+    let t0 = std::time::Instant::now();
+    let e = backup_db(&t.repo, "db", &cfg).await.unwrap_err();
+    let took = t0.elapsed();
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert!(
+        took.as_secs() < 30,
+        "failed after {took:?}, not the lock's 60 s"
+    );
+    assert!(
+        e.to_string().contains("lock timeout") && e.to_string().contains("events"),
+        "the cause and the table are named: {e}"
+    );
+    assert!(t.repo.snapshots().await.unwrap().is_empty(), "no snapshot");
+}

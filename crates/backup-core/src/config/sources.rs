@@ -7,7 +7,9 @@ use serde::Deserialize;
 
 use super::ConfigFile;
 use crate::engines::command::CommandSource;
-use crate::engines::postgres::{PgTools, PostgresSource, RowCounts, conninfo, globals_source};
+use crate::engines::postgres::{
+    DEFAULT_LOCK_TIMEOUT, PgTools, PostgresSource, RowCounts, conninfo, globals_source,
+};
 use crate::engines::redis::{RedisMode, RedisOptions, RedisSource};
 use crate::engines::volume::{VolumeOptions, VolumeSource};
 use crate::error::{Error, Result};
@@ -130,6 +132,9 @@ pub struct PostgresConfig {
     pub bin_dir: Option<PathBuf>,
     /// Default restore target for `lifeboat-restore run` (else `--to-postgres`).
     pub restore_url: Option<String>,
+    /// How long the dump waits for a table's lock (`5m`, `30s`; default 5m) before it fails
+    /// naming the table, instead of waiting behind a migration forever.
+    pub lock_timeout: Option<String>,
 }
 
 /// `databases = "all"` or `databases = ["app", ...]`.
@@ -161,6 +166,7 @@ impl PostgresConfig {
             row_counts: RowCountsConfig::Exact,
             bin_dir: None,
             restore_url: None,
+            lock_timeout: None,
         }
     }
 
@@ -200,15 +206,19 @@ impl PostgresConfig {
             }
             Some(Databases::List(l)) => item_names(name, l.clone(), self.globals),
         };
+        let lock_timeout = match &self.lock_timeout {
+            Some(t) => crate::retention::parse_duration(t)?.to_std().map_err(|_| {
+                Error::Usage(format!(
+                    "postgres source {name}: lock_timeout {t:?} must be positive"
+                ))
+            })?,
+            None => DEFAULT_LOCK_TIMEOUT,
+        };
         let mut out: Vec<Box<dyn Source>> = Vec::new();
         for (item, db) in dbs {
             let url = conninfo::with_database(&self.url, &db);
-            out.push(Box::new(PostgresSource::new(
-                item,
-                url,
-                tools.clone(),
-                counts,
-            )));
+            let src = PostgresSource::new(item, url, tools.clone(), counts);
+            out.push(Box::new(src.with_lock_timeout(lock_timeout)));
         }
         if self.globals {
             out.push(Box::new(globals_source(

@@ -122,12 +122,17 @@ pub enum RowCounts {
     Estimate,
 }
 
+/// A dump waits this long for a table lock (a migration's `ACCESS EXCLUSIVE`) and then fails
+/// naming the table: waiting forever holds the run lock and misses the RPO silently.
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Dumps one database.
 pub struct PostgresSource {
     name: String,
     conninfo: String,
     tools: PgTools,
     counts: RowCounts,
+    lock_timeout: std::time::Duration,
     dump: Option<CommandSource>,
     facts: Facts,
     counting: Option<tokio::task::JoinHandle<std::result::Result<(PsqlSession, Value), String>>>,
@@ -146,10 +151,17 @@ impl PostgresSource {
             conninfo: conninfo.into(),
             tools,
             counts,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
             dump: None,
             facts: Facts::new(),
             counting: None,
         }
+    }
+
+    /// How long pg_dump and the counting session wait for a table lock before failing.
+    pub fn with_lock_timeout(mut self, t: std::time::Duration) -> Self {
+        self.lock_timeout = t;
+        self
     }
 
     fn fail(&self, detail: impl Into<String>) -> Error {
@@ -272,6 +284,13 @@ impl Source for PostgresSource {
             .exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| self.fail(e))?;
+        session
+            .exec(&format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                self.lock_timeout.as_millis()
+            ))
+            .await
+            .map_err(|e| self.fail(e))?;
         let info = session.json(&info_sql()).await.map_err(|e| self.fail(e))?;
         let tables = parse_tables(&session.json(TABLES_SQL).await.map_err(|e| self.fail(e))?);
         let snapshot = info["snapshot"].as_str().unwrap_or_default().to_string();
@@ -302,6 +321,7 @@ impl Source for PostgresSource {
             "--compress=0".into(),
             "--no-password".into(),
             format!("--snapshot={snapshot}"),
+            format!("--lock-wait-timeout={}", self.lock_timeout.as_millis()),
             format!("--dbname={}", self.conninfo),
         ];
         let mut dump = CommandSource::argv(
