@@ -18,22 +18,18 @@ use backup_core::manifest::Snapshot;
 use backup_core::repository::Repository;
 use common::*;
 
-/// A started server with the fixture loaded into database `app`, or `None` (with a message)
-/// when PostgreSQL is not installed. Under CI=true a missing server fails the test.
-fn server() -> Option<ScratchPostgres> {
-    if server_bin_dir().is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "PostgreSQL server binaries missing under CI=true (.ci/run installs postgresql)"
-        );
-        eprintln!("SKIPPED: PostgreSQL server binaries not installed");
-        return None;
-    }
+/// A started server with the fixture loaded into database `app`; a machine without
+/// PostgreSQL fails the test (it never skips).
+fn server() -> ScratchPostgres {
+    assert!(
+        server_bin_dir().is_some(),
+        "PostgreSQL server binaries not found (apt-get install postgresql)"
+    );
     let pg = ScratchPostgres::start().expect("scratch PostgreSQL starts");
     pg.psql("postgres", "CREATE DATABASE app").unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/postgres/schema.sql");
     pg.psql_file("app", &fixture).expect("fixture loads");
-    Some(pg)
+    pg
 }
 
 async fn backup_db(
@@ -83,7 +79,7 @@ fn count(pg: &ScratchPostgres, db: &str, table: &str) -> i64 {
 
 #[tokio::test]
 async fn round_trip_into_a_fresh_database_is_identical() {
-    let Some(pg) = server() else { return };
+    let pg = server();
     let t = new_repo().await;
     let report = backup_db(&t.repo, "db", &PostgresConfig::from_url(&pg.url("app")))
         .await
@@ -138,7 +134,7 @@ async fn round_trip_into_a_fresh_database_is_identical() {
 
 #[tokio::test]
 async fn unchanged_database_stores_nothing_and_one_table_changes_little() {
-    let Some(pg) = server() else { return };
+    let pg = server();
     let t = new_repo().await;
     let cfg = PostgresConfig::from_url(&pg.url("app"));
     let first = backup_db(&t.repo, "db", &cfg).await.unwrap();
@@ -166,7 +162,7 @@ async fn unchanged_database_stores_nothing_and_one_table_changes_little() {
 
 #[tokio::test]
 async fn wrong_password_and_missing_database_fail_with_the_cause() {
-    let Some(pg) = server() else { return };
+    let pg = server();
     pg.psql(
         "postgres",
         &format!("CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD 'right'"),
@@ -238,7 +234,7 @@ fn dying_pg_dump(dir: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn killed_pg_dump_or_stopped_server_leaves_no_snapshot() {
-    let Some(mut pg) = server() else { return };
+    let mut pg = server();
     let t = new_repo().await;
     let mut cfg = PostgresConfig::from_url(&pg.url("app"));
     cfg.bin_dir = Some(dying_pg_dump(t.dir.path()));
@@ -281,7 +277,7 @@ async fn killed_pg_dump_or_stopped_server_leaves_no_snapshot() {
 
 #[tokio::test]
 async fn restore_safety_clean_jobs_selective_and_version_check() {
-    let Some(pg) = server() else { return };
+    let pg = server();
     let t = new_repo().await;
     backup_db(&t.repo, "db", &PostgresConfig::from_url(&pg.url("app")))
         .await
@@ -374,7 +370,7 @@ async fn restore_safety_clean_jobs_selective_and_version_check() {
 
 #[tokio::test]
 async fn row_counts_come_from_the_dumps_snapshot_under_concurrent_writes() {
-    let Some(pg) = server() else { return };
+    let pg = server();
     let t = new_repo().await;
     let before = count(&pg, "app", "audit.events");
     let mut writer = Command::new("psql")
@@ -434,7 +430,7 @@ async fn row_counts_come_from_the_dumps_snapshot_under_concurrent_writes() {
 
 #[tokio::test]
 async fn a_locked_table_fails_the_backup_after_the_lock_timeout_naming_it() {
-    let Some(pg) = server() else { return };
+    let pg = server();
     let t = new_repo().await;
     // A migration holding ACCESS EXCLUSIVE on a table for longer than the test runs.
     let mut locker = Command::new("psql")

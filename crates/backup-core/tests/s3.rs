@@ -11,21 +11,14 @@ use backup_core::commands::backup::{BackupOptions, backup};
 use backup_core::commands::check::{CheckOptions, check};
 use backup_core::commands::gc::{GcOptions, collect};
 use backup_core::repository::{CacheOptions, InitOptions, Repository};
-use backup_core::scratch::s3::{ScratchS3, ministack_bin};
+use backup_core::scratch::s3::ScratchS3;
 use backup_core::store::{S3Options, S3Store, Store, conformance};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn server() -> Option<ScratchS3> {
-    if ministack_bin().is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ministack missing under CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: ministack not installed");
-        return None;
-    }
-    Some(ScratchS3::start().expect("ministack starts"))
+/// A started ministack; a machine that cannot run one fails the test (it never skips).
+fn server() -> ScratchS3 {
+    ScratchS3::start().unwrap_or_else(|e| panic!("ministack starts: {e}"))
 }
 
 async fn store(endpoint: &str, bucket: &str, prefix: &str) -> S3Store {
@@ -44,7 +37,7 @@ async fn bucket(s: &ScratchS3, name: &str) {
 
 #[tokio::test]
 async fn s3_store_passes_the_conformance_suite() {
-    let Some(s) = server() else { return };
+    let s = server();
     bucket(&s, "conf").await;
     for prefix in ["", "some/prefix"] {
         let st = store(&s.endpoint(), "conf", prefix).await;
@@ -55,7 +48,7 @@ async fn s3_store_passes_the_conformance_suite() {
 
 #[tokio::test]
 async fn listing_pages_past_a_thousand_objects() {
-    let Some(s) = server() else { return };
+    let s = server();
     bucket(&s, "many").await;
     let st = store(&s.endpoint(), "many", "p").await;
     let puts = (0..1105).map(|i| {
@@ -97,7 +90,7 @@ async fn s3_repo(st: impl Store + 'static) -> Repository {
 
 #[tokio::test]
 async fn backup_and_restore_round_trip_through_s3() {
-    let Some(s) = server() else { return };
+    let s = server();
     bucket(&s, "roundtrip").await;
     let repo = s3_repo(store(&s.endpoint(), "roundtrip", "repo").await).await;
     let data = random_bytes(71, 20 << 20);
@@ -200,7 +193,7 @@ async fn proxy(to: u16) -> Proxy {
 
 #[tokio::test]
 async fn backup_succeeds_through_503s_and_dropped_connections_and_counts_retries() {
-    let Some(s) = server() else { return };
+    let s = server();
     bucket(&s, "flaky").await;
     let p = proxy(s.port()).await;
     let st = store(&format!("http://127.0.0.1:{}", p.port), "flaky", "r").await;
@@ -231,7 +224,7 @@ async fn backup_succeeds_through_503s_and_dropped_connections_and_counts_retries
 
 #[tokio::test]
 async fn an_outage_mid_backup_leaves_no_snapshot_and_the_rerun_uploads_only_the_rest() {
-    let Some(s) = server() else { return };
+    let s = server();
     bucket(&s, "outage").await;
     let p = proxy(s.port()).await;
     let mut o = S3Options::from_url("s3://outage/r").unwrap();
@@ -307,7 +300,7 @@ async fn locked_store(endpoint: &str, bucket: &str, days: u32) -> S3Store {
 
 #[tokio::test]
 async fn object_lock_protects_every_object_and_extends_reused_chunks() {
-    let Some(s) = server() else { return };
+    let s = server();
     // A bucket without Object Lock is refused clearly at init.
     bucket(&s, "unlocked").await;
     let unlocked: Arc<dyn Store> = Arc::new(locked_store(&s.endpoint(), "unlocked", 1).await);
@@ -439,7 +432,7 @@ async fn volume_command_postgres_and_redis_round_trip_through_s3() {
     use backup_core::engines::volume::{VolumeOptions, VolumeSource};
     use backup_core::source::Source;
 
-    let Some(s) = server() else { return };
+    let s = server();
     let have_pg = server_bin_dir().is_some();
     let have_redis = backup_core::scratch::find_program("redis-server", &[]).is_some();
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -623,7 +616,7 @@ async fn uploads_are_unsigned_but_checksummed_unless_signing_is_asked_for() {
 /// and its retries.
 #[tokio::test]
 async fn a_wrapped_locked_store_keeps_its_object_lock() {
-    let Some(s) = server() else { return };
+    let s = server();
     store(&s.endpoint(), "wrapped", "")
         .await
         .create_bucket(true)
