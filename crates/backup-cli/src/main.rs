@@ -425,8 +425,12 @@ async fn run_backup(
     out: &Output,
 ) -> Result<u8> {
     let sources = select_sources(config, &args.selection()).await?;
-    let _lock = RunLock::acquire(&resolved.lock_path(), args.wait)?;
     let repo = resolved.open().await?;
+    let _lock = RunLock::for_repository(
+        resolved.cache.home().as_deref(),
+        &repo.config().id,
+        args.wait,
+    )?;
     let progress = Arc::new(Progress::default());
     let show_progress = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let mut opts = backup_options(config, &args)?;

@@ -296,7 +296,19 @@ fn overlapping_runs_never_run_twice() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(started.exists(), "first run started its source");
-    let second = e.run(&["run", "--command", "other=echo x"]);
+    // The same repository spelled another way, and without the cache: still the same lock.
+    let second = e
+        .cmd(&[
+            "run",
+            "--no-cache",
+            "-r",
+            "./repo/",
+            "--command",
+            "other=echo x",
+        ])
+        .current_dir(e.dir.path())
+        .output()
+        .unwrap();
     assert_eq!(second.status.code(), Some(4), "{}", stderr(&second));
     assert!(stderr(&second).contains("lock"), "{}", stderr(&second));
     let waited = e.run(&["run", "--wait", "--command", "queued=echo y"]);

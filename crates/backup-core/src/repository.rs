@@ -199,6 +199,12 @@ impl CacheOptions {
         if self.disabled {
             return None;
         }
+        self.home()
+    }
+
+    /// Where this user's Lifeboat state lives (the run locks), with the cache on or off: a run
+    /// with `--no-cache` must still exclude one without.
+    pub fn home(&self) -> Option<PathBuf> {
         if let Some(d) = &self.dir {
             return Some(d.clone());
         }

@@ -154,16 +154,6 @@ impl ResolvedRepo {
         let secret = self.secret_source()?.resolve()?;
         Repository::open(self.store().await?, &secret, self.cache.clone()).await
     }
-
-    /// Where the run lock of this repository lives on this host.
-    pub fn lock_path(&self) -> PathBuf {
-        let root = self
-            .cache
-            .root()
-            .unwrap_or_else(|| std::env::temp_dir().join("lifeboat"));
-        let tag = hex::encode(&crate::codec::hmac(b"lifeboat lock", &[self.url.as_bytes()])[..8]);
-        root.join("locks").join(format!("{tag}.lock"))
-    }
 }
 
 fn is_s3(url: &str) -> bool {
