@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -38,17 +40,212 @@ pub struct SinkReport {
     /// What the operator should do or know next (persistence steps, a running server).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Leftovers of killed restores found next to the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leftovers: Option<Leftovers>,
 }
 
+/// `.NAME.lifeboat-TAG-PID-RANDOM` next to `target`: hidden, and naming the process that
+/// writes it, so a later restore can tell a dead run's leftover from a running one's.
 pub(crate) fn sibling(target: &Path, tag: &str) -> PathBuf {
+    target.with_file_name(format!(
+        "{}{tag}-{}-{:08x}",
+        sibling_prefix(target),
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
+fn sibling_prefix(target: &Path) -> String {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    target.with_file_name(format!(
-        ".{name}.lifeboat-{tag}-{:08x}",
-        rand::random::<u32>()
-    ))
+    format!(".{name}.lifeboat-")
+}
+
+/// A temporary sibling being written: removed when dropped unless placed, so a restore whose
+/// future is dropped (Ctrl-C, SIGTERM) leaves nothing behind. Removal first waits for the
+/// thread writing into it, which stops once its input is closed.
+pub(crate) struct Partial {
+    path: PathBuf,
+    writer: Option<Arc<Finished>>,
+    placed: bool,
+}
+
+/// Set when the thread writing a [`Partial`] has returned.
+#[derive(Default)]
+pub(crate) struct Finished {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// Held by the writing thread; marks the [`Partial`] free to remove when dropped.
+pub(crate) struct WriterToken(Arc<Finished>);
+
+impl Drop for WriterToken {
+    fn drop(&mut self) {
+        *self.0.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0.cv.notify_all();
+    }
+}
+
+impl Partial {
+    pub(crate) fn new(path: PathBuf) -> Partial {
+        Partial {
+            path,
+            writer: None,
+            placed: false,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A token for the thread that writes into the partial.
+    pub(crate) fn writer_token(&mut self) -> WriterToken {
+        let f = Arc::new(Finished::default());
+        self.writer = Some(f.clone());
+        WriterToken(f)
+    }
+
+    /// The partial was renamed into place (or removed): nothing to clean up.
+    pub(crate) fn placed(&mut self) {
+        self.placed = true;
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if self.placed {
+            return;
+        }
+        if let Some(f) = &self.writer {
+            let done = f.done.lock().unwrap_or_else(|p| p.into_inner());
+            let _ =
+                f.cv.wait_timeout_while(done, Duration::from_secs(30), |d| !*d);
+        }
+        remove_any(&self.path);
+    }
+}
+
+fn remove_any(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(p)),
+        Ok(_) => drop(std::fs::remove_file(p)),
+        Err(_) => {}
+    }
+}
+
+/// Temporary siblings of `target` left by this process (none once an interrupted restore
+/// has cleaned up: what the binary checks before saying so).
+pub fn partials_of(target: &Path) -> Vec<PathBuf> {
+    let mine = format!("-{}-", std::process::id());
+    siblings_of(target)
+        .into_iter()
+        .filter(|(_, rest)| rest.contains(&mine))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Temporary siblings of `target` as (path, the name after the prefix).
+fn siblings_of(target: &Path) -> Vec<(PathBuf, String)> {
+    let prefix = sibling_prefix(target);
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(&prefix)?.to_string();
+            Some((e.path(), rest))
+        })
+        .collect()
+}
+
+/// What [`sweep_leftovers`] found next to a target.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Leftovers {
+    /// Partial copies of dead restores, removed.
+    pub removed: Vec<String>,
+    /// Bytes they held.
+    pub removed_bytes: u64,
+    /// A previous target a killed `--force` restore had moved aside before the new one was in
+    /// place: the operator's data, kept and named.
+    pub kept: Vec<String>,
+}
+
+impl Leftovers {
+    /// `Some` when anything was found.
+    pub fn found(self) -> Option<Leftovers> {
+        (!self.removed.is_empty() || !self.kept.is_empty()).then_some(self)
+    }
+
+    /// One line for the operator, if anything was found.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.removed.is_empty() {
+            parts.push(format!(
+                "removed {} left by an interrupted restore ({})",
+                self.removed.join(", "),
+                crate::progress::human_bytes(self.removed_bytes)
+            ));
+        }
+        if !self.kept.is_empty() {
+            parts.push(format!(
+                "kept {}: the previous contents a killed --force restore had moved aside (remove it once the restore is checked)",
+                self.kept.join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Removes the partial copies that killed restores (SIGKILL, a crash) left next to `target`;
+/// one whose writer is still running is left alone. A moved-aside old target is removed only
+/// when the new one made it into place, else kept and named: it may be the only copy.
+pub(crate) fn sweep_leftovers(target: &Path) -> Leftovers {
+    let mut found = Leftovers::default();
+    for (path, rest) in siblings_of(target) {
+        let Some((tag, tail)) = rest.split_once('-') else {
+            continue;
+        };
+        if !matches!(tag, "restore" | "old") || writer_alive(tail) {
+            continue;
+        }
+        if tag == "old" && std::fs::symlink_metadata(target).is_err() {
+            found.kept.push(path.display().to_string());
+            continue;
+        }
+        found.removed_bytes += disk_usage(&path);
+        remove_any(&path);
+        found.removed.push(path.display().to_string());
+    }
+    found
+}
+
+/// Whether the process named in `PID-RANDOM` still runs (names without a PID, from earlier
+/// versions, are taken as dead: those versions never left one behind on purpose).
+fn writer_alive(tail: &str) -> bool {
+    match tail.split_once('-').map(|(pid, _)| pid.parse::<u32>()) {
+        Some(Ok(pid)) => pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
+    }
+}
+
+fn disk_usage(p: &Path) -> u64 {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }
 
 pub(crate) fn sink_err(item: &str, target: &Path, detail: impl std::fmt::Display) -> Error {
@@ -97,8 +294,9 @@ pub fn is_missing_or_empty(p: &Path) -> bool {
 pub struct FileSink {
     item: String,
     target: PathBuf,
-    tmp: PathBuf,
     file: tokio::fs::File,
+    tmp: Partial,
+    leftovers: Leftovers,
 }
 
 impl FileSink {
@@ -114,18 +312,20 @@ impl FileSink {
                 .await
                 .map_err(|e| sink_err(item, target, e))?;
         }
-        let tmp = sibling(target, "restore");
+        let leftovers = sweep_leftovers(target);
+        let tmp = Partial::new(sibling(target, "restore"));
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp)
+            .open(tmp.path())
             .await
             .map_err(|e| sink_err(item, target, e))?;
         Ok(FileSink {
             item: item.to_string(),
             target: target.to_path_buf(),
-            tmp,
             file,
+            tmp,
+            leftovers,
         })
     }
 }
@@ -142,23 +342,21 @@ impl Sink for FileSink {
         let r = async {
             self.file.flush().await?;
             self.file.sync_all().await?;
-            tokio::fs::rename(&self.tmp, &self.target).await
+            tokio::fs::rename(self.tmp.path(), &self.target).await
         }
         .await;
         if let Err(e) = r {
-            let _ = tokio::fs::remove_file(&self.tmp).await;
             return Err(sink_err(&self.item, &self.target, e));
         }
+        self.tmp.placed();
         Ok(SinkReport {
             target: self.target.display().to_string(),
-            untar: None,
-            verified_tables: None,
-            note: None,
+            leftovers: self.leftovers.clone().found(),
+            ..SinkReport::default()
         })
     }
     async fn abort(self: Box<Self>) -> Option<Error> {
-        let _ = tokio::fs::remove_file(&self.tmp).await;
-        None
+        None // dropping self removes the partial file
     }
 }
 
@@ -200,6 +398,7 @@ impl Sink for StdoutSink {
             untar: None,
             verified_tables: None,
             note: None,
+            leftovers: None,
         })
     }
     async fn abort(self: Box<Self>) -> Option<Error> {
@@ -270,6 +469,7 @@ impl Sink for CommandSink {
             untar: None,
             verified_tables: None,
             note: None,
+            leftovers: None,
         })
     }
     async fn abort(mut self: Box<Self>) -> Option<Error> {
@@ -288,5 +488,68 @@ impl Sink for CommandSink {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_dead_restores_go_a_running_one_and_an_only_copy_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("site");
+        let at = |n: &str| dir.path().join(n);
+        // Dead writer (no such PID), a name from before PIDs were recorded, a live writer
+        // (PID 1 always runs), and an old target moved aside with the new one not in place.
+        std::fs::create_dir_all(at(".site.lifeboat-restore-4294967295-0000abcd/d")).unwrap();
+        std::fs::create_dir(at(".site.lifeboat-restore-0000abcd")).unwrap();
+        std::fs::write(at(".site.lifeboat-restore-0000abcd/f"), b"12345").unwrap();
+        std::fs::create_dir(at(".site.lifeboat-restore-1-0000abcd")).unwrap();
+        std::fs::create_dir(at(".site.lifeboat-old-4294967295-0000abcd")).unwrap();
+        std::fs::create_dir(at(".other.lifeboat-restore-4294967295-0000abcd")).unwrap();
+        let l = sweep_leftovers(&target);
+        assert_eq!(l.removed.len(), 2, "{l:?}");
+        assert_eq!(l.removed_bytes, 5);
+        assert!(!at(".site.lifeboat-restore-4294967295-0000abcd").exists());
+        assert!(!at(".site.lifeboat-restore-0000abcd").exists());
+        assert!(
+            at(".site.lifeboat-restore-1-0000abcd").exists(),
+            "a running restore's"
+        );
+        assert!(
+            at(".other.lifeboat-restore-4294967295-0000abcd").exists(),
+            "another target's"
+        );
+        assert_eq!(l.kept.len(), 1, "the only copy of the old target: {l:?}");
+        assert!(l.describe().unwrap().contains("moved aside"));
+        // Once the target is in place, the moved-aside old one is what --force meant to drop.
+        std::fs::create_dir(&target).unwrap();
+        let l = sweep_leftovers(&target);
+        assert_eq!(l.removed.len(), 1, "{l:?}");
+        assert!(!at(".site.lifeboat-old-4294967295-0000abcd").exists());
+    }
+
+    #[test]
+    fn a_dropped_partial_waits_for_its_writer_then_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partial::new(dir.path().join(".x.lifeboat-restore-1-1"));
+        std::fs::create_dir(p.path()).unwrap();
+        let token = p.writer_token();
+        let path = p.path().to_path_buf();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(path.join("late"), b"x").unwrap();
+            drop(token);
+        });
+        let kept = dir.path().join(".x.lifeboat-restore-1-2");
+        std::fs::create_dir(&kept).unwrap();
+        let mut placed = Partial::new(kept.clone());
+        placed.placed();
+        drop(placed);
+        drop(p);
+        writer.join().unwrap();
+        assert!(!dir.path().join(".x.lifeboat-restore-1-1").exists());
+        assert!(kept.exists(), "a placed partial is not removed");
     }
 }

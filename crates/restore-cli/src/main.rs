@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, print_snapshots, run_main};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, interrupted, print_snapshots, run_main};
 use backup_core::commands::restore::{
     ApplyEvent, ApplyEvents, ApplyOptions, PlannedItem, RestoreOptions, RestorePlan, RestoredItem,
     Target, TargetState, apply, plan, preflight, restore_item,
@@ -251,7 +251,16 @@ async fn export(
         ..Default::default()
     };
     let ticker = show.then(|| spawn_ticker(progress));
-    let r = restore_item(repo, snap.id, it, sink, &opts).await;
+    let r = tokio::select! {
+        r = restore_item(repo, snap.id, it, sink, &opts) => r,
+        sig = interrupted() => {
+            drop(ticker);
+            if to_stdout {
+                bail!("interrupted by {sig}; the data already written to stdout is incomplete: discard it");
+            }
+            bail!("interrupted by {sig}; {} was left as it was (the partial copy was removed)", output.display());
+        }
+    };
     drop(ticker);
     if let Err(e) = r {
         if to_stdout {
@@ -392,13 +401,15 @@ fn confirm(p: &RestorePlan) -> Result<bool> {
     Ok(line.trim() == "yes")
 }
 
+/// The ticker of the item being restored, the names restored so far, the item in flight.
+type Restoring = (Option<Ticker>, Vec<String>, Option<PlannedItem>);
+
 async fn restore(repo: &Repository, snap: &Snapshot, p: &RestorePlan, out: &Output) -> Result<()> {
     let progress = Arc::new(Progress::default());
     let show = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let text = !out.quiet && !out.json;
     let jobs = p.postgres.jobs;
-    // The ticker of the item being restored, and the names restored so far.
-    let state: Arc<std::sync::Mutex<(Option<Ticker>, Vec<String>)>> = Arc::default();
+    let state: Arc<std::sync::Mutex<Restoring>> = Arc::default();
     let events = {
         let (state, progress) = (state.clone(), progress.clone());
         ApplyEvents(Arc::new(move |e| {
@@ -414,9 +425,11 @@ async fn restore(repo: &Repository, snap: &Snapshot, p: &RestorePlan, out: &Outp
                         );
                     }
                     st.0 = show.then(|| spawn_ticker(progress.clone()));
+                    st.2 = Some(item.clone());
                 }
                 ApplyEvent::Restored(item, r) => {
                     st.0 = None;
+                    st.2 = None;
                     st.1.push(r.name.clone());
                     if text {
                         print_restored(item, r);
@@ -424,6 +437,7 @@ async fn restore(repo: &Repository, snap: &Snapshot, p: &RestorePlan, out: &Outp
                 }
                 ApplyEvent::Failed(item) => {
                     st.0 = None;
+                    st.2 = None;
                     print_failed(item, &st.1);
                 }
             }
@@ -434,7 +448,16 @@ async fn restore(repo: &Repository, snap: &Snapshot, p: &RestorePlan, out: &Outp
         events: Some(events),
         ..Default::default()
     };
-    let report = apply(repo, snap, p, &opts).await?;
+    // On SIGINT/SIGTERM the restore future is dropped: the item in flight removes its partial
+    // copy, and targets are only ever replaced by a finished, verified one.
+    let report = tokio::select! {
+        r = apply(repo, snap, p, &opts) => r?,
+        sig = interrupted() => {
+            let mut st = state.lock().unwrap();
+            st.0 = None;
+            bail!("{}", interrupted_message(sig, st.2.as_ref(), &st.1));
+        }
+    };
     if out.json {
         println!(
             "{}",
@@ -462,6 +485,44 @@ fn print_restored(item: &PlannedItem, r: &RestoredItem) {
     if let Some(note) = &r.sink.note {
         println!("  next: {}", note.replace('\n', "\n  "));
     }
+    if let Some(l) = r.sink.leftovers.as_ref().and_then(|l| l.describe()) {
+        println!("  note: {l}");
+    }
+}
+
+/// What an interrupted restore left: the item in flight (its partial copy removed, or named if
+/// it could not be) and the items already restored.
+fn interrupted_message(sig: &str, current: Option<&PlannedItem>, done: &[String]) -> String {
+    let mut msg = format!("interrupted by {sig}");
+    if let Some(item) = current {
+        let left = match &item.target {
+            Target::Directory(p) | Target::File(p) => {
+                let stray = backup_core::sink::partials_of(p);
+                if stray.is_empty() {
+                    format!(
+                        "its partial copy next to {} was removed and the target left as it was",
+                        p.display()
+                    )
+                } else {
+                    let names: Vec<String> =
+                        stray.iter().map(|p| p.display().to_string()).collect();
+                    format!(
+                        "its partial copy could not be removed: {} (delete it)",
+                        names.join(", ")
+                    )
+                }
+            }
+            _ if item.partial_on_failure() => {
+                format!("{} may have received partial data", item.target)
+            }
+            _ => format!("{} was left as it was", item.target),
+        };
+        msg.push_str(&format!("; item {} stopped: {left}", item.name));
+    }
+    if !done.is_empty() {
+        msg.push_str(&format!("; already restored: {}", done.join(", ")));
+    }
+    msg
 }
 
 fn print_failed(item: &PlannedItem, done: &[String]) {

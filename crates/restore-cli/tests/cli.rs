@@ -238,3 +238,147 @@ async fn a_failed_item_is_named_with_what_was_restored_before_it() {
     assert!(err.contains("already restored: site"), "{err}");
     assert!(out.join("site/index.html").exists());
 }
+
+/// A repository whose volume `site` holds `mib` MiB of incompressible data (a restore that
+/// takes long enough to be interrupted in the middle).
+async fn setup_big(mib: usize) -> Env {
+    let e = setup().await;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = vec![0u8; mib << 20];
+    for w in data.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(e.p("site/big.bin"), data).unwrap();
+    let repo = Repository::open(
+        Arc::new(LocalStore::new(e.p("repo"))),
+        &Secret::Passphrase(b"hunter2".to_vec().into()),
+        CacheOptions {
+            disabled: true,
+            dir: None,
+        },
+    )
+    .await
+    .unwrap();
+    let site: Vec<Box<dyn Source>> = vec![Box::new(VolumeSource::new(
+        "site",
+        e.p("site"),
+        VolumeOptions::default(),
+    ))];
+    backup(&repo, site, &BackupOptions::default())
+        .await
+        .unwrap();
+    e
+}
+
+/// Hidden `.site.lifeboat-*` siblings of the restore target `out/site`.
+fn leftovers(out: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(out)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".site.lifeboat-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `run latest --only site --to OUT` and sends `signal` once the partial copy exists
+/// and holds data; returns the finished process's output.
+fn restore_killed_midway(e: &Env, signal: &str) -> Output {
+    let out = e.p("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lifeboat-restore"))
+        .args([
+            "run",
+            "latest",
+            "--only",
+            "site",
+            "--to",
+            out.to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LIFEBOAT_REPOSITORY", e.p("repo"))
+        .env("LIFEBOAT_PASSWORD", "hunter2")
+        .env("LIFEBOAT_CACHE_DIR", e.p("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let midway = loop {
+        let partial = leftovers(&out)
+            .first()
+            .map(|n| out.join(n).join("big.bin"))
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.len() > 1 << 20);
+        if partial || t0.elapsed() > std::time::Duration::from_secs(30) {
+            break partial;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    assert!(midway, "the restore wrote a partial copy to interrupt");
+    let killed = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn an_interrupted_restore_removes_its_partial_copy_and_says_so() {
+    let e = setup_big(96).await;
+    for signal in ["-INT", "-TERM"] {
+        let r = restore_killed_midway(&e, signal);
+        assert!(!r.status.success(), "{signal}: the restore was interrupted");
+        let err = stderr(&r);
+        assert!(err.contains("interrupted by SIG"), "{signal}: {err}");
+        assert!(
+            err.contains("partial copy next to")
+                && err.contains("was removed and the target left as it was"),
+            "{signal}: {err}"
+        );
+        assert_eq!(
+            leftovers(&e.p("out")),
+            Vec::<String>::new(),
+            "{signal}: {err}"
+        );
+        assert!(
+            !e.p("out/site").exists(),
+            "{signal}: the target was not created"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_next_restore_removes_what_a_killed_one_left_and_names_it() {
+    let e = setup_big(96).await;
+    let r = restore_killed_midway(&e, "-KILL");
+    assert!(!r.status.success());
+    let stale = leftovers(&e.p("out"));
+    assert_eq!(stale.len(), 1, "SIGKILL leaves the partial copy: {stale:?}");
+    let next = e.run(&[
+        "run",
+        "latest",
+        "--only",
+        "site",
+        "--to",
+        e.p("out").to_str().unwrap(),
+    ]);
+    assert!(next.status.success(), "{}", stderr(&next));
+    let said = String::from_utf8_lossy(&next.stdout);
+    assert!(
+        said.contains(&stale[0]) && said.contains("left by an interrupted restore"),
+        "names what it removed: {said}"
+    );
+    assert_eq!(leftovers(&e.p("out")), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read(e.p("out/site/big.bin")).unwrap(),
+        std::fs::read(e.p("site/big.bin")).unwrap()
+    );
+}

@@ -473,6 +473,7 @@ impl Sink for PgRestoreSink {
             untar: None,
             verified_tables: Some(verified),
             note: None,
+            leftovers: None,
         })
     }
 
@@ -587,6 +588,7 @@ impl Sink for GlobalsSink {
             untar: None,
             verified_tables: None,
             note: None,
+            leftovers: None,
         })
     }
 

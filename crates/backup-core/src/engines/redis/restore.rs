@@ -183,6 +183,7 @@ impl Sink for RedisScratchSink {
             untar: None,
             verified_tables: None,
             note: Some(note),
+            leftovers: None,
         })
     }
     async fn abort(self: Box<Self>) -> Option<Error> {

@@ -9,16 +9,20 @@ use tokio_util::io::SyncIoBridge;
 
 use super::untar::{UntarStats, untar};
 use crate::error::{Error, Result};
-use crate::sink::{Sink, SinkReport, is_missing_or_empty, sibling, sink_err};
+use crate::sink::{
+    Leftovers, Partial, Sink, SinkReport, is_missing_or_empty, sibling, sink_err, sweep_leftovers,
+};
 
 /// Unpacks a tar stream into a temporary sibling directory, renamed over the target on commit.
 pub struct DirectorySink {
     item: String,
     target: PathBuf,
-    tmp: PathBuf,
     force: bool,
+    // Dropped before `tmp`: closing the writer ends the extraction that `tmp` waits for.
     writer: Option<tokio::io::DuplexStream>,
     task: Option<tokio::task::JoinHandle<Result<UntarStats>>>,
+    tmp: Partial,
+    leftovers: Leftovers,
 }
 
 impl DirectorySink {
@@ -36,21 +40,30 @@ impl DirectorySink {
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(|e| sink_err(item, target, e))?;
-        let tmp = sibling(target, "restore");
-        tokio::fs::create_dir(&tmp)
+        let leftovers = sweep_leftovers(target);
+        let mut tmp = Partial::new(sibling(target, "restore"));
+        tokio::fs::create_dir(tmp.path())
             .await
             .map_err(|e| sink_err(item, target, e))?;
         let (w, r) = tokio::io::duplex(1 << 20);
         let bridge = SyncIoBridge::new(r);
-        let (t, it) = (tmp.clone(), item.to_string());
-        let task = tokio::task::spawn_blocking(move || untar(bridge, &t, &it));
+        let (t, it, token) = (
+            tmp.path().to_path_buf(),
+            item.to_string(),
+            tmp.writer_token(),
+        );
+        let task = tokio::task::spawn_blocking(move || {
+            let _running = token;
+            untar(bridge, &t, &it)
+        });
         Ok(DirectorySink {
             item: item.to_string(),
             target: target.to_path_buf(),
-            tmp,
             force,
             writer: Some(w),
             task: Some(task),
+            tmp,
+            leftovers,
         })
     }
 
@@ -80,35 +93,29 @@ impl Sink for DirectorySink {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<SinkReport> {
-        let stats = match self.join().await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&self.tmp).await;
-                return Err(e);
-            }
-        };
+        let stats = self.join().await?;
         let (item, target, tmp, force) = (
             self.item.clone(),
             self.target.clone(),
-            self.tmp.clone(),
+            self.tmp.path().to_path_buf(),
             self.force,
         );
         let placed = tokio::task::spawn_blocking(move || place_dir(&item, &target, &tmp, force))
             .await
             .map_err(|e| Error::io("placing restored directory", std::io::Error::other(e)))?;
         placed?;
+        self.tmp.placed();
         Ok(SinkReport {
             target: self.target.display().to_string(),
             untar: Some(stats),
-            verified_tables: None,
-            note: None,
+            leftovers: self.leftovers.clone().found(),
+            ..SinkReport::default()
         })
     }
 
     async fn abort(mut self: Box<Self>) -> Option<Error> {
-        let err = self.join().await.err();
-        let _ = tokio::fs::remove_dir_all(&self.tmp).await;
-        err
+        // Dropping self removes the partial directory.
+        self.join().await.err()
     }
 }
 
