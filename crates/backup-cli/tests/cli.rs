@@ -696,3 +696,92 @@ fn a_damaged_manifest_is_listed_forgotten_and_then_pruned() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `lifeboat-backup ARGS` against an S3 location, with static credentials and `[repository.s3]`
+/// from `s3` (endpoint and settings), no environment from the host.
+fn run_s3(e: &Env, url: &str, s3: &str, args: &[&str]) -> (Output, Duration) {
+    let cfg = e.p("s3.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repository]\nurl = \"{url}\"\npassword_file = \"{}\"\n[repository.s3]\npath_style = true\naccess_key_id = \"test\"\nsecret_access_key_file = \"{}\"\n{s3}\n",
+            e.p("pw").display(),
+            e.p("pw").display()
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut all = vec!["--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = e
+        .cmd(&all)
+        .env_remove("LIFEBOAT_REPOSITORY")
+        .env_remove("LIFEBOAT_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    (out, t0.elapsed())
+}
+
+#[test]
+fn a_hung_s3_endpoint_fails_within_the_operation_timeout_with_one_readable_line() {
+    let e = Env::new();
+    // Accepts connections and never answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming() {
+            held.push(c);
+        }
+    });
+    let s3 = format!(
+        "endpoint = \"http://127.0.0.1:{port}\"\nread_timeout = \"1s\"\noperation_timeout = \"3s\""
+    );
+    let (out, took) = run_s3(&e, "s3://hung/repo", &s3, &["snapshots"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(20), "gave up in {took:?}: {err}");
+    let first = err.lines().next().unwrap_or_default();
+    for part in [
+        &format!("endpoint http://127.0.0.1:{port}"),
+        "bucket hung",
+        "key repo/config",
+        "gave up after",
+        "operation_timeout 3s",
+    ] {
+        assert!(first.contains(part), "{part:?} missing: {err}");
+    }
+    assert!(
+        !err.contains("DispatchFailure") && !err.contains(" { "),
+        "no Debug dumps: {err}"
+    );
+    assert!(err.lines().any(|l| l.starts_with("hint: ")), "{err}");
+    assert_eq!(err.lines().count(), 2, "one line and the hint: {err}");
+    let bad = run_s3(
+        &e,
+        "s3://hung/repo",
+        "read_timeout = \"0s\"",
+        &["snapshots"],
+    )
+    .0;
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("read_timeout"), "{}", stderr(&bad));
+}
+
+#[test]
+fn a_missing_bucket_is_named_as_such_on_list_and_init() {
+    let e = Env::new();
+    let s3 = backup_core::scratch::s3::ScratchS3::start().unwrap_or_else(|err| panic!("{err}"));
+    let endpoint = format!("endpoint = \"{}\"", s3.endpoint());
+    for args in [&["snapshots"][..], &["init", "--kdf-memory-mib", "1"][..]] {
+        let (out, _) = run_s3(&e, "s3://nobucket/repo", &endpoint, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains("bucket nobucket"), "{args:?}: {err}");
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+        assert!(
+            !err.contains("no Lifeboat repository") && !err.contains("fix the configuration"),
+            "{args:?}: {err}"
+        );
+    }
+}

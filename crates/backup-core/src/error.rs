@@ -18,6 +18,11 @@ pub enum Error {
     #[error("no Lifeboat repository at {location}")]
     RepositoryNotFound { location: String },
 
+    #[error(
+        "bucket {bucket} of {location} does not exist (or is not visible with these credentials)"
+    )]
+    BucketNotFound { bucket: String, location: String },
+
     #[error("a Lifeboat repository already exists at {location}")]
     RepositoryExists { location: String },
 
@@ -183,7 +188,7 @@ impl Error {
             | Error::NoSecret { .. }
             | Error::Secret { .. } => 3,
             Error::Locked { .. } => 4,
-            Error::RepositoryNotFound { .. } => 5,
+            Error::RepositoryNotFound { .. } | Error::BucketNotFound { .. } => 5,
             Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
             | Error::SnapshotCorrupt { .. }
@@ -203,6 +208,9 @@ impl Error {
         let h = match self {
             Error::RepositoryNotFound { .. } => {
                 "check --repo / LIFEBOAT_REPOSITORY, or create one with `lifeboat-backup init`"
+            }
+            Error::BucketNotFound { .. } => {
+                "check the bucket name, the endpoint and the credentials (AWS_* variables or [repository.s3]); or create the bucket first, with Object Lock if you want immutable backups"
             }
             Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
             Error::WrongKey { .. } => {

@@ -313,6 +313,8 @@ impl Repository {
         let raw = match store.get("config").await {
             Ok(raw) => raw,
             Err(Error::NotFound { .. }) => {
+                // A missing bucket is not a missing repository: say which it is.
+                store.verify().await?;
                 return Err(Error::RepositoryNotFound {
                     location: store.location(),
                 });

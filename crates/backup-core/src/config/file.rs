@@ -53,6 +53,12 @@ pub struct S3Config {
     pub secret_access_key_file: Option<PathBuf>,
     /// Attempts per request, retries included (default 8).
     pub max_attempts: Option<u32>,
+    /// Per attempt, to establish a connection (default "10s").
+    pub connect_timeout: Option<String>,
+    /// Per attempt, to wait for an answer (default "30s").
+    pub read_timeout: Option<String>,
+    /// One request with all its retries (default "3m"): the most a hung endpoint costs.
+    pub operation_timeout: Option<String>,
     /// Sign uploaded bodies with SigV4 (default false: objects are sealed with AES-GCM, and
     /// signing costs a SHA-256 pass over every byte uploaded).
     pub sign_payload: Option<bool>,

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::repository::{CacheOptions, Repository};
 use crate::secret::SecretSource;
 use crate::store::s3::ObjectLock;
-use crate::store::{LocalStore, S3Options, S3Store, Store};
+use crate::store::{LocalStore, S3Options, S3Store, S3Timeouts, Store};
 
 /// Repository selection as given on a command line (every field optional).
 #[derive(Debug, Clone, Default)]
@@ -184,6 +184,29 @@ fn check_location(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// `connect_timeout`, `read_timeout`, `operation_timeout` over the defaults.
+fn s3_timeouts(s3: &S3Config) -> Result<S3Timeouts> {
+    let mut t = S3Timeouts::default();
+    for (key, value, slot) in [
+        ("connect_timeout", &s3.connect_timeout, &mut t.connect),
+        ("read_timeout", &s3.read_timeout, &mut t.read),
+        ("operation_timeout", &s3.operation_timeout, &mut t.operation),
+    ] {
+        let Some(v) = value else { continue };
+        let d = crate::retention::parse_duration(v)
+            .ok()
+            .and_then(|d| d.to_std().ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "[repository.s3] {key} = {v:?}: give a positive duration such as \"30s\" or \"5m\""
+                ))
+            })?;
+        *slot = d;
+    }
+    Ok(t)
+}
+
 /// Opens the store a repository URL names: a directory, or `s3://bucket/prefix`.
 pub async fn open_store(url: &str, s3: &S3Config) -> Result<Arc<dyn Store>> {
     check_location(url)?;
@@ -203,6 +226,7 @@ pub async fn open_store(url: &str, s3: &S3Config) -> Result<Arc<dyn Store>> {
         if let Some(n) = s3.max_attempts {
             o.max_attempts = n;
         }
+        o.timeouts = s3_timeouts(s3)?;
         o.sign_payload = s3.sign_payload.unwrap_or(false);
         if let Some(l) = &s3.object_lock {
             let compliance = match l.mode.to_ascii_lowercase().as_str() {

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 #[cfg(any(test, feature = "testkit"))]
 pub use faulty::{Fault, FaultyStore};
 pub use local::LocalStore;
-pub use s3::{S3Options, S3Store};
+pub use s3::{S3Options, S3Store, S3Timeouts};
 
 /// Whether a put may replace an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,14 +8,14 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Intercept, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
 use aws_sdk_s3::types::{ObjectLockMode, StorageClass};
 use chrono::{DateTime, Utc};
@@ -29,6 +29,29 @@ pub struct ObjectLock {
     /// COMPLIANCE cannot be shortened or removed by anyone; GOVERNANCE by privileged users.
     pub compliance: bool,
     pub days: u32,
+}
+
+/// How long a request may take before it is given up. A hung endpoint (accepts connections,
+/// never answers) must fail a run in minutes, not after every attempt's read timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Timeouts {
+    /// Establishing a connection (TCP and TLS), per attempt.
+    pub connect: Duration,
+    /// Waiting for the first byte of an answer, per attempt.
+    pub read: Duration,
+    /// One request with all its retries and backoff: the most a single object costs.
+    pub operation: Duration,
+}
+
+impl Default for S3Timeouts {
+    fn default() -> Self {
+        // A chunk is at most 16 MiB: three minutes carries it over a link of ~100 KB/s.
+        S3Timeouts {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(30),
+            operation: Duration::from_secs(180),
+        }
+    }
 }
 
 /// How to reach a bucket.
@@ -49,6 +72,7 @@ pub struct S3Options {
     pub secret_access_key: Option<String>,
     /// Attempts per request, retries included (default 8).
     pub max_attempts: u32,
+    pub timeouts: S3Timeouts,
     pub object_lock: Option<ObjectLock>,
     /// SigV4-sign uploaded bodies (one SHA-256 pass over every byte sent). Off by default:
     /// every object is authenticated by AES-GCM and checked by its content address when read,
@@ -153,9 +177,10 @@ impl S3Store {
             )
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(60))
-                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .connect_timeout(opts.timeouts.connect)
+                    .read_timeout(opts.timeouts.read)
+                    .operation_attempt_timeout(opts.timeouts.operation)
+                    .operation_timeout(opts.timeouts.operation)
                     .build(),
             )
             .interceptor(CountAttempts(attempts.clone()))
@@ -176,13 +201,14 @@ impl S3Store {
     /// Creates the bucket (tests, `init` on a fresh server), with Object Lock if asked.
     pub async fn create_bucket(&self, object_lock: bool) -> Result<()> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         self.client
             .create_bucket()
             .bucket(&self.opts.bucket)
             .object_lock_enabled_for_bucket(object_lock)
             .send()
             .await
-            .map_err(|e| self.err("create bucket", "", e))?;
+            .map_err(|e| self.err("create bucket", "", started, e))?;
         Ok(())
     }
 
@@ -206,6 +232,7 @@ impl S3Store {
         &self,
         op: &'static str,
         key: &str,
+        started: Instant,
         e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> Error
     where
@@ -232,9 +259,68 @@ impl S3Store {
                 location: self.location(),
                 op,
                 key: key.to_string(),
-                source: std::io::Error::other(format!("{}", DisplayErrorContext(&e))),
+                source: std::io::Error::other(self.describe(&e, key, started)),
             },
         }
+    }
+
+    /// One line for an SDK error: what happened, where (endpoint, bucket, key), and how long
+    /// the request tried, instead of the SDK's nested Debug output.
+    fn describe<E>(
+        &self,
+        e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        key: &str,
+        started: Instant,
+    ) -> String
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let t = &self.opts.timeouts;
+        let cause = match e {
+            SdkError::TimeoutError(_) => format!(
+                "no answer in time (operation_timeout {}s)",
+                t.operation.as_secs()
+            ),
+            SdkError::DispatchFailure(d) => {
+                let what = if d.is_timeout() {
+                    format!(
+                        "timed out (connect_timeout {}s, read_timeout {}s)",
+                        t.connect.as_secs(),
+                        t.read.as_secs()
+                    )
+                } else if d.is_io() {
+                    "connection failed".to_string()
+                } else {
+                    "request not sent".to_string()
+                };
+                format!("{what}: {}", causes(e))
+            }
+            SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
+                let status = e
+                    .raw_response()
+                    .map(|r| format!("HTTP {}", r.status().as_u16()))
+                    .unwrap_or_else(|| "an answer".into());
+                match (e.code(), e.message()) {
+                    (Some(c), Some(m)) => format!("{status} {c}: {m}"),
+                    (Some(c), None) => format!("{status} {c}"),
+                    _ => format!("{status} that could not be read: {}", causes(e)),
+                }
+            }
+            _ => causes(e),
+        };
+        let endpoint = self
+            .opts
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "the AWS endpoint for the region".into());
+        let full = self.full_key(key).unwrap_or_else(|_| key.to_string());
+        format!(
+            "{cause} (endpoint {endpoint}, bucket {}, key {}; gave up after {:.1}s, max_attempts {})",
+            self.opts.bucket,
+            if full.is_empty() { "-" } else { &full },
+            started.elapsed().as_secs_f64(),
+            self.opts.max_attempts.max(1)
+        )
     }
 
     async fn body(&self, key: &str, body: ByteStream) -> Result<Vec<u8>> {
@@ -267,29 +353,31 @@ impl S3Store {
     /// Checks the bucket answers, and has Object Lock enabled when configured.
     async fn verify_bucket(&self) -> Result<()> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         self.client
             .head_bucket()
             .bucket(&self.opts.bucket)
             .send()
             .await
-            .map_err(|e| match self.err("head bucket", "", e) {
-                Error::NotFound { .. } => Error::Config {
-                    path: self.location(),
-                    detail: format!(
-                        "bucket {} does not exist (or is not visible with these credentials); create it first, with Object Lock if you want immutable backups",
-                        self.opts.bucket
-                    ),
+            .map_err(|e| match self.err("head bucket", "", started, e) {
+                Error::NotFound { .. } => Error::BucketNotFound {
+                    bucket: self.opts.bucket.clone(),
+                    location: self.location(),
                 },
                 other => other,
             })?;
         if self.opts.object_lock.is_some() {
             self.requests.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let cfg = self
                 .client
                 .get_object_lock_configuration()
                 .bucket(&self.opts.bucket)
                 .send()
                 .await;
+            if let Err(e @ (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_))) = cfg {
+                return Err(self.err("get object lock configuration", "", started, e));
+            }
             let enabled = matches!(&cfg, Ok(c) if c.object_lock_configuration().and_then(|o| o.object_lock_enabled()).is_some());
             if !enabled {
                 return Err(Error::Config {
@@ -305,6 +393,7 @@ impl S3Store {
     async fn get_retention(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
         let k = self.full_key(key)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         match self
             .client
             .get_object_retention()
@@ -317,7 +406,7 @@ impl S3Store {
                 .retention()
                 .and_then(|r| r.retain_until_date())
                 .and_then(|d| DateTime::from_timestamp(d.secs(), 0))),
-            Err(e) => match self.err("get retention", key, e) {
+            Err(e) => match self.err("get retention", key, started, e) {
                 Error::NotFound { .. } => Ok(None),
                 other => Err(other),
             },
@@ -331,6 +420,7 @@ impl S3Store {
         };
         let k = self.full_key(key)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         self.client
             .put_object_retention()
             .bucket(&self.opts.bucket)
@@ -343,9 +433,43 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(|e| self.err("extend retention", key, e))?;
+            .map_err(|e| self.err("extend retention", key, started, e))?;
         Ok(())
     }
+}
+
+/// The innermost distinct messages of an error chain, joined: the SDK nests "dispatch
+/// failure", "io error", "connection refused"; the operator needs the last ones.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !s.is_empty() && !chain.contains(&s) {
+            chain.push(s);
+        }
+        cur = c.source();
+    }
+    let generic = [
+        "dispatch failure",
+        "io error",
+        "other",
+        "service error",
+        "response error",
+    ];
+    let specific: Vec<&String> = chain
+        .iter()
+        .filter(|p| !generic.contains(&p.as_str()))
+        .filter(|p| !chain.iter().any(|q| q != *p && q.contains(p.as_str())))
+        .collect();
+    if specific.is_empty() {
+        return chain.join(": ");
+    }
+    specific
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn to_chrono(d: Option<&AwsDateTime>) -> Option<DateTime<Utc>> {
@@ -385,6 +509,7 @@ impl Store for S3Store {
     async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
         let k = self.full_key(key)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let mut req = self
             .client
             .put_object()
@@ -412,7 +537,7 @@ impl Store for S3Store {
         } else {
             req.customize().disable_payload_signing().send().await
         };
-        sent.map_err(|e| self.err("put", key, e))?;
+        sent.map_err(|e| self.err("put", key, started, e))?;
         Ok(())
     }
 
@@ -438,6 +563,7 @@ impl Store for S3Store {
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let k = self.full_key(key)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let out = self
             .client
             .get_object()
@@ -445,7 +571,7 @@ impl Store for S3Store {
             .key(&k)
             .send()
             .await
-            .map_err(|e| self.err("get", key, e))?;
+            .map_err(|e| self.err("get", key, started, e))?;
         self.body(key, out.body).await
     }
 
@@ -456,6 +582,7 @@ impl Store for S3Store {
         }
         let k = self.full_key(key)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let res = self
             .client
             .get_object()
@@ -471,7 +598,7 @@ impl Store for S3Store {
                 self.head(key).await?;
                 return Ok(Vec::new());
             }
-            Err(e) => return Err(self.err("get", key, e)),
+            Err(e) => return Err(self.err("get", key, started, e)),
         };
         self.body(key, out.body).await
     }
@@ -479,6 +606,7 @@ impl Store for S3Store {
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         let k = self.full_key(key)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let out = self
             .client
             .head_object()
@@ -486,7 +614,7 @@ impl Store for S3Store {
             .key(&k)
             .send()
             .await
-            .map_err(|e| self.err("head", key, e))?;
+            .map_err(|e| self.err("head", key, started, e))?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -509,6 +637,7 @@ impl Store for S3Store {
         let mut token = None;
         loop {
             self.requests.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let page = self
                 .client
                 .list_objects_v2()
@@ -517,7 +646,7 @@ impl Store for S3Store {
                 .set_continuation_token(token)
                 .send()
                 .await
-                .map_err(|e| self.err("list", prefix, e))?;
+                .map_err(|e| self.err("list", prefix, started, e))?;
             for o in page.contents() {
                 if let Some(k) = o.key()
                     && k.len() >= strip
@@ -544,6 +673,7 @@ impl Store for S3Store {
             // Object Lock buckets are versioned: a plain delete only adds a delete marker and
             // frees nothing. Delete every version; the server refuses locked ones.
             self.requests.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let versions = self
                 .client
                 .list_object_versions()
@@ -551,7 +681,7 @@ impl Store for S3Store {
                 .prefix(&k)
                 .send()
                 .await
-                .map_err(|e| self.err("list versions", key, e))?;
+                .map_err(|e| self.err("list versions", key, started, e))?;
             let ids: Vec<String> = versions
                 .versions()
                 .iter()
@@ -567,6 +697,7 @@ impl Store for S3Store {
                 .collect();
             for v in ids {
                 self.requests.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
                 if let Err(e) = self
                     .client
                     .delete_object()
@@ -576,7 +707,7 @@ impl Store for S3Store {
                     .send()
                     .await
                 {
-                    match self.err("delete", key, e) {
+                    match self.err("delete", key, started, e) {
                         Error::NotFound { .. } => {}
                         other => return Err(other),
                     }
@@ -585,6 +716,7 @@ impl Store for S3Store {
             return Ok(());
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         match self
             .client
             .delete_object()
@@ -594,7 +726,7 @@ impl Store for S3Store {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => match self.err("delete", key, e) {
+            Err(e) => match self.err("delete", key, started, e) {
                 Error::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
