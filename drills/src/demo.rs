@@ -130,6 +130,8 @@ pub async fn setup() -> Result<Demo> {
         config: None,
         snapshot: "latest".into(),
         items: Vec::new(),
+        host: None,
+        tags: Vec::new(),
         budgets: Budgets {
             max_snapshot_age: Some("1h".into()),
             max_restore_time: Some("15m".into()),

@@ -17,9 +17,15 @@ pub struct DrillFile {
     /// `latest` (default), a snapshot id (prefix).
     #[serde(default = "latest")]
     pub snapshot: String,
-    /// With `snapshot = "latest"`: the newest snapshot holding all these items.
+    /// With `snapshot = "latest"`: the newest snapshot holding all these items…
     #[serde(default)]
     pub items: Vec<String>,
+    /// …made by this host (default: `[backup] host` of `config`, else this machine; `"*"`
+    /// for any host: a drill machine drilling the production host's backups names it here)…
+    pub host: Option<String>,
+    /// …with all these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(default)]
     pub budgets: Budgets,
     #[serde(default)]
@@ -170,6 +176,19 @@ pub fn expect_holds(expect: &str, got: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_drill_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let f =
+                DrillFile::load(&e.path()).unwrap_or_else(|err| panic!("{:?}: {err}", e.path()));
+            assert_eq!(f.snapshot, "latest");
+            n += 1;
+        }
+        assert!(n >= 2);
+    }
 
     #[test]
     fn expectations() {

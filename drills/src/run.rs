@@ -18,7 +18,7 @@ use backup_core::engines::redis::scratch::ScratchRedis;
 use backup_core::engines::volume::facts::VolumeFacts;
 use backup_core::error::{Error, Result};
 use backup_core::manifest::{Item, ItemKind, Snapshot};
-use backup_core::repository::Repository;
+use backup_core::repository::{Repository, SnapshotFilter};
 use backup_core::retention::parse_duration;
 use backup_core::scratch::temp_dir;
 use backup_core::sink::SinkReport;
@@ -92,7 +92,8 @@ impl Ctx {
     }
 }
 
-async fn open_repo(file: &DrillFile) -> Result<Repository> {
+/// The repository the drill file names, and the host its `latest` is of.
+async fn open_repo(file: &DrillFile) -> Result<(Repository, Option<String>)> {
     let cfg = match (&file.config, &file.repository) {
         (Some(path), _) => ConfigFile::load(path)?,
         (None, Some(r)) => ConfigFile {
@@ -107,7 +108,17 @@ async fn open_repo(file: &DrillFile) -> Result<Repository> {
             ));
         }
     };
-    RepoArgs::resolve_file_first(&cfg)?.open().await
+    let host = match file.host.as_deref() {
+        Some("*") => None,
+        Some(h) => Some(h.to_string()),
+        None => Some(
+            cfg.backup
+                .host
+                .clone()
+                .unwrap_or_else(backup_core::hostname),
+        ),
+    };
+    Ok((RepoArgs::resolve_file_first(&cfg)?.open().await?, host))
 }
 
 /// Runs a drill and returns its report (a failing check is a report, not an error). A drill
@@ -134,8 +145,8 @@ async fn drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
     };
     let max_age = budget(&file.budgets.max_snapshot_age)?;
     let max_time = budget(&file.budgets.max_restore_time)?;
-    let repo = open_repo(file).await?;
-    let snap = repo.find_snapshot_with(&file.snapshot, &file.items).await?;
+    let (repo, host) = open_repo(file).await?;
+    let snap = find_snapshot(file, &repo, host).await?;
     if file.targets.redis != "ephemeral" && snap.items.iter().any(|i| i.kind == ItemKind::Redis) {
         return Err(Error::Usage(
             "targets.redis: only \"ephemeral\" is supported (loading an RDB needs a server the drill starts)".into(),
@@ -188,6 +199,35 @@ async fn drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
 
 /// Refuses, before anything is restored, checks that name an item the snapshot does not have
 /// (or one of another kind): found after the restore, the mistake costs the whole drill.
+/// `latest` is the newest snapshot of the host holding the file's items and every item its
+/// checks name (a partial run must not be drilled in place of the full one); when none holds
+/// the checks' items, the newest holding the file's items, so that `validate_checks` can say
+/// which check names what.
+async fn find_snapshot(
+    file: &DrillFile,
+    repo: &Repository,
+    host: Option<String>,
+) -> Result<Snapshot> {
+    let filter = SnapshotFilter {
+        host,
+        tags: file.tags.clone(),
+        items: file.items.clone(),
+    };
+    let checked = file.checks.sql.iter().map(|c| &c.item);
+    let checked = checked.chain(file.checks.redis.iter().map(|c| &c.item));
+    let mut with_checks = filter.clone();
+    with_checks.items.extend(checked.cloned());
+    match repo
+        .find_snapshot_matching(&file.snapshot, &with_checks)
+        .await
+    {
+        Err(Error::ItemNotFound { .. }) => {
+            repo.find_snapshot_matching(&file.snapshot, &filter).await
+        }
+        found => found,
+    }
+}
+
 fn validate_checks(file: &DrillFile, snap: &Snapshot) -> Result<()> {
     let wanted = file
         .checks

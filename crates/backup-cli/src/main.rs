@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, interrupted, print_snapshots, run_main};
+use backup_core::cli::{
+    EXIT_CODES, FilterFlags, GlobalFlags, Output, interrupted, print_snapshots, run_main,
+};
 use backup_core::codec::keys::KdfParams;
 use backup_core::commands::backup::{BackupOptions, backup};
 use backup_core::commands::check::{CheckOptions, check};
@@ -52,7 +54,10 @@ enum Cmd {
     /// Back up every configured (or named / ad-hoc) source into one snapshot.
     Run(RunArgs),
     /// List snapshots.
-    Snapshots,
+    Snapshots {
+        #[command(flatten)]
+        filter: FilterFlags,
+    },
     /// Verify the repository: snapshots readable, chunks present; --read-data decrypts every chunk.
     Check {
         /// Also download, decrypt and verify every copy of every chunk (slow: reads the whole repository).
@@ -273,9 +278,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             0
         }
         Cmd::Run(args) => run_backup(&resolved, config, args, &out).await?,
-        Cmd::Snapshots => {
+        Cmd::Snapshots { filter } => {
             let repo = resolved.open().await?;
-            print_snapshots(&repo.snapshot_listing().await?, &repo.location(), &out);
+            let listing = repo.snapshot_listing().await?;
+            print_snapshots(
+                &listing.filtered(&filter.for_listing()),
+                &repo.location(),
+                &out,
+            );
             0
         }
         Cmd::Check { read_data } => {

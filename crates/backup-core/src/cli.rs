@@ -13,6 +13,61 @@ pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 usage or configurat
 4 another run holds the lock, 5 repository not found, 6 integrity problem (corrupt or missing data), \
 7 restore target refused (not empty, unsafe archive)";
 
+/// `--host`, `--any-host`, `--tag`, `--source`: which snapshots a listing shows and `latest`
+/// may name.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterFlags {
+    /// Only snapshots of this host (`latest` defaults to this machine, or the config's
+    /// [backup] host).
+    #[arg(long, value_name = "NAME", conflicts_with = "any_host")]
+    pub host: Option<String>,
+    /// Snapshots of any host (for `latest`: the newest, whichever machine made it).
+    #[arg(long)]
+    pub any_host: bool,
+    /// Only snapshots with this tag (repeatable: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only snapshots holding this source or item (repeatable: all of them).
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+}
+
+impl FilterFlags {
+    /// The filter `latest` resolves with: this host unless told otherwise, holding the
+    /// `--source`s and `items` (what the command will use).
+    pub fn for_latest(
+        &self,
+        config: Option<&crate::config::ConfigFile>,
+        items: &[String],
+    ) -> crate::repository::SnapshotFilter {
+        let host = if self.any_host {
+            None
+        } else {
+            Some(self.host.clone().unwrap_or_else(|| {
+                config
+                    .and_then(|c| c.backup.host.clone())
+                    .unwrap_or_else(crate::hostname)
+            }))
+        };
+        let mut wanted = self.sources.clone();
+        wanted.extend(items.iter().filter(|i| !self.sources.contains(i)).cloned());
+        crate::repository::SnapshotFilter {
+            host,
+            tags: self.tags.clone(),
+            items: wanted,
+        }
+    }
+
+    /// The filter a listing applies: only what was asked for.
+    pub fn for_listing(&self) -> crate::repository::SnapshotFilter {
+        crate::repository::SnapshotFilter {
+            host: self.host.clone(),
+            tags: self.tags.clone(),
+            items: self.sources.clone(),
+        }
+    }
+}
+
 /// Flags every Lifeboat binary takes: repository, config file, output mode.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalFlags {

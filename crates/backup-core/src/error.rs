@@ -52,6 +52,13 @@ pub enum Error {
     #[error("snapshot {query} not found in {location}")]
     SnapshotNotFound { query: String, location: String },
 
+    #[error("no snapshot {filter} in {location}; {present}")]
+    NoSnapshotMatches {
+        filter: String,
+        location: String,
+        present: String,
+    },
+
     #[error("snapshot id prefix {query} is ambiguous: {candidates}")]
     SnapshotAmbiguous { query: String, candidates: String },
 
@@ -227,6 +234,9 @@ impl Error {
             }
             Error::SnapshotNotFound { .. } | Error::SnapshotAmbiguous { .. } => {
                 "`lifeboat-restore list` shows the snapshots"
+            }
+            Error::NoSnapshotMatches { .. } => {
+                "`latest` means this host's newest snapshot: pass --host NAME (another machine's backups) or --any-host, or name a snapshot id; `lifeboat-restore list` shows them all"
             }
             Error::ItemNotFound { .. } => "`lifeboat-restore show SNAPSHOT` lists its items",
             Error::ChunkMissing { .. }

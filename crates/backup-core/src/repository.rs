@@ -117,6 +117,13 @@ pub struct SnapshotListing {
 }
 
 impl SnapshotListing {
+    /// Only the snapshots `filter` matches (damaged ones stay: they can match nothing, and
+    /// the operator must still see them).
+    pub fn filtered(mut self, filter: &SnapshotFilter) -> SnapshotListing {
+        self.snapshots.retain(|s| filter.matches(s));
+        self
+    }
+
     /// The listing as both binaries print it with `--json`: one row per snapshot, oldest
     /// first, then the damaged ones (`{id, damaged, stored}`).
     pub fn to_json(&self, now: DateTime<Utc>) -> serde_json::Value {
@@ -215,6 +222,90 @@ impl CacheOptions {
             return Some(PathBuf::from(d).join("lifeboat"));
         }
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lifeboat"))
+    }
+}
+
+/// Which snapshots `latest` may name: restic's `--host` and `--tag`, plus the items the command
+/// needs. The default host is this machine's; `host: None` means any host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    pub host: Option<String>,
+    /// Every one of these tags (none: any).
+    pub tags: Vec<String>,
+    /// Every one of these, each an item name or a source name (`pg` holds `pg.app`).
+    pub items: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// This host's snapshots, holding `items`.
+    pub fn this_host(items: Vec<String>) -> SnapshotFilter {
+        SnapshotFilter {
+            host: Some(crate::hostname()),
+            tags: Vec::new(),
+            items,
+        }
+    }
+
+    /// Host and tags match (items aside).
+    pub fn selects(&self, s: &Snapshot) -> bool {
+        self.host.as_ref().is_none_or(|h| &s.host == h)
+            && self.tags.iter().all(|t| s.tags.contains(t))
+    }
+
+    /// Every wanted item (or an item of every wanted source) is in `s`.
+    pub fn holds_items(&self, s: &Snapshot) -> bool {
+        self.items.iter().all(|want| {
+            s.items.iter().any(|i| {
+                i.name == *want
+                    || i.name
+                        .strip_prefix(want.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+        })
+    }
+
+    /// `selects` and `holds_items`.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        self.selects(s) && self.holds_items(s)
+    }
+
+    /// "of host db1, tagged nightly, holding pg.app" (for messages).
+    pub fn describe(&self) -> String {
+        let mut parts = vec![match &self.host {
+            Some(h) => format!("of host {h}"),
+            None => "of any host".to_string(),
+        }];
+        if !self.tags.is_empty() {
+            parts.push(format!("tagged {}", self.tags.join(" and ")));
+        }
+        if !self.items.is_empty() {
+            parts.push(format!("holding {}", self.items.join(", ")));
+        }
+        parts.join(", ")
+    }
+
+    /// The hosts and tags the repository has snapshots of, for a refusal to name.
+    fn present(snaps: &[Snapshot]) -> String {
+        if snaps.is_empty() {
+            return "the repository has no snapshots".into();
+        }
+        let hosts: std::collections::BTreeSet<&str> =
+            snaps.iter().map(|s| s.host.as_str()).collect();
+        let tags: std::collections::BTreeSet<&str> = snaps
+            .iter()
+            .flat_map(|s| s.tags.iter().map(String::as_str))
+            .collect();
+        let mut out = format!(
+            "it has snapshots of host {}",
+            hosts.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        if !tags.is_empty() {
+            out.push_str(&format!(
+                " with tags {}",
+                tags.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        out
     }
 }
 
@@ -578,32 +669,44 @@ impl Repository {
         }
     }
 
-    /// Like [`Repository::find_snapshot`], but `latest` means the newest snapshot holding every
-    /// item in `items` (a run of `--source db` only must not hide the last full run's volume).
-    pub async fn find_snapshot_with(&self, query: &str, items: &[String]) -> Result<Snapshot> {
-        if query != "latest" || items.is_empty() {
-            return self.find_snapshot(query).await;
+    /// Like [`Repository::find_snapshot`], but `latest` means the newest snapshot that
+    /// `filter` accepts: of its host and tags, holding every item it names (a run of
+    /// `--source db` only must not hide the last full run's volume, nor another host's run this
+    /// host's). An id or prefix names one snapshot whatever its host; its items must be there.
+    pub async fn find_snapshot_matching(
+        &self,
+        query: &str,
+        filter: &SnapshotFilter,
+    ) -> Result<Snapshot> {
+        if query != "latest" {
+            let s = self.find_snapshot(query).await?;
+            if !filter.holds_items(&s) {
+                return Err(Error::ItemNotFound {
+                    snapshot: s.id,
+                    item: filter.items.join(", "),
+                    available: s.source_set().join(", "),
+                });
+            }
+            return Ok(s);
         }
         let snaps = self.snapshots().await?;
-        if let Some(s) = snaps
-            .iter()
-            .rev()
-            .find(|s| items.iter().all(|i| s.item(i).is_some()))
-        {
-            return Ok(s.clone());
+        let of_host: Vec<&Snapshot> = snaps.iter().filter(|s| filter.selects(s)).collect();
+        if let Some(s) = of_host.iter().rev().find(|s| filter.holds_items(s)) {
+            return Ok((*s).clone());
         }
-        // Name what the newest snapshot does have: the usual cause is a typo.
-        match snaps.last() {
-            Some(newest) => Err(Error::ItemNotFound {
+        // Name what the newest candidate does have: the usual cause is a typo.
+        if let Some(newest) = of_host.last() {
+            return Err(Error::ItemNotFound {
                 snapshot: newest.id,
-                item: items.join(", "),
+                item: filter.items.join(", "),
                 available: newest.source_set().join(", "),
-            }),
-            None => Err(Error::SnapshotNotFound {
-                query: query.to_string(),
-                location: self.location(),
-            }),
+            });
         }
+        Err(Error::NoSnapshotMatches {
+            filter: filter.describe(),
+            location: self.location(),
+            present: SnapshotFilter::present(&snaps),
+        })
     }
 
     /// Chunks named by the given snapshots.

@@ -146,37 +146,83 @@ async fn one_snapshot_holds_every_item_of_a_run() {
 }
 
 #[tokio::test]
-async fn latest_with_items_skips_partial_runs() {
+async fn latest_is_this_hosts_newest_holding_what_is_asked_for() {
+    use backup_core::repository::SnapshotFilter;
     let t = new_repo().await;
     let full = backup(
         &t.repo,
         vec![
             bytes_source("db", b"1".to_vec()),
-            bytes_source("files", b"2".to_vec()),
+            bytes_source("pg.app", b"2".to_vec()),
         ],
-        &BackupOptions::default(),
+        &BackupOptions {
+            tags: vec!["nightly".into()],
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
     let partial = backup_bytes(&t.repo, "db", b"3".to_vec()).await;
-    let want_files = ["files".to_string()];
-    let s = t
+    let other_host = backup(
+        &t.repo,
+        vec![
+            bytes_source("db", b"4".to_vec()),
+            bytes_source("pg.app", b"5".to_vec()),
+        ],
+        &BackupOptions {
+            host: Some("elsewhere".into()),
+            tags: vec!["nightly".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let latest =
+        |items: &[&str]| SnapshotFilter::this_host(items.iter().map(|s| s.to_string()).collect());
+    let find = |f: SnapshotFilter| {
+        let repo = t.repo.clone();
+        async move { repo.find_snapshot_matching("latest", &f).await }
+    };
+    assert_eq!(
+        find(latest(&["pg"])).await.unwrap().id,
+        full.snapshot,
+        "this host's newest holding source pg (item pg.app), not the partial run nor another host's"
+    );
+    assert_eq!(find(latest(&["db"])).await.unwrap().id, partial.snapshot);
+    assert_eq!(find(latest(&[])).await.unwrap().id, partial.snapshot);
+    let tagged = SnapshotFilter {
+        tags: vec!["nightly".into()],
+        ..latest(&[])
+    };
+    assert_eq!(find(tagged).await.unwrap().id, full.snapshot);
+    let any = SnapshotFilter {
+        host: None,
+        ..latest(&[])
+    };
+    assert_eq!(find(any).await.unwrap().id, other_host.snapshot);
+    let nope = find(latest(&["nope"])).await;
+    assert!(
+        matches!(nope, Err(backup_core::Error::ItemNotFound { .. })),
+        "{nope:?}"
+    );
+    let stranger = SnapshotFilter {
+        host: Some("stranger".into()),
+        ..latest(&[])
+    };
+    let err = find(stranger).await.unwrap_err();
+    assert!(
+        matches!(err, backup_core::Error::NoSnapshotMatches { .. })
+            && err.to_string().contains("elsewhere")
+            && err.to_string().contains("of host stranger"),
+        "names the hosts there are: {err}"
+    );
+    // An id names its snapshot whatever its host; its items must still be there.
+    let by_id = t
         .repo
-        .find_snapshot_with("latest", &want_files)
+        .find_snapshot_matching(&other_host.snapshot.to_hex(), &latest(&["db"]))
         .await
         .unwrap();
-    assert_eq!(s.id, full.snapshot, "newest snapshot that has `files`");
-    let s = t
-        .repo
-        .find_snapshot_with("latest", &["db".to_string()])
-        .await
-        .unwrap();
-    assert_eq!(s.id, partial.snapshot);
-    let none = t
-        .repo
-        .find_snapshot_with("latest", &["nope".to_string()])
-        .await;
-    assert!(matches!(none, Err(backup_core::Error::ItemNotFound { .. })));
+    assert_eq!(by_id.id, other_host.snapshot);
     let prefix = &full.snapshot.to_hex()[..6];
     assert_eq!(
         t.repo.find_snapshot(prefix).await.unwrap().id,

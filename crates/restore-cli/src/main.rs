@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, Output, interrupted, print_snapshots, run_main};
+use backup_core::cli::{
+    EXIT_CODES, FilterFlags, GlobalFlags, Output, interrupted, print_snapshots, run_main,
+};
 use backup_core::commands::restore::{
     ApplyEvent, ApplyEvents, ApplyOptions, PlannedItem, RestoreOptions, RestorePlan, RestoredItem,
     Target, TargetState, apply, plan, preflight, restore_item,
@@ -34,11 +36,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// What snapshots exist, how old, how big.
-    List,
+    List {
+        #[command(flatten)]
+        filter: FilterFlags,
+    },
     /// Items of one snapshot with sizes, hashes and recorded facts.
     Show {
-        /// Snapshot id (prefix) or `latest`.
+        /// Snapshot id (prefix) or `latest` (this host's newest; see --host).
         snapshot: String,
+        #[command(flatten)]
+        filter: FilterFlags,
     },
     /// Show what `run` would do, touching nothing.
     Plan(Selection),
@@ -55,8 +62,12 @@ enum Cmd {
     },
     /// Write one item's raw stream (a tar for volumes) to a file or `-` for stdout.
     Export {
+        /// Snapshot id (prefix) or `latest` (this host's newest holding ITEM).
         snapshot: String,
+        /// The item to write.
         item: String,
+        #[command(flatten)]
+        filter: FilterFlags,
         /// File to write the item's raw stream to (`-` for stdout); refused if it exists, unless --force.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
@@ -68,8 +79,11 @@ enum Cmd {
 
 #[derive(Args)]
 struct Selection {
-    /// Snapshot id (prefix) or `latest`.
+    /// Snapshot id (prefix) or `latest`: this host's newest holding the --only items (or,
+    /// with a config file, every configured source).
     snapshot: String,
+    #[command(flatten)]
+    filter: FilterFlags,
     /// Restore only this item (repeatable).
     #[arg(long = "only", value_name = "NAME")]
     only: Vec<String>,
@@ -144,8 +158,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let out = cli.global.output();
     let repo = resolved.open().await?;
     match cli.cmd {
-        Cmd::List => print_snapshots(&repo.snapshot_listing().await?, &repo.location(), &out),
-        Cmd::Show { snapshot } => show(&repo.find_snapshot(&snapshot).await?, &out)?,
+        Cmd::List { filter } => {
+            let listing = repo.snapshot_listing().await?;
+            print_snapshots(
+                &listing.filtered(&filter.for_listing()),
+                &repo.location(),
+                &out,
+            )
+        }
+        Cmd::Show { snapshot, filter } => {
+            let f = filter.for_latest(config, &[]);
+            show(&repo.find_snapshot_matching(&snapshot, &f).await?, &out)?
+        }
         Cmd::Plan(sel) => {
             let (_, p) = sel.plan(&repo, config).await?;
             print_plan(&p, &out)?;
@@ -172,9 +196,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Export {
             snapshot,
             item,
+            filter,
             output,
             force,
-        } => export(&repo, &snapshot, &item, &output, force, &out).await?,
+        } => {
+            let f = filter.for_latest(config, std::slice::from_ref(&item));
+            let snap = repo.find_snapshot_matching(&snapshot, &f).await?;
+            export(&repo, &snap, &item, &output, force, &out).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -222,15 +251,12 @@ fn show(s: &Snapshot, out: &Output) -> Result<()> {
 /// `export`: one item's raw stream to a file or stdout, verified.
 async fn export(
     repo: &Repository,
-    snapshot: &str,
+    snap: &Snapshot,
     item: &str,
     output: &Path,
     force: bool,
     out: &Output,
 ) -> Result<()> {
-    let snap = repo
-        .find_snapshot_with(snapshot, &[item.to_string()])
-        .await?;
     let it = snap
         .item(item)
         .ok_or_else(|| backup_core::Error::ItemNotFound {
@@ -285,7 +311,20 @@ impl Selection {
         repo: &Repository,
         config: Option<&ConfigFile>,
     ) -> Result<(Snapshot, RestorePlan)> {
-        let snap = repo.find_snapshot_with(&self.snapshot, &self.only).await?;
+        // `latest` must hold what will be restored: the --only items, else every source the
+        // config names (a partial run must not stand in for the last full one).
+        let wanted: Vec<String> = match (self.only.is_empty(), config) {
+            (false, _) => self.only.clone(),
+            (true, Some(c)) => c
+                .sources
+                .keys()
+                .filter(|k| !self.skip.contains(k))
+                .cloned()
+                .collect(),
+            (true, None) => Vec::new(),
+        };
+        let filter = self.filter.for_latest(config, &wanted);
+        let snap = repo.find_snapshot_matching(&self.snapshot, &filter).await?;
         let defaults = match config {
             Some(c) => c.restore_defaults(&snap)?,
             None => RestoreDefaults::default(),

@@ -382,3 +382,77 @@ async fn the_next_restore_removes_what_a_killed_one_left_and_names_it() {
         std::fs::read(e.p("site/big.bin")).unwrap()
     );
 }
+
+#[tokio::test]
+async fn latest_is_this_hosts_newest_snapshot_holding_the_items_asked_for() {
+    let e = setup().await;
+    let repo = Repository::open(
+        Arc::new(LocalStore::new(e.p("repo"))),
+        &Secret::Passphrase(b"hunter2".to_vec().into()),
+        CacheOptions {
+            disabled: true,
+            dir: None,
+        },
+    )
+    .await
+    .unwrap();
+    let full = repo.snapshots().await.unwrap()[0].id.to_hex();
+    // A partial run here, then another host's full run.
+    let dump: Vec<Box<dyn Source>> = vec![Box::new(CommandSource::new("dump", "echo partial"))];
+    backup(&repo, dump, &BackupOptions::default())
+        .await
+        .unwrap();
+    let mut site: Vec<Box<dyn Source>> = vec![Box::new(VolumeSource::new(
+        "site",
+        e.p("site"),
+        VolumeOptions::default(),
+    ))];
+    site.push(Box::new(CommandSource::new("dump", "echo other")));
+    let elsewhere = BackupOptions {
+        host: Some("elsewhere".into()),
+        ..Default::default()
+    };
+    let other = backup(&repo, site, &elsewhere)
+        .await
+        .unwrap()
+        .snapshot
+        .to_hex();
+    let id_of = |args: &[&str]| -> String {
+        let mut all = vec!["show", "--json"];
+        all.extend_from_slice(args);
+        let o = e.run(&all);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    let partial = id_of(&["latest"]);
+    assert!(partial != full && partial != other, "this host's newest");
+    assert_eq!(
+        id_of(&["latest", "--source", "site"]),
+        full,
+        "the newest holding site"
+    );
+    assert_eq!(id_of(&["latest", "--any-host"]), other);
+    assert_eq!(id_of(&["latest", "--host", "elsewhere"]), other);
+    let plan = e.run(&[
+        "plan",
+        "latest",
+        "--only",
+        "site",
+        "--to",
+        "/nonexistent",
+        "--json",
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(p["snapshot"].as_str().unwrap(), full, "{p}");
+    let listed = e.run(&["list", "--host", "elsewhere", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows.len(), 1);
+    let nobody = e.run(&["show", "latest", "--host", "nobody"]);
+    assert_eq!(nobody.status.code(), Some(1));
+    let err = stderr(&nobody);
+    assert!(
+        err.contains("of host nobody") && err.contains("elsewhere") && err.contains("--any-host"),
+        "{err}"
+    );
+}
