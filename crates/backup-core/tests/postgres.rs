@@ -337,6 +337,90 @@ async fn restore_safety_clean_jobs_selective_and_version_check() {
     let tables = pg.psql("one", "SELECT string_agg(relname, ',') FROM pg_class WHERE relkind = 'r' AND relnamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname IN ('pg_catalog', 'information_schema'))").unwrap();
     assert_eq!(tables.trim(), "customers");
 
+    // A schema-qualified table, into a new database without that schema: the schema is
+    // created, only that table restored, its rows verified.
+    let r = restore_to(
+        &t.repo,
+        &snap,
+        PgRestoreOptions {
+            tables: vec!["audit.events".into()],
+            ..into("qualified")
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.items[0].sink.verified_tables, Some(1));
+    assert_eq!(
+        count(&pg, "qualified", "audit.events"),
+        count(&pg, "app", "audit.events")
+    );
+    // The same with --schema and a bare name, into a live database the table was dropped
+    // from: not "occupied" (nothing is overwritten), the table comes back.
+    pg.psql(
+        "qualified",
+        "DROP TABLE audit.events; DROP SCHEMA audit; CREATE TABLE keep (x int)",
+    )
+    .unwrap();
+    restore_to(
+        &t.repo,
+        &snap,
+        PgRestoreOptions {
+            tables: vec!["events".into()],
+            schemas: vec!["audit".into()],
+            ..into("qualified")
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(count(&pg, "qualified", "audit.events") > 0);
+    // A table whose sequence is a separate object fails in pg_restore: the message says
+    // why, and the database this restore created is gone again.
+    let e = restore_to(
+        &t.repo,
+        &snap,
+        PgRestoreOptions {
+            tables: vec!["sales.orders".into()],
+            ..into("needs_seq")
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("without what they depend on"), "{e}");
+    let left = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'needs_seq'",
+        )
+        .unwrap();
+    assert_eq!(left.trim(), "0", "the created database was dropped");
+    // Asking for a table the backup lacks is refused before anything is created.
+    let e = restore_to(
+        &t.repo,
+        &snap,
+        PgRestoreOptions {
+            tables: vec!["billing.invoices".into()],
+            ..into("nothing_here")
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("no table billing.invoices")
+            && e.to_string().contains("sales.orders"),
+        "{e}"
+    );
+    let exists = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'nothing_here'",
+        )
+        .unwrap();
+    assert_eq!(exists.trim(), "0", "no database left behind");
+
     // A pg_restore older than the dump: refused by the plan, the target never created.
     let old = t.dir.path().join("oldbin");
     std::fs::create_dir_all(&old).unwrap();

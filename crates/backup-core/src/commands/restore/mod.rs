@@ -184,7 +184,7 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
             }
             Target::Directory(_) | Target::File(_) => (TargetState::Occupied, None),
             Target::Postgres(url) => {
-                let (state, info) = pg_inspect(item, url, &opts.postgres.tools).await?;
+                let (state, info) = pg_inspect(item, url, &opts.postgres).await?;
                 (state, Some(info))
             }
             Target::RedisDir(d) if d.join("dump.rdb").exists() => (TargetState::Occupied, None),

@@ -6,6 +6,7 @@ pub mod drill;
 pub mod facts;
 pub mod restore;
 pub mod scratch;
+pub mod selection;
 pub mod session;
 mod source;
 

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
 use super::facts::PostgresFacts;
+use crate::engines::postgres::selection::TableSelection;
 use crate::engines::postgres::session::PsqlSession;
 use crate::engines::postgres::{PgTools, TABLES_SQL, conninfo, exact_counts, parse_tables};
 use crate::error::{Error, Result};
@@ -129,12 +130,16 @@ fn pg_err(item: &str, target: &str, detail: impl Into<String>) -> Error {
     }
 }
 
-/// Connects to the target's `postgres` database and inspects the target database.
+/// Connects to the target's `postgres` database and inspects the target database. With a
+/// table selection the target is occupied only if a selected table is there: restoring a
+/// dropped table into a live database overwrites nothing.
 pub async fn inspect(
     item: &Item,
     target: &str,
-    tools: &PgTools,
+    opts: &PgRestoreOptions,
 ) -> Result<(TargetState, PgTargetInfo)> {
+    let tools = &opts.tools;
+    let selection = TableSelection::resolve(item, &opts.tables, &opts.schemas)?;
     let shown = conninfo::redact(target);
     let db = conninfo::database(target).unwrap_or_default();
     let maint = conninfo::with_database(target, "postgres");
@@ -151,17 +156,22 @@ pub async fn inspect(
     s.close().await;
     let exists = info["exists"].as_bool().unwrap_or(false);
     let mut tables = 0;
+    let mut selected = 0;
     if exists {
         let mut t = PsqlSession::connect(tools, target)
             .await
             .map_err(|e| pg_err(&item.name, &shown, format!("cannot connect: {e}")))?;
-        tables = parse_tables(
+        let present = parse_tables(
             &t.json(TABLES_SQL)
                 .await
                 .map_err(|e| pg_err(&item.name, &shown, e))?,
-        )
-        .len() as u64;
+        );
         t.close().await;
+        tables = present.len() as u64;
+        selected = present
+            .iter()
+            .filter(|(s, n, _)| selection.takes(s, n))
+            .count();
     }
     let (restore_version, restore_major) = tools.version("pg_restore").await?;
     let facts = PostgresFacts::of(item);
@@ -170,7 +180,7 @@ pub async fn inspect(
     let incompatible = (!is_globals(item) && dump_major > u64::from(restore_major)).then(|| {
         format!("the dump was written by {dump_version}, which {restore_version} cannot read; use pg_restore {dump_major} or newer (bin_dir / --pg-bin-dir)")
     });
-    let state = match (exists, tables) {
+    let state = match (exists, selected) {
         (false, _) => TargetState::Missing,
         (true, 0) => TargetState::Empty,
         (true, _) => TargetState::Occupied,
@@ -212,7 +222,11 @@ pub struct PgRestoreSink {
     target: String,
     tools: PgTools,
     opts: PgRestoreOptions,
+    selection: TableSelection,
+    /// The database did not exist: a failed restore drops it again.
     created: bool,
+    /// Schemas a partial restore needed and we created: a failed restore drops them again.
+    created_schemas: Vec<String>,
     mode: Mode,
     stderr: Arc<Mutex<String>>,
     expected: BTreeMap<String, u64>,
@@ -225,7 +239,8 @@ impl PgRestoreSink {
         let db = conninfo::database(target)
             .ok_or_else(|| pg_err(&item.name, &shown, "the target names no database"))?;
         let tools = opts.tools.clone();
-        let (state, _) = inspect(item, target, &tools).await?;
+        let selection = TableSelection::resolve(item, &opts.tables, &opts.schemas)?;
+        let (state, _) = inspect(item, target, opts).await?;
         let mut created = false;
         if state == TargetState::Missing {
             let mut s = PsqlSession::connect(&tools, &conninfo::with_database(target, "postgres"))
@@ -237,7 +252,16 @@ impl PgRestoreSink {
             s.close().await;
             created = true;
         }
-        let expected = expected_counts(item, opts);
+        let created_schemas = match create_schemas(&tools, target, &selection).await {
+            Ok(c) => c,
+            Err(e) => {
+                if created {
+                    drop_database(&tools, target).await;
+                }
+                return Err(pg_err(&item.name, &shown, e));
+            }
+        };
+        let expected = expected_counts(item, &selection);
         let stderr = Arc::new(Mutex::new(String::new()));
         let mode = if opts.jobs > 1 {
             let path = std::env::temp_dir().join(format!(
@@ -262,7 +286,7 @@ impl PgRestoreSink {
                 path,
             }
         } else {
-            let mut child = restore_command(&tools, target, opts, None)
+            let mut child = restore_command(&tools, target, opts, &selection, None)
                 .stdin(Stdio::piped())
                 .spawn()
                 .map_err(|e| pg_err(&item.name, &shown, format!("cannot start pg_restore: {e}")))?;
@@ -275,7 +299,9 @@ impl PgRestoreSink {
             target: target.to_string(),
             tools,
             opts: opts.clone(),
+            selection,
             created,
+            created_schemas,
             mode,
             stderr,
             expected,
@@ -290,20 +316,22 @@ impl PgRestoreSink {
         self.stderr.lock().unwrap().trim().to_string()
     }
 
+    /// Undoes what this restore created before pg_restore ran: the database, or else the
+    /// schemas a partial restore needed (empty again once its transaction rolled back).
     async fn drop_created(&self) {
-        if !self.created {
+        if self.created {
+            drop_database(&self.tools, &self.target).await;
             return;
         }
-        if let Ok(mut s) = PsqlSession::connect(
-            &self.tools,
-            &conninfo::with_database(&self.target, "postgres"),
-        )
-        .await
-        {
-            let db = conninfo::database(&self.target).unwrap_or_default();
-            let _ = s
-                .exec(&format!("DROP DATABASE IF EXISTS {}", sql_ident(&db)))
-                .await;
+        if self.created_schemas.is_empty() {
+            return;
+        }
+        if let Ok(mut s) = PsqlSession::connect(&self.tools, &self.target).await {
+            for schema in &self.created_schemas {
+                let _ = s
+                    .exec(&format!("DROP SCHEMA IF EXISTS {}", sql_ident(schema)))
+                    .await;
+            }
             s.close().await;
         }
     }
@@ -347,23 +375,75 @@ impl PgRestoreSink {
     }
 }
 
-/// The row counts a restore with these options must reproduce (exact counts only).
-fn expected_counts(item: &Item, opts: &PgRestoreOptions) -> BTreeMap<String, u64> {
+/// The row counts a restore of `selection` must reproduce (exact counts only).
+fn expected_counts(item: &Item, selection: &TableSelection) -> BTreeMap<String, u64> {
     PostgresFacts::of(item)
         .exact_counts()
         .into_iter()
         .filter(|(k, _)| {
             let (schema, table) = k.split_once('.').unwrap_or(("", k));
-            (opts.tables.is_empty() || opts.tables.iter().any(|t| t == table || t == k))
-                && (opts.schemas.is_empty() || opts.schemas.iter().any(|s| s == schema))
+            selection.takes(schema, table)
         })
         .collect()
+}
+
+async fn drop_database(tools: &PgTools, target: &str) {
+    if let Ok(mut s) =
+        PsqlSession::connect(tools, &conninfo::with_database(target, "postgres")).await
+    {
+        let db = conninfo::database(target).unwrap_or_default();
+        let _ = s
+            .exec(&format!("DROP DATABASE IF EXISTS {}", sql_ident(&db)))
+            .await;
+        s.close().await;
+    }
+}
+
+/// A partial restore (`-n`/`-t`) does not create the schemas its tables live in: creates
+/// the missing ones and returns their names.
+async fn create_schemas(
+    tools: &PgTools,
+    target: &str,
+    selection: &TableSelection,
+) -> std::result::Result<Vec<String>, String> {
+    if selection.schemas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut s = PsqlSession::connect(tools, target)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let present = s
+        .json("SELECT coalesce(json_agg(nspname), '[]') FROM pg_namespace")
+        .await
+        .map_err(|e| e.to_string())?;
+    let present: Vec<&str> = present
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let mut created = Vec::new();
+    for schema in selection
+        .schemas
+        .iter()
+        .filter(|x| !present.contains(&x.as_str()))
+    {
+        if let Err(e) = s
+            .exec(&format!("CREATE SCHEMA {}", sql_ident(schema)))
+            .await
+        {
+            s.close().await;
+            return Err(format!("creating schema {schema}: {e}"));
+        }
+        created.push(schema.clone());
+    }
+    s.close().await;
+    Ok(created)
 }
 
 fn restore_command(
     tools: &PgTools,
     target: &str,
     opts: &PgRestoreOptions,
+    selection: &TableSelection,
     file: Option<&PathBuf>,
 ) -> Command {
     let mut cmd = Command::new(tools.program("pg_restore"));
@@ -376,10 +456,10 @@ fn restore_command(
     if opts.no_owner {
         cmd.arg("--no-owner");
     }
-    for t in &opts.tables {
+    for t in &selection.names {
         cmd.arg(format!("--table={t}"));
     }
-    for s in &opts.schemas {
+    for s in &selection.schemas {
         cmd.arg(format!("--schema={s}"));
     }
     match file {
@@ -446,15 +526,21 @@ impl Sink for PgRestoreSink {
                     .map_err(|e| pg_err(&self.item, &self.target, e.to_string()))?;
                 drop(f);
                 let path = path.clone();
-                let mut child = restore_command(&self.tools, &self.target, &self.opts, Some(&path))
-                    .spawn()
-                    .map_err(|e| {
-                        pg_err(
-                            &self.item,
-                            &self.target,
-                            format!("cannot start pg_restore: {e}"),
-                        )
-                    })?;
+                let mut child = restore_command(
+                    &self.tools,
+                    &self.target,
+                    &self.opts,
+                    &self.selection,
+                    Some(&path),
+                )
+                .spawn()
+                .map_err(|e| {
+                    pg_err(
+                        &self.item,
+                        &self.target,
+                        format!("cannot start pg_restore: {e}"),
+                    )
+                })?;
                 collect_stderr(&mut child, self.stderr.clone());
                 let st = child.wait().await;
                 let _ = tokio::fs::remove_file(&path).await;
@@ -463,11 +549,21 @@ impl Sink for PgRestoreSink {
         };
         if !status.success() {
             settle_stderr(&self.stderr).await;
-            let msg = self.stderr_text();
+            let mut msg = self.stderr_text();
             self.drop_created().await;
+            if !self.selection.is_whole() && msg.contains("does not exist") {
+                msg.push_str("\n(--table restores the named tables without what they depend on, such as a sequence of their own: restore the whole database into a scratch database and copy the table from there)");
+            }
             return Err(self.err(format!("pg_restore exited with {status}: {msg}")));
         }
-        let verified = self.verify().await?;
+        let verified = match self.verify().await {
+            Ok(n) => n,
+            Err(e) => {
+                // A database this restore created holds nothing anyone relied on before.
+                self.drop_created().await;
+                return Err(e);
+            }
+        };
         Ok(SinkReport {
             target: self.describe(),
             untar: None,
