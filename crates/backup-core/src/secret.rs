@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
@@ -72,17 +73,7 @@ impl SecretSource {
                 passphrase(v.as_bytes()).ok_or_else(|| err("variable is empty".into()))
             }
             SecretSource::PasswordCommand(cmd) => {
-                let out = Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .map_err(|e| err(e.to_string()))?;
-                let stdout = Zeroizing::new(out.stdout);
-                if !out.status.success() {
-                    return Err(err(format!("command exited with {}", out.status)));
-                }
+                let stdout = run_password_command(cmd, password_command_timeout()).map_err(err)?;
                 passphrase(&stdout).ok_or_else(|| err("command printed nothing".into()))
             }
             SecretSource::KeyFile(p) => {
@@ -97,6 +88,68 @@ impl SecretSource {
             }
         }
     }
+}
+
+/// How long a password command may take (a vault login, a hardware token): 60 s, or
+/// `LIFEBOAT_PASSWORD_COMMAND_TIMEOUT` (`30s`, `2m`). A command that hangs must not hang a
+/// nightly run for ever.
+fn password_command_timeout() -> Duration {
+    std::env::var("LIFEBOAT_PASSWORD_COMMAND_TIMEOUT")
+        .ok()
+        .and_then(|v| crate::retention::parse_duration(&v).ok())
+        .and_then(|d| d.to_std().ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// Runs `cmd` with `sh -c` in its own process group and returns its stdout; past `timeout`
+/// the whole group is killed (a shell's children too) and the run fails.
+fn run_password_command(
+    cmd: &str,
+    timeout: Duration,
+) -> std::result::Result<Zeroizing<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut out = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Zeroizing::new(Vec::new());
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(st) => break st,
+            None if Instant::now() >= deadline => {
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no answer after {}s: killed (set LIFEBOAT_PASSWORD_COMMAND_TIMEOUT for a slower command)",
+                    timeout.as_secs()
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let stdout = reader
+        .join()
+        .map_err(|_| "reading its output failed".to_string())?;
+    if !status.success() {
+        return Err(format!("command exited with {status}"));
+    }
+    Ok(stdout)
 }
 
 fn passphrase(raw: &[u8]) -> Option<Secret> {
@@ -144,5 +197,33 @@ mod tests {
         std::fs::write(&p, [1u8; 16]).unwrap();
         let e = SecretSource::KeyFile(p).resolve().unwrap_err();
         assert!(e.to_string().contains("at least 32"), "{e}");
+    }
+
+    #[test]
+    fn a_hanging_password_command_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("child-alive");
+        // The shell's child sleeps; killing only the shell would leave it holding stdout.
+        let cmd = format!("sleep 30 & echo $! > {}; wait", marker.display());
+        let t0 = Instant::now();
+        let e = run_password_command(&cmd, Duration::from_millis(300)).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(e.contains("no answer after"), "{e}");
+        let pid = std::fs::read_to_string(&marker).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let state =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z"),
+            "the child was killed: {state}"
+        );
+        assert_eq!(
+            bytes(
+                SecretSource::PasswordCommand("printf pw".into())
+                    .resolve()
+                    .unwrap()
+            ),
+            b"pw"
+        );
     }
 }
