@@ -1,7 +1,7 @@
 //! Progress counters shared between a running backup/restore and whoever displays them.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Lock-free counters for the item in progress; the binaries render them on a TTY.
@@ -10,6 +10,7 @@ pub struct Progress {
     item: Mutex<String>,
     done: AtomicU64,
     total: AtomicU64,
+    estimated: AtomicBool,
     started: Mutex<Instant>,
 }
 
@@ -19,6 +20,7 @@ impl Default for Progress {
             item: Mutex::new(String::new()),
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            estimated: AtomicBool::new(false),
             started: Mutex::new(Instant::now()),
         }
     }
@@ -31,6 +33,8 @@ pub struct ProgressView {
     pub done: u64,
     /// 0 when unknown (a stream of unknown length).
     pub total: u64,
+    /// `total` is a guess (the item's size last time), not a known length.
+    pub estimated: bool,
     pub elapsed_secs: f64,
 }
 
@@ -47,16 +51,26 @@ impl ProgressView {
     /// Seconds left, when the total is known.
     pub fn eta_secs(&self) -> Option<f64> {
         let rate = self.rate();
-        (self.total > 0 && rate > 0.0).then(|| self.total.saturating_sub(self.done) as f64 / rate)
+        (self.total > self.done && rate > 0.0).then(|| (self.total - self.done) as f64 / rate)
     }
 }
 
 impl Progress {
     /// Starts a new item of `total` bytes (0 = unknown).
     pub fn start_item(&self, name: &str, total: u64) {
+        self.start(name, total, false);
+    }
+
+    /// Starts a new item whose size is only estimated (0 = no estimate).
+    pub fn start_item_estimated(&self, name: &str, estimate: u64) {
+        self.start(name, estimate, true);
+    }
+
+    fn start(&self, name: &str, total: u64, estimated: bool) {
         *self.item.lock().unwrap() = name.to_string();
         self.done.store(0, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
+        self.estimated.store(estimated, Ordering::Relaxed);
         *self.started.lock().unwrap() = Instant::now();
     }
 
@@ -71,6 +85,7 @@ impl Progress {
             item: self.item.lock().unwrap().clone(),
             done: self.done.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
+            estimated: self.estimated.load(Ordering::Relaxed),
             elapsed_secs: self.started.lock().unwrap().elapsed().as_secs_f64(),
         }
     }
@@ -104,28 +119,33 @@ pub fn human_duration(secs: f64) -> String {
 }
 
 impl ProgressView {
-    /// One status line: item, bytes, rate and ETA when the total is known.
+    /// One status line: item, bytes, rate, and share and ETA when the total is known or
+    /// estimated (`of ~1.2 GiB`: last run's size; past it, no ETA is made up). Empty before
+    /// any item has started.
     pub fn line(&self) -> String {
+        if self.item.is_empty() {
+            return String::new();
+        }
+        let rate = human_bytes(self.rate() as u64);
+        if self.total == 0 {
+            return format!("{}: {} ({rate}/s)", self.item, human_bytes(self.done));
+        }
+        let pct = (self.done as f64 * 100.0 / self.total as f64).min(if self.estimated {
+            99.0
+        } else {
+            100.0
+        });
         let mut s = format!(
-            "{}: {} ({}/s)",
+            "{}: {} of {}{} ({pct:.0}%, {rate}/s",
             self.item,
             human_bytes(self.done),
-            human_bytes(self.rate() as u64)
+            if self.estimated { "~" } else { "" },
+            human_bytes(self.total),
         );
-        if self.total > 0 {
-            let pct = self.done as f64 * 100.0 / self.total as f64;
-            s = format!(
-                "{}: {} of {} ({pct:.0}%, {}/s",
-                self.item,
-                human_bytes(self.done),
-                human_bytes(self.total),
-                human_bytes(self.rate() as u64)
-            );
-            if let Some(eta) = self.eta_secs() {
-                s.push_str(&format!(", ETA {}", human_duration(eta)));
-            }
-            s.push(')');
+        if let Some(eta) = self.eta_secs() {
+            s.push_str(&format!(", ETA {}", human_duration(eta)));
         }
+        s.push(')');
         s
     }
 }
@@ -136,7 +156,11 @@ pub fn spawn_ticker(p: std::sync::Arc<Progress>) -> Ticker {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             tick.tick().await;
-            eprint!("\r\x1b[2K{}", p.view().line());
+            let line = p.view().line();
+            // Nothing before the first item starts: a line without a name says nothing.
+            if !line.is_empty() {
+                eprint!("\r\x1b[2K{line}");
+            }
         }
     });
     Ticker(handle)
@@ -169,11 +193,37 @@ mod tests {
             item: "db".into(),
             done: 50 << 20,
             total: 100 << 20,
+            estimated: false,
             elapsed_secs: 10.0,
         };
         assert_eq!(
             v.line(),
             "db: 50.0 MiB of 100.0 MiB (50%, 5.0 MiB/s, ETA 10s)"
         );
+        let grown = ProgressView {
+            done: 120 << 20,
+            estimated: true,
+            ..v.clone()
+        };
+        assert_eq!(
+            grown.line(),
+            "db: 120.0 MiB of ~100.0 MiB (99%, 12.0 MiB/s)",
+            "past an estimate: no made-up ETA, never 100%"
+        );
+        let idle = ProgressView {
+            item: String::new(),
+            ..v
+        };
+        assert_eq!(idle.line(), "", "no line without an item");
+    }
+
+    #[test]
+    fn a_backup_estimates_from_the_last_size() {
+        let p = Progress::default();
+        p.start_item_estimated("uploads", 1 << 30);
+        p.add(256 << 20);
+        let v = p.view();
+        assert!(v.estimated && v.total == 1 << 30);
+        assert!(v.line().contains("of ~1.0 GiB (25%"), "{}", v.line());
     }
 }

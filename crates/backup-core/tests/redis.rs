@@ -429,12 +429,31 @@ async fn corruption_truncation_and_silence_fail_without_a_snapshot() {
         let s = RedisConfig::from_url(&url).source("big").unwrap();
         backup(&repo, vec![Box::new(s)], &BackupOptions::default()).await
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Kill it once the transfer is under way (the fork writing the RDB to the socket).
+    let t0 = std::time::Instant::now();
+    loop {
+        let info = c.ok(&[b"INFO", b"persistence"]).await.unwrap();
+        if text(&info).contains("rdb_bgsave_in_progress:1")
+            || t0.elapsed() > Duration::from_secs(20)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     big.kill();
     let e = run.await.unwrap().unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("truncated after"), "{msg}");
+    let arrived: u64 = msg
+        .split("truncated after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(
-        e.to_string().contains("truncated") || e.to_string().contains("closed"),
-        "{e}"
+        arrived > 64 << 10,
+        "the byte count is what arrived, not the held-back end mark: {msg}"
     );
     assert!(
         t.repo.snapshots().await.unwrap().is_empty(),

@@ -6,7 +6,7 @@
 //! are consumed in stream order. The snapshot manifest is written only after every item's chunks
 //! are stored, so a failed or interrupted run leaves no snapshot (only reusable chunks).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -163,13 +163,29 @@ pub async fn backup(
     })
 }
 
+/// Each item's size in this host's newest snapshot holding it: the progress line's estimate
+/// of the total (a stream's length, or a volume's, is known only once it has been read).
+fn last_sizes(snapshots: &[Snapshot], host: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for s in snapshots.iter().filter(|s| s.host == host) {
+        for i in &s.items {
+            out.insert(i.name.clone(), i.size);
+        }
+    }
+    out
+}
+
 async fn run_items(
     repo: &Repository,
     sources: Vec<Box<dyn Source>>,
     opts: &BackupOptions,
     time: chrono::DateTime<Utc>,
 ) -> Result<(Snapshot, Vec<ItemReport>, Vec<String>)> {
-    let known = Arc::new(Mutex::new(Repository::chunks_of(&repo.snapshots().await?)));
+    let snapshots = repo.snapshots().await?;
+    let known = Arc::new(Mutex::new(Repository::chunks_of(&snapshots)));
+    let host = opts.host.clone().unwrap_or_else(crate::hostname);
+    let last_sizes = last_sizes(&snapshots, &host);
+    drop(snapshots);
     // Read now, after the GC protocol let this run start: an index read earlier may name
     // packs a GC has deleted since.
     let packer = Arc::new(Packer::new(repo.reload_packs().await?, repo.index_cache()));
@@ -178,7 +194,8 @@ async fn run_items(
     let mut reused = HashSet::new();
     let mut caches = Vec::new();
     for mut src in sources {
-        let done = backup_item(repo, &mut *src, &known, &packer, opts).await?;
+        let estimate = last_sizes.get(src.name()).copied();
+        let done = backup_item(repo, &mut *src, &known, &packer, opts, estimate).await?;
         caches.extend(done.cache);
         items.push(done.item);
         reports.push(done.report);
@@ -393,12 +410,13 @@ async fn backup_item(
     known: &Arc<Mutex<HashSet<ChunkId>>>,
     packer: &Arc<Packer>,
     opts: &BackupOptions,
+    estimate: Option<u64>,
 ) -> Result<ItemOutcome> {
     let t0 = Instant::now();
     let started = Utc::now();
     let name = src.name().to_string();
     if let Some(p) = &opts.progress {
-        p.start_item(&name, 0);
+        p.start_item_estimated(&name, estimate.unwrap_or(0));
     }
     let slot = repo
         .file_cache_path(&name)

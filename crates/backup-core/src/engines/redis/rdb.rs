@@ -85,6 +85,11 @@ impl RdbCheck {
         Ok(())
     }
 
+    /// Bytes fed so far (what arrived, whether or not it turns out complete).
+    pub fn bytes_seen(&self) -> u64 {
+        self.total
+    }
+
     /// Checks header and trailer once the stream is complete.
     pub fn finish(&self) -> Result<RdbSummary, String> {
         if self.head.len() < 9 || self.tail.len() < 8 {

@@ -257,7 +257,7 @@ async fn pump_sync(
             if n == 0 {
                 return Err(format!(
                     "connection closed before the end mark: transfer truncated after {} bytes",
-                    chk.finish().map(|s| s.bytes).unwrap_or(0) + pending.len() as u64
+                    chk.bytes_seen() + pending.len() as u64
                 ));
             }
             pending.extend_from_slice(&buf[..n]);

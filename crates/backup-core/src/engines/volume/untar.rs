@@ -67,7 +67,7 @@ impl Extract<'_> {
         Error::Sink {
             item: self.item.to_string(),
             target: self.dst.display().to_string(),
-            detail: format!("{what}: {e}"),
+            detail: format!("{what}: {}", with_causes(&e)),
         }
     }
 
@@ -222,4 +222,50 @@ fn check_parents(dst: &Path, rel: &Path) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An error and its causes on one line: the tar crate says "failed to unpack `x`" and keeps
+/// the reason (no space left on device, permission denied) as its source.
+fn with_causes(e: &io::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|inner| inner as _);
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = c.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tar crate's error shape: a description, and the I/O error as its source.
+    #[derive(Debug)]
+    struct Unpack(io::Error);
+
+    impl std::fmt::Display for Unpack {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("failed to unpack `/restore/big.bin`")
+        }
+    }
+
+    impl std::error::Error for Unpack {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_cause_of_a_failed_unpack_is_in_the_message() {
+        let enospc = io::Error::from_raw_os_error(28);
+        let e = io::Error::new(enospc.kind(), Unpack(enospc));
+        let msg = with_causes(&e);
+        assert!(msg.starts_with("failed to unpack"), "{msg}");
+        assert!(msg.contains("No space left on device"), "{msg}");
+    }
 }
