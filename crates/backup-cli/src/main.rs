@@ -3,7 +3,7 @@
 mod render;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -18,8 +18,9 @@ use backup_core::commands::prune::{PruneOptions, prune};
 use backup_core::config::{
     ConfigFile, ResolvedRepo, RetentionConfig, SourceSelection, select_sources,
 };
+use backup_core::engines::postgres::wal::{self, WalPushOptions};
 use backup_core::lock::RunLock;
-use backup_core::progress::{Progress, spawn_ticker};
+use backup_core::progress::{Progress, human_bytes, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
 use backup_core::secret::SecretSource;
 use clap::{Args, Parser, Subcommand};
@@ -67,6 +68,9 @@ enum Cmd {
     /// Manage key slots.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// PostgreSQL WAL archive: `archive_command = 'lifeboat-backup wal push %p'`, and its status.
+    #[command(subcommand)]
+    Wal(WalCmd),
     /// Remove snapshots by policy (--keep-* flags or the config's [retention]) or by id.
     Forget {
         #[command(flatten)]
@@ -207,6 +211,26 @@ impl RunArgs {
 }
 
 #[derive(Subcommand)]
+enum WalCmd {
+    /// Archive one WAL file (archive_command's %p); exit 0 only once it is durable. Also pushes
+    /// segments PostgreSQL has marked ready ahead, so later calls return at once.
+    Push {
+        /// The WAL file (relative to the data directory, as PostgreSQL passes it).
+        path: PathBuf,
+        /// Ready segments to push ahead in parallel (0: only this one).
+        #[arg(long, default_value_t = 8)]
+        lookahead: usize,
+    },
+    /// What the archive holds per timeline: newest segment and when it came, gaps, and with
+    /// --pg-wal the local backlog.
+    Status {
+        /// The cluster's pg_wal directory, to count segments not archived yet.
+        #[arg(long, value_name = "DIR")]
+        pg_wal: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCmd {
     /// List key slots.
     List,
@@ -300,6 +324,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Key(k) => {
             key_cmd(&resolved, k, &out).await?;
+            0
+        }
+        Cmd::Wal(WalCmd::Push { path, lookahead }) => {
+            wal_push(&resolved, &path, lookahead, &out).await?;
+            0
+        }
+        Cmd::Wal(WalCmd::Status { pg_wal }) => {
+            let repo = resolved.open().await?;
+            render::wal_status(&wal::status(&repo, pg_wal.as_deref()).await?, &out)?;
             0
         }
         Cmd::Forget {
@@ -423,6 +456,47 @@ async fn protect(resolved: &ResolvedRepo, query: &str, on: bool, out: &Output) -
         } else {
             format!("snapshot {} is no longer protected", s.id.short())
         }
+    });
+    Ok(())
+}
+
+/// `wal push`: an acknowledgement left by an earlier call's look-ahead answers without
+/// deriving the key; otherwise the file is pushed, and ready segments with it.
+async fn wal_push(
+    resolved: &ResolvedRepo,
+    path: &Path,
+    lookahead: usize,
+    out: &Output,
+) -> Result<()> {
+    let spool = resolved
+        .cache
+        .home()
+        .map(|h| h.join("wal-spool").join(resolved.url_tag()));
+    if let Some(spool) = &spool {
+        let id = wal::repository_id(&*resolved.store().await?).await?;
+        if wal::acknowledged(spool, &id, path) {
+            out.result(
+                &serde_json::json!({"pushed": path, "already_archived": true}),
+                || format!("{} was archived ahead by an earlier call", path.display()),
+            );
+            return Ok(());
+        }
+    }
+    let repo = resolved.open().await?;
+    let opts = WalPushOptions { lookahead, spool };
+    let r = wal::push(&repo, path, &opts).await?;
+    out.result(&serde_json::to_value(&r)?, || {
+        let ahead = if r.pushed_ahead.is_empty() {
+            String::new()
+        } else {
+            format!(", and {} ready segments ahead", r.pushed_ahead.len())
+        };
+        let how = if r.already_archived {
+            "was already archived"
+        } else {
+            "archived"
+        };
+        format!("{} {how} ({}){ahead}", r.name, human_bytes(r.bytes))
     });
     Ok(())
 }

@@ -7,6 +7,7 @@ use backup_core::commands::backup::BackupReport;
 use backup_core::commands::check::CheckReport;
 use backup_core::commands::gc::GcReport;
 use backup_core::commands::prune::PruneReport;
+use backup_core::engines::postgres::wal::WalStatus;
 use backup_core::id::SlotId;
 use backup_core::progress::{human_bytes, human_duration};
 use backup_core::retention::RetentionPlan;
@@ -224,6 +225,41 @@ pub fn key_slots(slots: &[KeySlot], current: SlotId, out: &Output) -> Result<()>
             s.host,
             s.label.as_deref().unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+pub fn wal_status(st: &WalStatus, out: &Output) -> Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(st)?);
+        return Ok(());
+    }
+    if st.timelines.is_empty() {
+        println!("no WAL archived in {}", st.location);
+    }
+    let now = chrono::Utc::now();
+    for t in &st.timelines {
+        let newest = match (&t.newest, t.newest_archived) {
+            (Some(n), Some(at)) => format!(
+                "{n}, archived {} ago",
+                human_duration((now - at).num_seconds() as f64)
+            ),
+            (Some(n), None) => n.to_string(),
+            (None, _) => "none".into(),
+        };
+        println!(
+            "timeline {}: {} segments ({}), newest {newest}{}",
+            t.timeline,
+            t.segments,
+            human_bytes(t.bytes),
+            if t.history { ", history file" } else { "" }
+        );
+        for (a, b) in &t.gaps {
+            println!("  GAP: {a} .. {b} missing");
+        }
+    }
+    if let Some(n) = st.backlog {
+        println!("backlog: {n} segments ready in pg_wal, not archived yet");
     }
     Ok(())
 }

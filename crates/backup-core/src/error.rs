@@ -23,6 +23,11 @@ pub enum Error {
     )]
     BucketNotFound { bucket: String, location: String },
 
+    #[error(
+        "WAL file {name} is archived in {location} with different content; nothing was overwritten"
+    )]
+    WalConflict { name: String, location: String },
+
     #[error("a Lifeboat repository already exists at {location}")]
     RepositoryExists { location: String },
 
@@ -199,6 +204,7 @@ impl Error {
             Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
             | Error::SnapshotCorrupt { .. }
+            | Error::WalConflict { .. }
             | Error::StreamMismatch { .. }
             | Error::Verification { .. }
             | Error::Format { .. } => 6,
@@ -218,6 +224,9 @@ impl Error {
             }
             Error::BucketNotFound { .. } => {
                 "check the bucket name, the endpoint and the credentials (AWS_* variables or [repository.s3]); or create the bucket first, with Object Lock if you want immutable backups"
+            }
+            Error::WalConflict { .. } => {
+                "two clusters archive into one repository, or a restored server still archives (archive_mode=off after a restore): give each cluster its own repository; PostgreSQL keeps the file and retries"
             }
             Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
             Error::WrongKey { .. } => {

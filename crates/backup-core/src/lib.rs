@@ -6,7 +6,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`source`] | the `Source` contract every engine's backup side implements; `ReaderSource` for any reader |
-//! | [`engines`] | one folder per kind of data — `volume` (tar, file cache, untar), `command`, `postgres` (pg_dump, pg_restore, scratch server), `redis` (RDB over replication, scratch server) — each with its typed facts and drill checks |
+//! | [`engines`] | one folder per kind of data — `volume` (tar, file cache, untar), `command`, `postgres` (pg_dump, pg_restore, table selection, the WAL archive, scratch server), `redis` (RDB over replication, scratch server) — each with its typed facts and drill checks |
 //! | [`chunk`] | FastCDC chunking and the stream's SHA-256 |
 //! | [`codec`] | keyed chunk ids, zstd, the AES-256-GCM envelope; [`codec::keys`]: key slots |
 //! | [`content`] | chunks by id: the writer (dedup, pack or loose), the packer, the pack index, the reader (every copy, read plans, verification) |

@@ -15,6 +15,7 @@ use backup_core::commands::restore::{
 };
 use backup_core::config::{ConfigFile, PostgresConfig, RestoreDefaults};
 use backup_core::engines::postgres::restore::PgRestoreOptions;
+use backup_core::engines::postgres::wal::{self, WalName};
 use backup_core::engines::redis::restore::RedisRestoreOptions;
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
@@ -60,6 +61,9 @@ enum Cmd {
         #[arg(long, short)]
         yes: bool,
     },
+    /// PostgreSQL WAL archive: `restore_command = 'lifeboat-restore wal fetch %f %p'`.
+    #[command(subcommand)]
+    Wal(WalCmd),
     /// Write one item's raw stream (a tar for volumes) to a file or `-` for stdout.
     Export {
         /// Snapshot id (prefix) or `latest` (this host's newest holding ITEM).
@@ -74,6 +78,18 @@ enum Cmd {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalCmd {
+    /// Write an archived WAL file (restore_command's %f) to PATH (%p); a file the archive does
+    /// not have exits 1, as recovery expects.
+    Fetch {
+        /// The WAL file name.
+        name: String,
+        /// Where PostgreSQL wants it.
+        path: PathBuf,
     },
 }
 
@@ -192,6 +208,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("restore cancelled; nothing was touched");
             }
             restore(&repo, &snap, &p, &out).await?;
+        }
+        Cmd::Wal(WalCmd::Fetch { name, path }) => {
+            let name = WalName::parse(&name)?;
+            let n = wal::fetch(&repo, &name, &path).await?;
+            out.result(&serde_json::json!({"fetched": name, "bytes": n}), || {
+                format!("{name} ({}) written to {}", human_bytes(n), path.display())
+            });
         }
         Cmd::Export {
             snapshot,

@@ -456,3 +456,57 @@ async fn latest_is_this_hosts_newest_snapshot_holding_the_items_asked_for() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn wal_fetch_writes_the_archived_file_and_exits_1_for_one_the_archive_lacks() {
+    use backup_core::engines::postgres::wal::{WalName, push_one};
+    let e = setup().await;
+    let repo = Repository::open(
+        Arc::new(LocalStore::new(e.p("repo"))),
+        &Secret::Passphrase(b"hunter2".to_vec().into()),
+        CacheOptions {
+            disabled: true,
+            dir: None,
+        },
+    )
+    .await
+    .unwrap();
+    let seg: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let name = WalName::parse("000000010000000000000007").unwrap();
+    assert!(!push_one(&repo, &name, &seg).await.unwrap());
+    let history = WalName::parse("00000002.history").unwrap();
+    push_one(
+        &repo,
+        &history,
+        b"1\t0/3000000\tno recovery target specified\n",
+    )
+    .await
+    .unwrap();
+    let dest = e.p("pg_wal/RECOVERYXLOG");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let ok = e.run(&["wal", "fetch", name.as_str(), dest.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(std::fs::read(&dest).unwrap() == seg);
+    let hist = e.run(&[
+        "wal",
+        "fetch",
+        "00000002.history",
+        e.p("pg_wal/RECOVERYHISTORY").to_str().unwrap(),
+    ]);
+    assert!(hist.status.success(), "{}", stderr(&hist));
+    let missing = e.run(&[
+        "wal",
+        "fetch",
+        "000000010000000000000008",
+        e.p("pg_wal/X").to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(!e.p("pg_wal/X").exists());
+    let bad = e.run(&[
+        "wal",
+        "fetch",
+        "pg_wal/000000010000000000000008",
+        e.p("pg_wal/X").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

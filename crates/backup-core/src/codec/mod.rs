@@ -36,6 +36,8 @@ pub enum ObjectType {
     FileCache = 3,
     /// The index of a pack (which chunks it holds, where); name = pack id.
     PackIndex = 4,
+    /// A PostgreSQL WAL file; name = its file name (`000000010000000000000003`).
+    Wal = 5,
 }
 
 /// Why an envelope could not be opened.

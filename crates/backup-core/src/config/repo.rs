@@ -149,6 +149,12 @@ impl ResolvedRepo {
         Ok(store)
     }
 
+    /// A short stable name for this repository location (local state keyed by it, such as
+    /// the WAL spool, also records the repository's id, so a re-created one is not confused).
+    pub fn url_tag(&self) -> String {
+        hex::encode(&crate::codec::hmac(b"lifeboat location", &[self.url.as_bytes()])[..8])
+    }
+
     /// Opens the repository.
     pub async fn open(&self) -> Result<Repository> {
         let secret = self.secret_source()?.resolve()?;

@@ -9,5 +9,6 @@ pub mod scratch;
 pub mod selection;
 pub mod session;
 mod source;
+pub mod wal;
 
 pub use source::*;

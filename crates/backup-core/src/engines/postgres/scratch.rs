@@ -58,6 +58,8 @@ fn run_as_postgres(args: &[&str], what: &str) -> Result<()> {
 pub struct ScratchPostgres {
     dir: PathBuf,
     bin: PathBuf,
+    /// Settings appended to the generated `postgresql.auto.conf`.
+    extra_conf: String,
     port: u16,
     keep: bool,
     stopped: bool,
@@ -69,6 +71,12 @@ pub const PASSWORD_ROLE: &str = "lifeboat_pw";
 impl ScratchPostgres {
     /// Initialises and starts a cluster on a free port.
     pub fn start() -> Result<ScratchPostgres> {
+        ScratchPostgres::start_with("")
+    }
+
+    /// As [`ScratchPostgres::start`], with settings (`archive_mode = on` …) added to the
+    /// server's configuration.
+    pub fn start_with(extra_conf: &str) -> Result<ScratchPostgres> {
         let bin = server_bin_dir().ok_or_else(|| Error::Usage(
             "PostgreSQL server binaries (initdb, pg_ctl) not found: install the postgresql package".into(),
         ))?;
@@ -76,6 +84,7 @@ impl ScratchPostgres {
         let mut pg = ScratchPostgres {
             dir,
             bin,
+            extra_conf: extra_conf.to_string(),
             port: 0,
             keep: false,
             stopped: true,
@@ -131,9 +140,10 @@ impl ScratchPostgres {
         let data = self.data_dir();
         self.port = free_port()?;
         let conf = format!(
-            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_wal_senders = 4\nwal_level = replica\n",
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_wal_senders = 4\nwal_level = replica\n{}\n",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra_conf
         );
         let conf_path = data.join("postgresql.auto.conf");
         std::fs::write(&conf_path, conf)
@@ -307,6 +317,15 @@ impl Drop for ScratchPostgres {
         let _ = self.stop_mode("immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Gives `p` (recursively) to the postgres user when running as root, so that the server and
+/// the commands it runs (archive_command) can use it.
+pub fn give_to_postgres(p: &Path) -> Result<()> {
+    if is_root() {
+        chown_postgres(p)?;
+    }
+    Ok(())
 }
 
 fn chown_postgres(p: &Path) -> Result<()> {

@@ -1,0 +1,241 @@
+//! `lifeboat-backup wal push` as a real PostgreSQL server's archive_command, and the push
+//! contract: durable before exit 0, identical re-push succeeds, a different one is refused and
+//! overwrites nothing, ready segments are pushed ahead and acknowledged.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backup_core::engines::postgres::scratch::{ScratchPostgres, give_to_postgres, server_bin_dir};
+use backup_core::engines::postgres::wal::{self, WalName};
+use backup_core::repository::{CacheOptions, Repository};
+use backup_core::secret::Secret;
+use backup_core::store::LocalStore;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A repository, its config file and password, all usable by the postgres user.
+    fn new() -> Env {
+        let e = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(e.p("pw"), "wal secret\n").unwrap();
+        std::fs::write(
+            e.p("c.toml"),
+            format!(
+                "[repository]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+                e.p("repo").display(),
+                e.p("pw").display()
+            ),
+        )
+        .unwrap();
+        e.init();
+        e
+    }
+
+    fn init(&self) {
+        let out = self.run(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        give_to_postgres(self.dir.path()).unwrap();
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let cfg = self.p("c.toml");
+        Command::new(env!("CARGO_BIN_EXE_lifeboat-backup"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LIFEBOAT_CACHE_DIR", self.p("cache"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    async fn repo(&self) -> Repository {
+        Repository::open(
+            Arc::new(LocalStore::new(self.p("repo"))),
+            &Secret::Passphrase(b"wal secret".to_vec().into()),
+            CacheOptions {
+                disabled: true,
+                dir: None,
+            },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_real_server_archives_into_the_repository_and_the_archive_refuses_a_different_file() {
+    assert!(
+        server_bin_dir().is_some(),
+        "PostgreSQL server binaries not found (apt-get install postgresql)"
+    );
+    let e = Env::new();
+    let archive = format!(
+        "LIFEBOAT_CACHE_DIR={} {} --config {} --quiet wal push %p",
+        e.p("cache").display(),
+        env!("CARGO_BIN_EXE_lifeboat-backup"),
+        e.p("c.toml").display()
+    );
+    let pg = ScratchPostgres::start_with(&format!(
+        "archive_mode = on\narchive_command = '{archive}'\n"
+    ))
+    .unwrap();
+    for i in 0..3 {
+        pg.psql(
+            "postgres",
+            &format!("CREATE TABLE t{i} AS SELECT generate_series(1, 50000) AS n; SELECT pg_switch_wal();"),
+        )
+        .unwrap();
+    }
+    let t0 = Instant::now();
+    let last = loop {
+        let row = pg
+            .psql(
+                "postgres",
+                "SELECT archived_count || ' ' || failed_count || ' ' || coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            )
+            .unwrap();
+        let f: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(f.get(1), Some(&"0"), "archive_command failed: {row}");
+        if f[0].parse::<u32>().unwrap() >= 3 {
+            break f[2].to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not archived: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let st = json(&e.run(&["--json", "wal", "status"]));
+    let tl = &st["timelines"][0];
+    assert_eq!(tl["timeline"], 1);
+    assert!(tl["segments"].as_u64().unwrap() >= 3, "{st}");
+    assert_eq!(tl["newest"], last.as_str(), "{st}");
+    assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "{st}");
+
+    // What PostgreSQL archived comes back byte for byte (the server's own copy is still in
+    // pg_wal: nothing checkpointed since).
+    let repo = e.repo().await;
+    let name = WalName::parse(&last).unwrap();
+    let fetched = e.p("fetched");
+    let n = wal::fetch(&repo, &name, &fetched).await.unwrap();
+    let original = pg.data_dir().join("pg_wal").join(&last);
+    assert_eq!(n, 16 << 20);
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&original).unwrap());
+
+    // An identical re-push succeeds; a different file under that name is refused (exit 6)
+    // and the archived one stays as it was.
+    let again = e.p(&format!("again/{last}"));
+    std::fs::create_dir_all(again.parent().unwrap()).unwrap();
+    std::fs::copy(&original, &again).unwrap();
+    let same = json(&e.run(&[
+        "--json",
+        "wal",
+        "push",
+        again.to_str().unwrap(),
+        "--lookahead",
+        "0",
+    ]));
+    assert_eq!(same["already_archived"], true, "{same}");
+    let mut bytes = std::fs::read(&again).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&again, &bytes).unwrap();
+    let different = e.run(&["wal", "push", again.to_str().unwrap(), "--lookahead", "0"]);
+    assert_eq!(different.status.code(), Some(6), "{}", stderr(&different));
+    assert!(
+        stderr(&different).contains("different content"),
+        "{}",
+        stderr(&different)
+    );
+    let after = e.p("after");
+    wal::fetch(&repo, &name, &after).await.unwrap();
+    assert!(std::fs::read(&after).unwrap() == std::fs::read(&original).unwrap());
+    let missing = wal::fetch(
+        &repo,
+        &WalName::parse("00000001000000FF000000FF").unwrap(),
+        &after,
+    )
+    .await;
+    assert!(
+        matches!(missing, Err(backup_core::Error::NotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+/// A `pg_wal` with `n` segments of distinct content, all marked ready.
+fn fake_pg_wal(dir: &Path, n: u8) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir.join("archive_status")).unwrap();
+    (1..=n)
+        .map(|i| {
+            let name = format!("0000000100000000000000{i:02X}");
+            std::fs::write(dir.join(&name), vec![i; 64 << 10]).unwrap();
+            std::fs::write(dir.join("archive_status").join(format!("{name}.ready")), "").unwrap();
+            dir.join(name)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ready_segments_are_pushed_ahead_and_later_calls_answer_from_the_acknowledgement() {
+    let e = Env::new();
+    let segs = fake_pg_wal(&e.p("pg_wal"), 4);
+    let first = json(&e.run(&["--json", "wal", "push", segs[0].to_str().unwrap()]));
+    assert_eq!(first["already_archived"], false);
+    assert_eq!(
+        first["pushed_ahead"].as_array().unwrap().len(),
+        3,
+        "{first}"
+    );
+    // The next call finds the acknowledgement: no key, no push.
+    let second = e.run(&["wal", "push", segs[1].to_str().unwrap()]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("archived ahead by an earlier call"),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    // A file changed since it was pushed ahead is not taken for the acknowledged one.
+    std::fs::write(&segs[2], vec![0u8; 64 << 10]).unwrap();
+    let changed = e.run(&["wal", "push", segs[2].to_str().unwrap()]);
+    assert_eq!(changed.status.code(), Some(6), "{}", stderr(&changed));
+    // A repository re-created at the same place does not inherit acknowledgements.
+    std::fs::remove_dir_all(e.p("repo")).unwrap();
+    e.init();
+    let fresh = json(&e.run(&[
+        "--json",
+        "wal",
+        "push",
+        segs[3].to_str().unwrap(),
+        "--lookahead",
+        "0",
+    ]));
+    assert_eq!(fresh["already_archived"], false, "{fresh}");
+    let repo = e.repo().await;
+    let st = wal::status(&repo, Some(&e.p("pg_wal"))).await.unwrap();
+    assert_eq!(
+        st.timelines[0].segments, 1,
+        "only what was pushed into the new repository"
+    );
+    assert_eq!(st.backlog, Some(4));
+}
