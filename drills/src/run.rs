@@ -7,6 +7,7 @@ use std::time::Instant;
 use backup_core::commands::restore::{ApplyOptions, RestoreOptions, apply, plan};
 use backup_core::config::{ConfigFile, RepoArgs};
 use backup_core::engines::CheckOutcome;
+use backup_core::engines::postgres::base::is_base_backup;
 use backup_core::engines::postgres::conninfo;
 use backup_core::engines::postgres::drill as pg_drill;
 use backup_core::engines::postgres::facts::PostgresFacts;
@@ -321,7 +322,12 @@ impl<'a> Drill<'a> {
 
     /// A scratch PostgreSQL, when there is something to load into it and none was given.
     async fn start_postgres(&mut self) -> Result<()> {
-        if !self.snap.items.iter().any(|i| i.kind == ItemKind::Postgres) {
+        if !self
+            .snap
+            .items
+            .iter()
+            .any(|i| i.kind == ItemKind::Postgres && !is_base_backup(i))
+        {
             return Ok(());
         }
         if self.file.targets.postgres != "ephemeral" {
@@ -351,6 +357,12 @@ impl<'a> Drill<'a> {
         };
         let files = self.scratch.work.join("files");
         let target = match item.kind {
+            // A base backup is unpacked and verified like a volume; a drill to a point in
+            // time (starting the cluster, replaying WAL) is still to come.
+            ItemKind::Postgres if is_base_backup(item) => {
+                ropts.to = Some(self.dir.clone());
+                self.dir.join(&item.name).display().to_string()
+            }
             ItemKind::Postgres => {
                 let base = self.pg_url.clone().unwrap_or_default();
                 let url = if is_globals(item) {

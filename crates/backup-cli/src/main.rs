@@ -176,6 +176,10 @@ struct RunArgs {
     /// Ad-hoc Redis server: NAME=redis://[user:pass@]host:port (password also from REDISCLI_AUTH).
     #[arg(long = "redis", value_name = "NAME=URL")]
     redis: Vec<String>,
+    /// Ad-hoc PostgreSQL base backup of the whole cluster (pg_basebackup, for point-in-time
+    /// recovery): NAME=URL of a role with REPLICATION.
+    #[arg(long = "pg-base", value_name = "NAME=URL")]
+    pg_base: Vec<String>,
     /// Exclude glob for ad-hoc volumes (repeatable).
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
@@ -205,6 +209,7 @@ impl RunArgs {
             commands: self.commands.clone(),
             postgres: self.postgres.clone(),
             redis: self.redis.clone(),
+            pg_base: self.pg_base.clone(),
             excludes: self.excludes.clone(),
         }
     }

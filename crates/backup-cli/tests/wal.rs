@@ -239,3 +239,150 @@ async fn ready_segments_are_pushed_ahead_and_later_calls_answer_from_the_acknowl
     );
     assert_eq!(st.backlog, Some(4));
 }
+
+/// `lifeboat-restore`, built next to this crate's binary by `cargo test --workspace`.
+fn restore_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_lifeboat-backup")).with_file_name("lifeboat-restore");
+    assert!(
+        p.exists(),
+        "{} not built: run the tests with `cargo test --workspace` (the restored server's restore_command runs it)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `sql` on `pg` until it prints `want`.
+fn wait_for(pg: &ScratchPostgres, sql: &str, want: &str, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let got = pg.psql("postgres", sql).unwrap_or_default();
+        if got.trim() == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{what}: {sql} gave {got:?}\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn point_in_time_recovery_to_a_time_and_to_the_end_of_the_archive() {
+    assert!(
+        server_bin_dir().is_some(),
+        "PostgreSQL server binaries not found (apt-get install postgresql)"
+    );
+    let restore = restore_bin();
+    let e = Env::new();
+    let archive = format!(
+        "LIFEBOAT_CACHE_DIR={} {} --config {} --quiet wal push %p",
+        e.p("cache").display(),
+        env!("CARGO_BIN_EXE_lifeboat-backup"),
+        e.p("c.toml").display()
+    );
+    let pg = ScratchPostgres::start_with(&format!(
+        "archive_mode = on\narchive_command = '{archive}'\n"
+    ))
+    .unwrap();
+    pg.psql("postgres", "CREATE TABLE marks (tag text PRIMARY KEY)")
+        .unwrap();
+    let base = e.run(&["run", "--pg-base", &format!("pg={}", pg.url("postgres"))]);
+    assert!(base.status.success(), "base backup: {}", stderr(&base));
+    give_to_postgres(e.dir.path()).unwrap();
+    pg.psql("postgres", "INSERT INTO marks VALUES ('before')")
+        .unwrap();
+    let target = pg
+        .psql(
+            "postgres",
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("postgres", "INSERT INTO marks VALUES ('after')")
+        .unwrap();
+    let archived: u64 = pg
+        .psql("postgres", "SELECT archived_count FROM pg_stat_archiver")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    pg.psql("postgres", "SELECT pg_switch_wal()").unwrap();
+    wait_for(
+        &pg,
+        &format!("SELECT archived_count > {archived} FROM pg_stat_archiver"),
+        "t",
+        "the segment with both marks is archived",
+    );
+
+    let pitr = |to: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--config".to_string(),
+            e.p("c.toml").display().to_string(),
+            "pitr".into(),
+            "pg".into(),
+            "--to-pgdata".into(),
+            to.join("data").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(&restore)
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let marks = |dir: &Path| {
+        let restored = ScratchPostgres::adopt(dir).unwrap();
+        wait_for(
+            &restored,
+            "SELECT pg_is_in_recovery()",
+            "f",
+            "recovery ends and the server is promoted",
+        );
+        assert_eq!(
+            restored
+                .psql("postgres", "SHOW archive_mode")
+                .unwrap()
+                .trim(),
+            "off"
+        );
+        restored
+            .psql(
+                "postgres",
+                "SELECT string_agg(tag, ',' ORDER BY tag) FROM marks",
+            )
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    let at_t = tempfile::tempdir().unwrap();
+    let plan = pitr(at_t.path(), &["--time", target.trim(), "--dry-run"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    assert!(
+        !at_t.path().join("data").exists(),
+        "--dry-run touches nothing"
+    );
+    let r = pitr(at_t.path(), &["--time", target.trim()]);
+    assert!(r.status.success(), "pitr --time: {}", stderr(&r));
+    assert_eq!(
+        marks(at_t.path()),
+        "before",
+        "committed before T: there; after T: not"
+    );
+
+    let latest = tempfile::tempdir().unwrap();
+    let r = pitr(latest.path(), &[]);
+    assert!(r.status.success(), "pitr latest: {}", stderr(&r));
+    let again = pitr(latest.path(), &[]);
+    assert_eq!(
+        again.status.code(),
+        Some(7),
+        "a data directory that is not empty is refused: {}",
+        stderr(&again)
+    );
+    assert_eq!(marks(latest.path()), "after,before");
+}

@@ -14,12 +14,14 @@ use backup_core::commands::restore::{
     Target, TargetState, apply, plan, preflight, restore_item,
 };
 use backup_core::config::{ConfigFile, PostgresConfig, RestoreDefaults};
+use backup_core::engines::postgres::pitr::{self, PitrOptions, RecoveryTarget};
 use backup_core::engines::postgres::restore::PgRestoreOptions;
 use backup_core::engines::postgres::wal::{self, WalName};
 use backup_core::engines::redis::restore::RedisRestoreOptions;
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
 use backup_core::repository::Repository;
+use backup_core::secret::SecretSource;
 use backup_core::sink::{FileSink, Sink, StdoutSink};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
@@ -64,6 +66,9 @@ enum Cmd {
     /// PostgreSQL WAL archive: `restore_command = 'lifeboat-restore wal fetch %f %p'`.
     #[command(subcommand)]
     Wal(WalCmd),
+    /// Point-in-time recovery: unpack the base backup a target needs into a data directory,
+    /// with the settings that replay the WAL archive to the target (default: its end).
+    Pitr(PitrArgs),
     /// Write one item's raw stream (a tar for volumes) to a file or `-` for stdout.
     Export {
         /// Snapshot id (prefix) or `latest` (this host's newest holding ITEM).
@@ -79,6 +84,63 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Args)]
+struct PitrArgs {
+    /// The base backup item (a `--pg-base` or `postgres_base` source).
+    #[arg(value_name = "ITEM")]
+    item: String,
+    /// The data directory to create (refused if not empty, unless --force).
+    #[arg(long, value_name = "DIR")]
+    to_pgdata: PathBuf,
+    /// Recover up to this moment (RFC 3339, e.g. 2026-12-04T09:30:00Z).
+    #[arg(long, group = "target")]
+    time: Option<String>,
+    /// Recover up to this WAL location (X/Y).
+    #[arg(long, group = "target")]
+    lsn: Option<String>,
+    /// Recover up to this transaction id.
+    #[arg(long, group = "target")]
+    xid: Option<String>,
+    /// Recover up to this named restore point (pg_create_restore_point).
+    #[arg(long = "name", value_name = "NAME", group = "target")]
+    restore_point: Option<String>,
+    /// Stop as soon as the base backup is consistent (no archived WAL needed).
+    #[arg(long, group = "target")]
+    immediate: bool,
+    /// Replace a non-empty data directory.
+    #[arg(long)]
+    force: bool,
+    /// Only print the plan.
+    #[arg(long)]
+    dry_run: bool,
+    /// The restored server's restore_command (default: this binary with this repository).
+    #[arg(long, value_name = "CMD")]
+    restore_command: Option<String>,
+    #[command(flatten)]
+    filter: FilterFlags,
+}
+
+impl PitrArgs {
+    fn target(&self) -> Result<RecoveryTarget> {
+        Ok(if let Some(t) = &self.time {
+            let t = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+                anyhow::anyhow!("--time {t:?}: {e} (use RFC 3339, e.g. 2026-12-04T09:30:00Z)")
+            })?;
+            RecoveryTarget::Time(t.to_utc())
+        } else if let Some(l) = &self.lsn {
+            RecoveryTarget::Lsn(l.clone())
+        } else if let Some(x) = &self.xid {
+            RecoveryTarget::Xid(x.clone())
+        } else if let Some(n) = &self.restore_point {
+            RecoveryTarget::Name(n.clone())
+        } else if self.immediate {
+            RecoveryTarget::Immediate
+        } else {
+            RecoveryTarget::Latest
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -209,6 +271,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             restore(&repo, &snap, &p, &out).await?;
         }
+        Cmd::Pitr(args) => pitr_cmd(&repo, &cli.global, &resolved, config, &args, &out).await?,
         Cmd::Wal(WalCmd::Fetch { name, path }) => {
             let name = WalName::parse(&name)?;
             let n = wal::fetch(&repo, &name, &path).await?;
@@ -229,6 +292,94 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pitr`: the plan, then (unless --dry-run) the restore.
+async fn pitr_cmd(
+    repo: &Repository,
+    global: &GlobalFlags,
+    resolved: &backup_core::config::ResolvedRepo,
+    config: Option<&ConfigFile>,
+    args: &PitrArgs,
+    out: &Output,
+) -> Result<()> {
+    let restore_command = match &args.restore_command {
+        Some(c) => c.clone(),
+        None => default_restore_command(global, resolved)?,
+    };
+    let opts = PitrOptions {
+        item: args.item.clone(),
+        filter: args.filter.for_latest(config, &[]),
+        pgdata: args.to_pgdata.clone(),
+        target: args.target()?,
+        force: args.force,
+        restore_command,
+    };
+    let p = pitr::plan(repo, &opts).await?;
+    if out.json && args.dry_run {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(());
+    }
+    if !out.quiet && !out.json {
+        println!(
+            "base backup {} of snapshot {} (finished {}, start {} on timeline {}), WAL archived up to {}\nrecover to {} into {} ({:?})",
+            p.item,
+            p.snapshot.short(),
+            p.base_finished.format("%Y-%m-%d %H:%M:%S UTC"),
+            p.base.start_lsn.as_deref().unwrap_or("?"),
+            p.base.timeline.unwrap_or(1),
+            p.newest_wal.as_deref().unwrap_or("nothing"),
+            p.target,
+            p.pgdata.display(),
+            p.pgdata_state
+        );
+        for s in &p.settings {
+            println!("  {s}");
+        }
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    let r = pitr::apply(repo, &p, args.force).await?;
+    out.result(&serde_json::to_value(&r)?, || {
+        format!(
+            "restored {} ({}) into {}; start PostgreSQL on it to replay the archive to {}",
+            r.item,
+            human_bytes(r.bytes),
+            r.pgdata.display(),
+            r.target
+        )
+    });
+    Ok(())
+}
+
+/// `restore_command` for the restored server: this binary, reading the same repository with
+/// the same key file or config, as the server's user will run it.
+fn default_restore_command(
+    global: &GlobalFlags,
+    resolved: &backup_core::config::ResolvedRepo,
+) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut cmd = format!("{} --quiet --no-cache", exe.display());
+    if let Some(c) = &global.config {
+        cmd.push_str(&format!(" --config {}", abs(c).display()));
+    } else {
+        cmd.push_str(&format!(" -r {}", resolved.url));
+        match resolved.secret.as_ref() {
+            Some(SecretSource::PasswordFile(p)) => {
+                cmd.push_str(&format!(" --password-file {}", abs(p).display()))
+            }
+            Some(SecretSource::KeyFile(p)) => {
+                cmd.push_str(&format!(" --key-file {}", abs(p).display()))
+            }
+            _ => bail!(
+                "cannot write a restore_command for this key source: use --config, --password-file or --key-file, or give --restore-command"
+            ),
+        }
+    }
+    cmd.push_str(" wal fetch %f %p");
+    Ok(cmd)
 }
 
 fn show(s: &Snapshot, out: &Output) -> Result<()> {

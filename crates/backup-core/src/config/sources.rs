@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::ConfigFile;
 use crate::engines::command::CommandSource;
+use crate::engines::postgres::base::BaseBackupSource;
 use crate::engines::postgres::{
     DEFAULT_LOCK_TIMEOUT, PgTools, PostgresSource, RowCounts, conninfo, globals_source,
 };
@@ -35,7 +36,36 @@ pub enum SourceConfig {
         format: Option<String>,
     },
     Postgres(PostgresConfig),
+    /// `type = "postgres_base"`: a physical base backup of the cluster (point-in-time recovery).
+    #[serde(rename = "postgres_base")]
+    PostgresBase(PostgresBaseConfig),
     Redis(RedisConfig),
+}
+
+/// `type = "postgres_base"`: one item, the whole cluster through `pg_basebackup`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresBaseConfig {
+    /// libpq URL of a role with the REPLICATION attribute.
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// Directory of pg_basebackup and psql.
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl PostgresBaseConfig {
+    /// The base backup source of this entry.
+    pub fn source(&self, name: &str) -> Result<BaseBackupSource> {
+        let tools = PostgresConfig {
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+            bin_dir: self.bin_dir.clone(),
+            ..PostgresConfig::from_url(&self.url)
+        }
+        .tools()?;
+        Ok(BaseBackupSource::new(name, &self.url, tools))
+    }
 }
 
 /// `type = "redis"`: one RDB item.
@@ -304,6 +334,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Postgres(pg) => return pg.sources(name).await,
             SourceConfig::Redis(r) => return Ok(vec![Box::new(r.source(name)?)]),
+            SourceConfig::PostgresBase(b) => return Ok(vec![Box::new(b.source(name)?)]),
             _ => {}
         }
         Ok(vec![self.build_one(name)])
@@ -332,7 +363,9 @@ impl SourceConfig {
                 }
                 Box::new(s)
             }
-            SourceConfig::Postgres(_) | SourceConfig::Redis(_) => unreachable!("built by build()"),
+            SourceConfig::Postgres(_) | SourceConfig::PostgresBase(_) | SourceConfig::Redis(_) => {
+                unreachable!("built by build()")
+            }
         }
     }
 
@@ -342,9 +375,10 @@ impl SourceConfig {
             SourceConfig::Command {
                 restore_command, ..
             } => restore_command.as_deref(),
-            SourceConfig::Volume { .. } | SourceConfig::Postgres(_) | SourceConfig::Redis(_) => {
-                None
-            }
+            SourceConfig::Volume { .. }
+            | SourceConfig::Postgres(_)
+            | SourceConfig::PostgresBase(_)
+            | SourceConfig::Redis(_) => None,
         }
     }
 }
@@ -413,6 +447,8 @@ pub struct SourceSelection {
     pub postgres: Vec<String>,
     /// `--redis NAME=URL`.
     pub redis: Vec<String>,
+    /// `--pg-base NAME=URL`.
+    pub pg_base: Vec<String>,
     /// `--exclude GLOB` for the ad-hoc volumes.
     pub excludes: Vec<String>,
 }
@@ -423,6 +459,7 @@ impl SourceSelection {
             || !self.commands.is_empty()
             || !self.postgres.is_empty()
             || !self.redis.is_empty()
+            || !self.pg_base.is_empty()
     }
 }
 
@@ -467,10 +504,14 @@ pub async fn select_sources(
         let (name, url) = split_named(p, "--postgres")?;
         sources.extend(PostgresConfig::from_url(&url).sources(&name).await?);
     }
+    for p in &sel.pg_base {
+        let (name, url) = split_named(p, "--pg-base")?;
+        let tools = PostgresConfig::from_url(&url).tools()?;
+        sources.push(Box::new(BaseBackupSource::new(name, url, tools)));
+    }
     Ok(sources)
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;

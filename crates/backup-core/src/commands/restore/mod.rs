@@ -17,6 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::engines::postgres::base::is_base_backup;
 use crate::engines::postgres::conninfo;
 use crate::engines::postgres::facts::PostgresFacts;
 use crate::engines::postgres::restore::{
@@ -225,11 +226,19 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
 fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Result<Target> {
     if let Some(dir) = &opts.to {
         let p = dir.join(&item.name);
-        return Ok(if item.kind == ItemKind::Volume {
+        // A base backup is a tar of a data directory: unpacked, it is one (without recovery
+        // settings; `pitr` writes those).
+        return Ok(if item.kind == ItemKind::Volume || is_base_backup(item) {
             Target::Directory(p)
         } else {
             Target::File(p)
         });
+    }
+    if is_base_backup(item) {
+        return Err(Error::Usage(format!(
+            "item {} is a physical base backup: restore it with `lifeboat-restore pitr {} --to-pgdata DIR` (or unpack it with --to DIR)",
+            item.name, item.name
+        )));
     }
     if item.kind == ItemKind::Postgres {
         let url = opts

@@ -1,9 +1,11 @@
 //! PostgreSQL: `pg_dump` sources with facts from the dump's own snapshot, `pg_restore` and
 //! globals targets, connection strings, and the scratch server drills restore into.
 
+pub mod base;
 pub mod conninfo;
 pub mod drill;
 pub mod facts;
+pub mod pitr;
 pub mod restore;
 pub mod scratch;
 pub mod selection;

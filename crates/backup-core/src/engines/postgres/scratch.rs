@@ -108,6 +108,58 @@ impl ScratchPostgres {
         unreachable!("the loop returns")
     }
 
+    /// Starts the cluster in `dir/data` (a restored one) on a free port, leaving its
+    /// configuration files as they are (port and sockets are given on the command line);
+    /// stopped and removed on drop like any scratch server.
+    pub fn adopt(dir: &Path) -> Result<ScratchPostgres> {
+        let bin = server_bin_dir().ok_or_else(|| {
+            Error::Usage(
+                "PostgreSQL server binaries (pg_ctl) not found: install the postgresql package"
+                    .into(),
+            )
+        })?;
+        let mut pg = ScratchPostgres {
+            dir: dir.to_path_buf(),
+            bin,
+            extra_conf: String::new(),
+            port: free_port()?,
+            keep: false,
+            stopped: true,
+        };
+        if is_root() {
+            chown_postgres(&pg.dir)?;
+        }
+        let pg_ctl = pg.bin.join("pg_ctl").display().to_string();
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            pg.port,
+            pg.dir.display()
+        );
+        run_as_postgres(
+            &[
+                &pg_ctl,
+                "-D",
+                &pg.data_dir().display().to_string(),
+                "-l",
+                &pg.dir.join("server.log").display().to_string(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "120",
+                "start",
+            ],
+            "pg_ctl start",
+        )?;
+        pg.stopped = false;
+        Ok(pg)
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
     fn initdb(&self) -> Result<()> {
         let data = self.data_dir();
         let initdb = self.bin.join("initdb").display().to_string();
@@ -130,7 +182,7 @@ impl ScratchPostgres {
         )?;
         // A role with a password only accepted over scram, so tests can exercise auth failures.
         let hba = format!(
-            "local all all trust\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
+            "local all all trust\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
         );
         std::fs::write(data.join("pg_hba.conf"), hba)
             .map_err(|e| Error::io("writing pg_hba.conf", e))

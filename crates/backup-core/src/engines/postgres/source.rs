@@ -51,7 +51,7 @@ impl PgTools {
         cmd.envs(self.env_pairs());
     }
 
-    fn env_pairs(&self) -> Vec<(String, String)> {
+    pub(crate) fn env_pairs(&self) -> Vec<(String, String)> {
         let mut v = vec![(
             "PGCONNECT_TIMEOUT".to_string(),
             std::env::var("PGCONNECT_TIMEOUT").unwrap_or_else(|_| "30".into()),
