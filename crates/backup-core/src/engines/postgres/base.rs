@@ -225,6 +225,7 @@ mod tests {
             s.facts.start_wal.as_deref(),
             Some("000000020000000000000006")
         );
-        assert!(s.read_points("nothing").is_err());
+        let mut fresh = BaseBackupSource::new("pg", "postgresql://x/y", PgTools::default());
+        assert!(fresh.read_points("pg_basebackup: base backup completed").is_err());
     }
 }
