@@ -61,6 +61,20 @@ impl Env {
             .unwrap()
     }
 
+    /// A server whose archive_command is this binary pushing into this repository.
+    fn archiving_server(&self) -> ScratchPostgres {
+        let archive = format!(
+            "LIFEBOAT_CACHE_DIR={} {} --config {} --quiet wal push %p",
+            self.p("cache").display(),
+            env!("CARGO_BIN_EXE_lifeboat-backup"),
+            self.p("c.toml").display()
+        );
+        ScratchPostgres::start_with(&format!(
+            "archive_mode = on\narchive_command = '{archive}'\n"
+        ))
+        .unwrap()
+    }
+
     async fn repo(&self) -> Repository {
         Repository::open(
             Arc::new(LocalStore::new(self.p("repo"))),
@@ -91,16 +105,7 @@ async fn a_real_server_archives_into_the_repository_and_the_archive_refuses_a_di
         "PostgreSQL server binaries not found (apt-get install postgresql)"
     );
     let e = Env::new();
-    let archive = format!(
-        "LIFEBOAT_CACHE_DIR={} {} --config {} --quiet wal push %p",
-        e.p("cache").display(),
-        env!("CARGO_BIN_EXE_lifeboat-backup"),
-        e.p("c.toml").display()
-    );
-    let pg = ScratchPostgres::start_with(&format!(
-        "archive_mode = on\narchive_command = '{archive}'\n"
-    ))
-    .unwrap();
+    let pg = e.archiving_server();
     for i in 0..3 {
         pg.psql(
             "postgres",
@@ -276,16 +281,7 @@ async fn point_in_time_recovery_to_a_time_and_to_the_end_of_the_archive() {
     );
     let restore = restore_bin();
     let e = Env::new();
-    let archive = format!(
-        "LIFEBOAT_CACHE_DIR={} {} --config {} --quiet wal push %p",
-        e.p("cache").display(),
-        env!("CARGO_BIN_EXE_lifeboat-backup"),
-        e.p("c.toml").display()
-    );
-    let pg = ScratchPostgres::start_with(&format!(
-        "archive_mode = on\narchive_command = '{archive}'\n"
-    ))
-    .unwrap();
+    let pg = e.archiving_server();
     pg.psql("postgres", "CREATE TABLE marks (tag text PRIMARY KEY)")
         .unwrap();
     let base = e.run(&["run", "--pg-base", &format!("pg={}", pg.url("postgres"))]);

@@ -22,6 +22,20 @@ impl Env {
         self.dir.path().join(rel)
     }
 
+    /// The repository, opened through the library (no cache).
+    async fn repo(&self) -> Repository {
+        Repository::open(
+            Arc::new(LocalStore::new(self.p("repo"))),
+            &Secret::Passphrase(b"hunter2".to_vec().into()),
+            CacheOptions {
+                disabled: true,
+                dir: None,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_lifeboat-restore"))
             .args(args)
@@ -252,16 +266,7 @@ async fn setup_big(mib: usize) -> Env {
         w.copy_from_slice(&x.to_le_bytes());
     }
     std::fs::write(e.p("site/big.bin"), data).unwrap();
-    let repo = Repository::open(
-        Arc::new(LocalStore::new(e.p("repo"))),
-        &Secret::Passphrase(b"hunter2".to_vec().into()),
-        CacheOptions {
-            disabled: true,
-            dir: None,
-        },
-    )
-    .await
-    .unwrap();
+    let repo = e.repo().await;
     let site: Vec<Box<dyn Source>> = vec![Box::new(VolumeSource::new(
         "site",
         e.p("site"),
@@ -386,16 +391,7 @@ async fn the_next_restore_removes_what_a_killed_one_left_and_names_it() {
 #[tokio::test]
 async fn latest_is_this_hosts_newest_snapshot_holding_the_items_asked_for() {
     let e = setup().await;
-    let repo = Repository::open(
-        Arc::new(LocalStore::new(e.p("repo"))),
-        &Secret::Passphrase(b"hunter2".to_vec().into()),
-        CacheOptions {
-            disabled: true,
-            dir: None,
-        },
-    )
-    .await
-    .unwrap();
+    let repo = e.repo().await;
     let full = repo.snapshots().await.unwrap()[0].id.to_hex();
     // A partial run here, then another host's full run.
     let dump: Vec<Box<dyn Source>> = vec![Box::new(CommandSource::new("dump", "echo partial"))];
@@ -461,16 +457,7 @@ async fn latest_is_this_hosts_newest_snapshot_holding_the_items_asked_for() {
 async fn wal_fetch_writes_the_archived_file_and_exits_1_for_one_the_archive_lacks() {
     use backup_core::engines::postgres::wal::{WalName, push_one};
     let e = setup().await;
-    let repo = Repository::open(
-        Arc::new(LocalStore::new(e.p("repo"))),
-        &Secret::Passphrase(b"hunter2".to_vec().into()),
-        CacheOptions {
-            disabled: true,
-            dir: None,
-        },
-    )
-    .await
-    .unwrap();
+    let repo = e.repo().await;
     let seg: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
     let name = WalName::parse("000000010000000000000007").unwrap();
     assert!(!push_one(&repo, &name, &seg).await.unwrap());

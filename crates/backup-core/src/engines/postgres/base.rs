@@ -226,6 +226,10 @@ mod tests {
             Some("000000020000000000000006")
         );
         let mut fresh = BaseBackupSource::new("pg", "postgresql://x/y", PgTools::default());
-        assert!(fresh.read_points("pg_basebackup: base backup completed").is_err());
+        assert!(
+            fresh
+                .read_points("pg_basebackup: base backup completed")
+                .is_err()
+        );
     }
 }
