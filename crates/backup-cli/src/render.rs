@@ -56,13 +56,14 @@ pub fn check(report: &CheckReport, out: &Output) -> Result<()> {
         }
         if !out.quiet || !report.ok() {
             println!(
-                "checked {} snapshots, {} items, {} chunks ({} read, {}), {} packs; {} unreferenced chunks{}; {}",
+                "checked {} snapshots, {} items, {} chunks ({} read, {}), {} packs, {} WAL files; {} unreferenced chunks{}; {}",
                 report.snapshots,
                 report.items,
                 report.chunks,
                 report.chunks_read,
                 human_bytes(report.bytes_read),
                 report.packs,
+                report.wal_files,
                 report.unreferenced_chunks,
                 if report.orphan_packs > 0 {
                     format!(", {} packs without an index", report.orphan_packs)

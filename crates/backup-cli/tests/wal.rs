@@ -236,13 +236,52 @@ async fn ready_segments_are_pushed_ahead_and_later_calls_answer_from_the_acknowl
         "0",
     ]));
     assert_eq!(fresh["already_archived"], false, "{fresh}");
+
+    // check names a gap (segment 5 is skipped) and, with --read-data, a WAL object that does
+    // not open.
+    let seg6 = e.p("pg_wal/000000010000000000000006");
+    std::fs::write(&seg6, vec![6u8; 64 << 10]).unwrap();
+    let pushed = e.run(&["wal", "push", seg6.to_str().unwrap(), "--lookahead", "0"]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let checked = e.run(&["check"]);
+    assert_eq!(checked.status.code(), Some(6), "{}", stderr(&checked));
+    assert!(
+        stderr(&checked).contains(
+            "segments 000000010000000000000005 .. 000000010000000000000005 of timeline 1 are missing"
+        ),
+        "{}",
+        stderr(&checked)
+    );
+    let object = e.p("repo/wal/00000001/000000010000000000000004");
+    let mut raw = std::fs::read(&object).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    std::fs::write(&object, raw).unwrap();
+    let quick = e.run(&["check"]);
+    assert!(
+        !stderr(&quick).contains("000000010000000000000004:"),
+        "{}",
+        stderr(&quick)
+    );
+    let deep = e.run(&["check", "--read-data"]);
+    assert_eq!(deep.status.code(), Some(6));
+    assert!(
+        stderr(&deep).contains("WAL archive: 000000010000000000000004: ")
+            && stderr(&deep).contains("authentication failed"),
+        "{}",
+        stderr(&deep)
+    );
+
+    // Pruning snapshots never touches the WAL archive.
+    let pruned = e.run(&["prune", "--keep-last", "1"]);
+    assert!(pruned.status.success(), "{}", stderr(&pruned));
     let repo = e.repo().await;
     let st = wal::status(&repo, Some(&e.p("pg_wal"))).await.unwrap();
     assert_eq!(
-        st.timelines[0].segments, 1,
+        st.timelines[0].segments, 2,
         "only what was pushed into the new repository"
     );
-    assert_eq!(st.backlog, Some(4));
+    assert_eq!(st.backlog, Some(4), "the .ready files of the fake pg_wal");
 }
 
 /// `lifeboat-restore`, built next to this crate's binary by `cargo test --workspace`.

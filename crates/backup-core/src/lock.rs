@@ -23,8 +23,7 @@ pub struct RunLock {
 impl RunLock {
     /// Takes the run lock of the repository whose config id is `repo_id`, under `root` (the
     /// cache root, whether or not caching is on) or, without one (no `$HOME`), under a per-user
-    /// directory (`$XDG_RUNTIME_DIR/lifeboat`
-    /// or `$TMPDIR/lifeboat-UID`).
+    /// directory (`$XDG_RUNTIME_DIR/lifeboat` or `$TMPDIR/lifeboat-UID`).
     pub fn for_repository(root: Option<&Path>, repo_id: &str, wait: bool) -> Result<RunLock> {
         let base = match root {
             Some(r) => r.to_path_buf(),

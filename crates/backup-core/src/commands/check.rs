@@ -57,6 +57,8 @@ pub struct CheckReport {
     /// prune).
     pub packs: usize,
     pub orphan_packs: usize,
+    /// PostgreSQL WAL files in the archive (gaps and, with `read_data`, damage are problems).
+    pub wal_files: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -143,6 +145,14 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         let (n, bytes) = read_every_copy(repo, &users, present, opts, &mut problems).await;
         (chunks_read, bytes_read) = (n, bytes);
     }
+    let (wal_files, wal_problems) =
+        crate::engines::postgres::wal::verify(repo, opts.read_data).await?;
+    problems.extend(wal_problems.into_iter().map(|message| Problem {
+        snapshot: None,
+        item: None,
+        chunk: None,
+        message,
+    }));
     Ok(CheckReport {
         snapshots: snapshots.len(),
         items,
@@ -152,6 +162,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         unreferenced_chunks,
         packs: pack_objects.len(),
         orphan_packs: view.orphans,
+        wal_files,
         problems,
     })
 }

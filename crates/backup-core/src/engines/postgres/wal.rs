@@ -324,6 +324,39 @@ pub struct TimelineStatus {
     pub gaps: Vec<(String, String)>,
 }
 
+/// What `check` finds in the WAL archive: the files it holds, and what a recovery would trip
+/// over — a gap in a timeline's segments (recovery stops at the first missing one), and with
+/// `read_data` a file that does not open (altered, truncated, stored under another name).
+pub async fn verify(repo: &Repository, read_data: bool) -> Result<(usize, Vec<String>)> {
+    let st = status(repo, None).await?;
+    let mut problems = Vec::new();
+    for t in &st.timelines {
+        for (a, b) in &t.gaps {
+            problems.push(format!(
+                "WAL archive: segments {a} .. {b} of timeline {} are missing; recovery past {a} is impossible (take a new base backup)",
+                t.timeline
+            ));
+        }
+    }
+    let mut files = 0;
+    for m in repo.store().list("wal/").await? {
+        let Some(name) = m
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|n| WalName::parse(n).ok())
+        else {
+            problems.push(format!("WAL archive: {} is not a WAL file name", m.key));
+            continue;
+        };
+        files += 1;
+        if read_data && let Err(e) = read_archived(repo, &name).await {
+            problems.push(format!("WAL archive: {name}: {e}"));
+        }
+    }
+    Ok((files, problems))
+}
+
 /// An archived file: its name, stored size, and when it was archived.
 type Archived = (WalName, u64, Option<DateTime<Utc>>);
 
