@@ -7,7 +7,7 @@ use backup_core::commands::backup::BackupReport;
 use backup_core::commands::check::CheckReport;
 use backup_core::commands::gc::GcReport;
 use backup_core::commands::prune::PruneReport;
-use backup_core::engines::postgres::wal::WalStatus;
+use backup_core::engines::postgres::wal::{WalPruneReport, WalStatus};
 use backup_core::id::SlotId;
 use backup_core::progress::{human_bytes, human_duration};
 use backup_core::retention::RetentionPlan;
@@ -113,6 +113,12 @@ pub fn prune(report: &PruneReport, out: &Output) -> Result<()> {
             gc(r, dry_run);
         }
         json["gc"] = serde_json::to_value(r)?;
+    }
+    if let Some(w) = &report.wal {
+        if human {
+            wal_prune(w, dry_run);
+        }
+        json["wal"] = serde_json::to_value(w)?;
     }
     if out.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -228,6 +234,25 @@ pub fn key_slots(slots: &[KeySlot], current: SlotId, out: &Output) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// Only when there is WAL to speak of: a repository without base backups says nothing.
+fn wal_prune(w: &WalPruneReport, dry_run: bool) {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    match (&w.kept_from, &w.kept_all) {
+        (Some(_), Some(why)) => println!("WAL: {why}"),
+        (Some(from), None) => println!(
+            "WAL: {verb} {} files ({}) older than the oldest kept base backup's start {from}{}",
+            w.removed,
+            human_bytes(w.removed_bytes),
+            if w.retained > 0 {
+                format!("; {} under Object Lock retention kept", w.retained)
+            } else {
+                String::new()
+            }
+        ),
+        _ => {}
+    }
 }
 
 pub fn wal_status(st: &WalStatus, out: &Output) -> Result<()> {

@@ -351,6 +351,24 @@ async fn point_in_time_recovery_to_a_time_and_to_the_end_of_the_archive() {
         "the segment with both marks is archived",
     );
 
+    // WAL retention: what is older than the base backup's start goes (a dry run first), the
+    // rest stays, and the restores below prove nothing they need went with it.
+    let dry = json(&e.run(&["--json", "prune", "--keep-last", "1", "--dry-run"]));
+    let would = dry["wal"]["removed"].as_u64().unwrap();
+    assert!(would >= 1, "the segment before the base backup: {dry}");
+    let before = json(&e.run(&["--json", "wal", "status"]));
+    let real = json(&e.run(&["--json", "prune", "--keep-last", "1"]));
+    assert_eq!(real["wal"]["removed"].as_u64(), Some(would), "{real}");
+    let after = json(&e.run(&["--json", "wal", "status"]));
+    assert_eq!(
+        after["timelines"][0]["segments"].as_u64().unwrap() + would,
+        before["timelines"][0]["segments"].as_u64().unwrap()
+    );
+    assert_eq!(
+        after["timelines"][0]["oldest"], real["wal"]["kept_from"],
+        "{after}"
+    );
+
     let pitr = |to: &Path, extra: &[&str]| {
         let mut args = vec![
             "--config".to_string(),

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::commands::gc::{GcOptions, GcReport, collect};
+use crate::engines::postgres::wal::{WalPruneReport, prune_wal};
 use crate::error::Result;
 use crate::repository::{ForgetReport, Repository};
 use crate::retention::{RetentionPlan, RetentionPolicy, plan};
@@ -29,6 +30,9 @@ pub struct PruneReport {
     pub forget: Option<ForgetReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcReport>,
+    /// WAL no kept base backup needs, removed after the snapshots (prune only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalPruneReport>,
     /// Objects that could not be read, named: nothing was deleted on their account, and a
     /// person should look (`check --read-data`).
     pub damaged: Vec<String>,
@@ -87,6 +91,19 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         let r = collect(repo, &gc).await?;
         report.damaged = r.damaged.clone();
         report.gc = Some(r);
+        // After the forget: the base backups that are left decide which WAL is still needed.
+        let listing = repo.snapshot_listing().await?;
+        let kept = if opts.dry_run {
+            let removed = report.plan.as_ref().map(|p| p.remove()).unwrap_or_default();
+            listing
+                .snapshots
+                .into_iter()
+                .filter(|s| !removed.contains(&s.id))
+                .collect()
+        } else {
+            listing.snapshots
+        };
+        report.wal = Some(prune_wal(repo, &kept, listing.damaged.len(), opts.dry_run).await?);
     }
     Ok(report)
 }

@@ -77,6 +77,15 @@ impl WalName {
         self.0.len() == 24
     }
 
+    /// The segment number a segment, partial segment or backup history file belongs to
+    /// (`None` for a timeline history file).
+    fn segment_no_of_file(&self) -> Option<u64> {
+        if self.0.len() < 24 {
+            return None;
+        }
+        WalName(self.0[..24].to_string()).segment_no()
+    }
+
     /// Segment number within its timeline, for 16 MiB segments (log × 256 + seg).
     fn segment_no(&self) -> Option<u64> {
         if !self.is_segment() {
@@ -355,6 +364,81 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<(usize, Vec<St
         }
     }
     Ok((files, problems))
+}
+
+/// What WAL retention removed (or, dry, would).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalPruneReport {
+    /// The oldest kept base backup's start segment: WAL from here on is kept.
+    pub kept_from: Option<String>,
+    /// Why nothing was removed, when nothing could be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_all: Option<String>,
+    pub removed: usize,
+    pub removed_bytes: u64,
+    /// Objects the store refused to delete (Object Lock).
+    pub retained: usize,
+}
+
+/// Removes WAL no kept base backup needs: segments (and partial and backup files) before the
+/// oldest kept base backup's start segment, on every timeline. History files stay (small, and
+/// recovery needs them to follow timelines). Nothing is removed without a base backup to go
+/// by, or while a snapshot cannot be read (it might be the oldest base backup).
+pub async fn prune_wal(
+    repo: &Repository,
+    snapshots: &[crate::manifest::Snapshot],
+    damaged: usize,
+    dry_run: bool,
+) -> Result<WalPruneReport> {
+    let mut report = WalPruneReport::default();
+    let oldest = snapshots
+        .iter()
+        .flat_map(|s| &s.items)
+        .filter(|i| super::base::is_base_backup(i))
+        .filter_map(|i| super::base::BaseFacts::of(i).start_wal)
+        .filter_map(|w| WalName::parse(&w).ok())
+        .filter_map(|w| w.segment_no().map(|n| (n, w)))
+        .min();
+    let Some((keep_from, name)) = oldest else {
+        report.kept_all = Some("no base backup is kept: every WAL file stays".into());
+        return Ok(report);
+    };
+    report.kept_from = Some(name.to_string());
+    if damaged > 0 {
+        report.kept_all = Some(format!(
+            "{damaged} snapshots could not be read (one may be an older base backup): every WAL file stays"
+        ));
+        return Ok(report);
+    }
+    for m in repo.store().list("wal/").await? {
+        let Some(w) = m
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|n| WalName::parse(n).ok())
+        else {
+            continue;
+        };
+        let Some(no) = w.segment_no_of_file() else {
+            continue;
+        };
+        if no >= keep_from {
+            continue;
+        }
+        if !dry_run {
+            match repo.store().delete(&m.key).await {
+                Ok(()) => {}
+                Err(Error::Retained { .. }) => {
+                    report.retained += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        report.removed += 1;
+        report.removed_bytes += m.size;
+    }
+    Ok(report)
 }
 
 /// An archived file: its name, stored size, and when it was archived.
