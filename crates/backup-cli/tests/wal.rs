@@ -439,3 +439,61 @@ async fn point_in_time_recovery_to_a_time_and_to_the_end_of_the_archive() {
     );
     assert_eq!(marks(latest.path()), "after,before");
 }
+
+#[tokio::test]
+async fn a_push_killed_at_any_point_leaves_an_archive_that_check_passes_and_a_retry_completes() {
+    let e = Env::new();
+    let segs = fake_pg_wal(&e.p("pg_wal"), 6);
+    // Bigger segments of distinct, incompressible content: a kill lands mid-seal or mid-put.
+    for (i, s) in segs.iter().enumerate() {
+        let mut x = 0x9e37_79b9u64 + i as u64;
+        let data: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(s, data).unwrap();
+    }
+    for delay_ms in [0u64, 5, 20, 60, 150] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat-backup"))
+            .arg("--config")
+            .arg(e.p("c.toml"))
+            .args(["--quiet", "wal", "push"])
+            .arg(&segs[0])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LIFEBOAT_CACHE_DIR", e.p("cache"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let checked = e.run(&["check", "--read-data"]);
+        assert!(
+            checked.status.success(),
+            "after a kill at {delay_ms} ms: {}",
+            stderr(&checked)
+        );
+    }
+    // PostgreSQL retries every file it was not told is archived: all of them go through.
+    for s in &segs {
+        let r = e.run(&["wal", "push", s.to_str().unwrap(), "--lookahead", "0"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+    }
+    let repo = e.repo().await;
+    for s in &segs {
+        let name = WalName::parse(s.file_name().unwrap().to_str().unwrap()).unwrap();
+        let out = e.p("fetched");
+        wal::fetch(&repo, &name, &out).await.unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(s).unwrap(),
+            "{name}"
+        );
+    }
+    let checked = e.run(&["check", "--read-data"]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+}
