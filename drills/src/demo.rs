@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use backup_core::commands::backup::{BackupOptions, backup};
 use backup_core::config::{PostgresConfig, RedisConfig, RepositoryConfig};
+use backup_core::engines::postgres::base::BaseBackupSource;
 use backup_core::engines::postgres::scratch::{ScratchPostgres, server_bin_dir};
 use backup_core::engines::redis::scratch::{ScratchRedis, ScratchRedisOptions, seed_fixture};
 use backup_core::engines::volume::{VolumeOptions, VolumeSource};
@@ -172,6 +173,14 @@ async fn demo_postgres(
             .sources("app")
             .await?,
     );
+    // The whole cluster as a physical base backup too (what point-in-time recovery starts
+    // from); the drill unpacks and checks it.
+    let tools = PostgresConfig::from_url(&pg.url("postgres")).tools()?;
+    sources.push(Box::new(BaseBackupSource::new(
+        "cluster",
+        pg.url("postgres"),
+        tools,
+    )));
     checks.sql.push(SqlCheck {
         item: "app".into(),
         sql: "select count(*) from sales.orders where amount > 0".into(),

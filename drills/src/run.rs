@@ -431,7 +431,9 @@ impl<'a> Drill<'a> {
             size: item.size,
             target: match self.pg_dbs.get(&item.name) {
                 Some(url) => conninfo::redact(url),
-                None if item.kind == ItemKind::Postgres => conninfo::redact(&target),
+                None if item.kind == ItemKind::Postgres && !is_base_backup(item) => {
+                    conninfo::redact(&target)
+                }
                 None => target,
             },
             restore_seconds,
@@ -450,6 +452,18 @@ impl<'a> Drill<'a> {
     ) {
         let name = &item.name;
         match item.kind {
+            ItemKind::Postgres if is_base_backup(item) => {
+                let dir = Path::new(target);
+                let r = ["PG_VERSION", "backup_label", "global/pg_control"]
+                    .iter()
+                    .find(|f| !dir.join(f).exists())
+                    .map_or(
+                        Ok("PG_VERSION, backup_label, global/pg_control".into()),
+                        |f| Err(format!("{f} missing from the unpacked base backup")),
+                    );
+                self.ctx
+                    .check(name, "a data directory with its backup label", tc, r);
+            }
             ItemKind::Postgres if !is_globals(item) => {
                 let n = sink.verified_tables.unwrap_or(0);
                 self.ctx

@@ -104,6 +104,8 @@ fn demo_drill_passes_and_its_report_shows_every_item_and_check() {
     for needle in [
         "| sample | volume",
         "| app | postgres",
+        "| cluster | postgres",
+        "a data directory with its backup label",
         "| cache | redis",
         "row counts equal the backup's facts",
         "keys per db equal",

@@ -384,10 +384,10 @@ impl PackWrites {
 
     /// Waits for the oldest write once more than two are running.
     async fn throttle(&mut self) -> Result<()> {
-        match self.0.len() > 2 {
-            true => join_write(self.0.pop_front().expect("more than two")).await,
-            false => Ok(()),
+        if self.0.len() > 2 {
+            return join_write(self.0.pop_front().expect("more than two")).await;
         }
+        Ok(())
     }
 
     async fn finish(&mut self) -> Result<()> {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::codec::ObjectType;
 use crate::error::{Error, Result};
 use crate::repository::Repository;
-use crate::store::{PutMode, Store};
+use crate::store::{ObjectMeta, PutMode, Store};
 
 /// The largest WAL file accepted (segments are 16 MiB by default, at most 1 GiB).
 const MAX_WAL_FILE: usize = 1 << 30;
@@ -348,13 +348,8 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<(usize, Vec<St
         }
     }
     let mut files = 0;
-    for m in repo.store().list("wal/").await? {
-        let Some(name) = m
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|n| WalName::parse(n).ok())
-        else {
+    for (name, m) in listing(repo).await? {
+        let Some(name) = name else {
             problems.push(format!("WAL archive: {} is not a WAL file name", m.key));
             continue;
         };
@@ -410,15 +405,7 @@ pub async fn prune_wal(
         ));
         return Ok(report);
     }
-    for m in repo.store().list("wal/").await? {
-        let Some(w) = m
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|n| WalName::parse(n).ok())
-        else {
-            continue;
-        };
+    for (w, m) in archived(repo).await? {
         let Some(no) = w.segment_no_of_file() else {
             continue;
         };
@@ -441,21 +428,40 @@ pub async fn prune_wal(
     Ok(report)
 }
 
+/// Every object under `wal/`, with its WAL file name (`None`: a key that is not one).
+async fn listing(repo: &Repository) -> Result<Vec<(Option<WalName>, ObjectMeta)>> {
+    Ok(repo
+        .store()
+        .list("wal/")
+        .await?
+        .into_iter()
+        .map(|m| {
+            let name = m
+                .key
+                .rsplit('/')
+                .next()
+                .and_then(|n| WalName::parse(n).ok());
+            (name, m)
+        })
+        .collect())
+}
+
+/// The WAL files of the archive.
+async fn archived(repo: &Repository) -> Result<Vec<(WalName, ObjectMeta)>> {
+    Ok(listing(repo)
+        .await?
+        .into_iter()
+        .filter_map(|(n, m)| n.map(|n| (n, m)))
+        .collect())
+}
+
 /// An archived file: its name, stored size, and when it was archived.
 type Archived = (WalName, u64, Option<DateTime<Utc>>);
 
 /// Lists the archive; with `pg_wal`, also counts what is waiting to be archived.
 pub async fn status(repo: &Repository, pg_wal: Option<&Path>) -> Result<WalStatus> {
     let mut by_tli: BTreeMap<u32, Vec<Archived>> = BTreeMap::new();
-    for m in repo.store().list("wal/").await? {
-        let Some(name) = m
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|n| WalName::parse(n).ok())
-        else {
-            continue;
-        };
+    for (name, m) in archived(repo).await? {
         by_tli
             .entry(name.timeline())
             .or_default()
