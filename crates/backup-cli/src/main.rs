@@ -477,15 +477,15 @@ async fn wal_push(
         .cache
         .home()
         .map(|h| h.join("wal-spool").join(resolved.url_tag()));
-    if let Some(spool) = &spool {
-        let id = wal::repository_id(&*resolved.store().await?).await?;
-        if wal::acknowledged(spool, &id, path) {
-            out.result(
-                &serde_json::json!({"pushed": path, "already_archived": true}),
-                || format!("{} was archived ahead by an earlier call", path.display()),
-            );
-            return Ok(());
-        }
+    // The repository's id is asked for only when there is an acknowledgement to compare.
+    if let Some(acked) = spool.as_deref().and_then(|s| wal::take_ack(s, path))
+        && acked == wal::repository_id(&*resolved.store().await?).await?
+    {
+        out.result(
+            &serde_json::json!({"pushed": path, "already_archived": true}),
+            || format!("{} was archived ahead by an earlier call", path.display()),
+        );
+        return Ok(());
     }
     let repo = resolved.open().await?;
     let opts = WalPushOptions { lookahead, spool };

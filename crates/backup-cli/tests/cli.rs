@@ -1,5 +1,8 @@
 //! `lifeboat-backup` end to end: exit codes, config runs, the run lock, a killed run.
 
+mod common;
+use common::random_file;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -336,16 +339,7 @@ fn overlapping_runs_never_run_twice() {
 fn killed_backup_leaves_no_snapshot_and_the_next_run_reuses_chunks() {
     let e = Env::new();
     let data = e.p("data.bin");
-    let mut f = std::fs::File::create(&data).unwrap();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut buf = Vec::with_capacity(16 << 20);
-    while buf.len() < 16 << 20 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-    std::io::Write::write_all(&mut f, &buf).unwrap();
+    random_file(&data, 1, 16 << 20);
     // The command emits the data, then hangs: the backup is killed while waiting on it.
     let slow = format!("dump=cat {}; sleep 20", data.display());
     let mut child = e.cmd(&["run", "--command", &slow]).spawn().unwrap();
@@ -455,18 +449,6 @@ fn sigterm_stops_the_run_and_its_producer_without_a_snapshot() {
     std::fs::remove_file(&marker).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(!marker.exists(), "the producer was stopped with the run");
-}
-
-fn random_file(path: &Path, seed: u64, len: usize) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(path, &buf[..len]).unwrap();
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! contract: durable before exit 0, identical re-push succeeds, a different one is refused and
 //! overwrites nothing, ready segments are pushed ahead and acknowledged.
 
+mod common;
+use common::random_file;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -446,16 +449,7 @@ async fn a_push_killed_at_any_point_leaves_an_archive_that_check_passes_and_a_re
     let segs = fake_pg_wal(&e.p("pg_wal"), 6);
     // Bigger segments of distinct, incompressible content: a kill lands mid-seal or mid-put.
     for (i, s) in segs.iter().enumerate() {
-        let mut x = 0x9e37_79b9u64 + i as u64;
-        let data: Vec<u8> = (0..4 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(s, data).unwrap();
+        random_file(s, i as u64 + 1, 4 << 20);
     }
     for delay_ms in [0u64, 5, 20, 60, 150] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat-backup"))

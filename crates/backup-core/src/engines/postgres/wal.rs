@@ -254,21 +254,17 @@ fn write_ack(spool: &Path, repo_id: &str, name: &WalName, data: &[u8]) -> std::i
     std::fs::rename(&tmp, spool.join(name.as_str()))
 }
 
-/// The fast path of `archive_command`: whether an earlier call pushed this very file (same
-/// content) ahead into the repository with config id `repo_id`. Costs a file read and a hash,
-/// no key derivation and no request; consumes the acknowledgement.
-pub fn acknowledged(spool: &Path, repo_id: &str, path: &Path) -> bool {
-    let Ok((name, data)) = read_wal(path) else {
-        return false;
-    };
+/// The fast path of `archive_command`: the acknowledgement an earlier call's look-ahead left
+/// for the file at `path`, if its content is this file's, as the id of the repository it was
+/// pushed into (the caller compares it with the repository's, [`repository_id`]). Costs a file
+/// read and a hash, no key derivation and no request; consumes the acknowledgement.
+pub fn take_ack(spool: &Path, path: &Path) -> Option<String> {
+    let (name, data) = read_wal(path).ok()?;
     let ack = spool.join(name.as_str());
-    let Ok(text) = std::fs::read_to_string(&ack) else {
-        return false;
-    };
-    let want = format!("{repo_id} {}", hex::encode(Sha256::digest(&data)));
-    let ok = text.trim() == want;
+    let text = std::fs::read_to_string(&ack).ok()?;
     let _ = std::fs::remove_file(&ack);
-    ok
+    let (repo_id, sha) = text.trim().split_once(' ')?;
+    (sha == hex::encode(Sha256::digest(&data))).then(|| repo_id.to_string())
 }
 
 /// The repository's config id, read without keys (one small request): what acknowledgements
@@ -337,9 +333,12 @@ pub struct TimelineStatus {
 /// over — a gap in a timeline's segments (recovery stops at the first missing one), and with
 /// `read_data` a file that does not open (altered, truncated, stored under another name).
 pub async fn verify(repo: &Repository, read_data: bool) -> Result<(usize, Vec<String>)> {
-    let st = status(repo, None).await?;
+    let listed = listing(repo).await?;
+    let named = listed
+        .iter()
+        .filter_map(|(n, m)| n.clone().map(|n| (n, m.clone())));
     let mut problems = Vec::new();
-    for t in &st.timelines {
+    for t in &timelines(named.collect()) {
         for (a, b) in &t.gaps {
             problems.push(format!(
                 "WAL archive: segments {a} .. {b} of timeline {} are missing; recovery past {a} is impossible (take a new base backup)",
@@ -348,7 +347,7 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<(usize, Vec<St
         }
     }
     let mut files = 0;
-    for (name, m) in listing(repo).await? {
+    for (name, m) in listed {
         let Some(name) = name else {
             problems.push(format!("WAL archive: {} is not a WAL file name", m.key));
             continue;
@@ -460,17 +459,7 @@ type Archived = (WalName, u64, Option<DateTime<Utc>>);
 
 /// Lists the archive; with `pg_wal`, also counts what is waiting to be archived.
 pub async fn status(repo: &Repository, pg_wal: Option<&Path>) -> Result<WalStatus> {
-    let mut by_tli: BTreeMap<u32, Vec<Archived>> = BTreeMap::new();
-    for (name, m) in archived(repo).await? {
-        by_tli
-            .entry(name.timeline())
-            .or_default()
-            .push((name, m.size, m.modified));
-    }
-    let timelines = by_tli
-        .into_iter()
-        .map(|(tli, files)| timeline_status(tli, files))
-        .collect();
+    let timelines = timelines(archived(repo).await?);
     let backlog = pg_wal.map(|d| {
         std::fs::read_dir(d.join("archive_status"))
             .map(|rd| {
@@ -485,6 +474,21 @@ pub async fn status(repo: &Repository, pg_wal: Option<&Path>) -> Result<WalStatu
         timelines,
         backlog,
     })
+}
+
+/// The archived files, by timeline.
+fn timelines(files: Vec<(WalName, ObjectMeta)>) -> Vec<TimelineStatus> {
+    let mut by_tli: BTreeMap<u32, Vec<Archived>> = BTreeMap::new();
+    for (name, m) in files {
+        by_tli
+            .entry(name.timeline())
+            .or_default()
+            .push((name, m.size, m.modified));
+    }
+    by_tli
+        .into_iter()
+        .map(|(tli, files)| timeline_status(tli, files))
+        .collect()
 }
 
 fn timeline_status(tli: u32, files: Vec<Archived>) -> TimelineStatus {
