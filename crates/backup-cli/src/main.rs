@@ -18,7 +18,7 @@ use backup_core::commands::prune::{PruneOptions, prune};
 use backup_core::config::{
     ConfigFile, ResolvedRepo, RetentionConfig, SourceSelection, select_sources,
 };
-use backup_core::engines::postgres::wal::{self, WalPushOptions};
+use backup_core::engines::postgres::wal::{self, ClusterId, WalPushOptions};
 use backup_core::lock::RunLock;
 use backup_core::progress::{Progress, human_bytes, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
@@ -130,6 +130,11 @@ struct KeepFlags {
     /// Keep everything newer than this (30d, 48h, 2w, 1y).
     #[arg(long)]
     keep_within: Option<String>,
+    /// Point-in-time window (7d): keep the base backups, and so the WAL, that a restore to
+    /// any moment of the last DURATION needs (the newest base backup older than the window;
+    /// the others by the other rules).
+    #[arg(long, value_name = "DURATION")]
+    keep_pitr: Option<String>,
     /// Keep snapshots with this tag (repeatable).
     #[arg(long = "keep-tag")]
     keep_tags: Vec<String>,
@@ -149,6 +154,7 @@ impl KeepFlags {
             keep_monthly: self.keep_monthly,
             keep_yearly: self.keep_yearly,
             keep_within: self.keep_within.clone(),
+            keep_pitr: self.keep_pitr.clone(),
             keep_tags: self.keep_tags.clone(),
             group_by: self.group_by.clone(),
             ..Default::default()
@@ -225,13 +231,21 @@ enum WalCmd {
         /// Ready segments to push ahead in parallel (0: only this one).
         #[arg(long, default_value_t = 8)]
         lookahead: usize,
+        /// The cluster's system identifier, for a history file outside a data directory
+        /// (segments carry it in their header; archive_command needs no flag).
+        #[arg(long, value_name = "SYSID")]
+        cluster: Option<String>,
     },
-    /// What the archive holds per timeline: newest segment and when it came, gaps, and with
-    /// --pg-wal the local backlog.
+    /// What the archive holds per cluster and timeline: the recoverable window, the newest
+    /// segment and when it came, gaps, and with --pg-wal how far behind archiving is.
     Status {
         /// The cluster's pg_wal directory, to count segments not archived yet.
         #[arg(long, value_name = "DIR")]
         pg_wal: Option<PathBuf>,
+        /// Also write the figures as Prometheus metrics to FILE (for node_exporter's textfile
+        /// collector; written atomically).
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<PathBuf>,
     },
 }
 
@@ -331,13 +345,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             key_cmd(&resolved, k, &out).await?;
             0
         }
-        Cmd::Wal(WalCmd::Push { path, lookahead }) => {
-            wal_push(&resolved, &path, lookahead, &out).await?;
+        Cmd::Wal(WalCmd::Push {
+            path,
+            lookahead,
+            cluster,
+        }) => {
+            let cluster = cluster.as_deref().map(ClusterId::parse).transpose()?;
+            wal_push(&resolved, &path, lookahead, cluster, &out).await?;
             0
         }
-        Cmd::Wal(WalCmd::Status { pg_wal }) => {
+        Cmd::Wal(WalCmd::Status { pg_wal, prometheus }) => {
             let repo = resolved.open().await?;
-            render::wal_status(&wal::status(&repo, pg_wal.as_deref()).await?, &out)?;
+            let st = wal::status(&repo, pg_wal.as_deref()).await?;
+            if let Some(file) = prometheus {
+                backup_core::metrics::write_textfile(&file, &st.to_prometheus())?;
+            }
+            render::wal_status(&st, &out)?;
             0
         }
         Cmd::Forget {
@@ -471,6 +494,7 @@ async fn wal_push(
     resolved: &ResolvedRepo,
     path: &Path,
     lookahead: usize,
+    cluster: Option<ClusterId>,
     out: &Output,
 ) -> Result<()> {
     let spool = resolved
@@ -488,7 +512,11 @@ async fn wal_push(
         return Ok(());
     }
     let repo = resolved.open().await?;
-    let opts = WalPushOptions { lookahead, spool };
+    let opts = WalPushOptions {
+        lookahead,
+        spool,
+        cluster,
+    };
     let r = wal::push(&repo, path, &opts).await?;
     out.result(&serde_json::to_value(&r)?, || {
         let ahead = if r.pushed_ahead.is_empty() {

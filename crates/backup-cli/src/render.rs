@@ -236,56 +236,100 @@ pub fn key_slots(slots: &[KeySlot], current: SlotId, out: &Output) -> Result<()>
     Ok(())
 }
 
-/// Only when there is WAL to speak of: a repository without base backups says nothing.
+/// Only when there is WAL to speak of: a cluster without base backups says nothing.
 fn wal_prune(w: &WalPruneReport, dry_run: bool) {
     let verb = if dry_run { "would remove" } else { "removed" };
-    match (&w.kept_from, &w.kept_all) {
-        (Some(_), Some(why)) => println!("WAL: {why}"),
-        (Some(from), None) => println!(
-            "WAL: {verb} {} files ({}) older than the oldest kept base backup's start {from}{}",
-            w.removed,
-            human_bytes(w.removed_bytes),
-            if w.retained > 0 {
-                format!("; {} under Object Lock retention kept", w.retained)
-            } else {
-                String::new()
-            }
-        ),
-        _ => {}
+    for c in &w.clusters {
+        match (&c.kept_from, &c.kept_all) {
+            (Some(_), Some(why)) => println!("WAL of cluster {}: {why}", c.cluster),
+            (Some(from), None) => println!(
+                "WAL of cluster {}: {verb} {} files ({}) older than the oldest kept base backup's start {from}",
+                c.cluster,
+                c.removed,
+                human_bytes(c.removed_bytes),
+            ),
+            _ => {}
+        }
+    }
+    if w.retained > 0 {
+        println!("WAL: {} files under Object Lock retention kept", w.retained);
     }
 }
 
+/// `wal status`: per cluster, its window and timelines; then the local backlog.
 pub fn wal_status(st: &WalStatus, out: &Output) -> Result<()> {
     if out.json {
         println!("{}", serde_json::to_string_pretty(st)?);
         return Ok(());
     }
-    if st.timelines.is_empty() {
+    if st.clusters.is_empty() {
         println!("no WAL archived in {}", st.location);
     }
     let now = chrono::Utc::now();
-    for t in &st.timelines {
-        let newest = match (&t.newest, t.newest_archived) {
-            (Some(n), Some(at)) => format!(
-                "{n}, archived {} ago",
-                human_duration((now - at).num_seconds() as f64)
+    let ago = |t: chrono::DateTime<chrono::Utc>| human_duration((now - t).num_seconds() as f64);
+    for c in &st.clusters {
+        let window = match &c.window {
+            Some(w) => format!(
+                "recoverable from {} to {}",
+                w.from.format("%Y-%m-%d %H:%M:%S UTC"),
+                w.to.map(|t| format!("{} ({} ago)", t.format("%Y-%m-%d %H:%M:%S UTC"), ago(t)))
+                    .unwrap_or_else(|| "the end of that base backup".into())
             ),
-            (Some(n), None) => n.to_string(),
-            (None, _) => "none".into(),
+            None => "no base backup: nothing to recover from yet".into(),
         };
         println!(
-            "timeline {}: {} segments ({}), newest {newest}{}",
-            t.timeline,
-            t.segments,
-            human_bytes(t.bytes),
-            if t.history { ", history file" } else { "" }
+            "cluster {}: {} base backups, {window}; {} segments ({}) in the last hour",
+            c.cluster,
+            c.base_backups,
+            c.last_hour_segments,
+            human_bytes(c.last_hour_bytes)
         );
-        for (a, b) in &t.gaps {
-            println!("  GAP: {a} .. {b} missing");
+        for t in &c.timelines {
+            let newest = match (&t.newest, t.newest_archived) {
+                (Some(n), Some(at)) => format!("{n}, archived {} ago", ago(at)),
+                (Some(n), None) => n.to_string(),
+                (None, _) => "none".into(),
+            };
+            let branch = t
+                .branched_from
+                .as_ref()
+                .map(|(p, lsn)| format!(", branched off {p} at {lsn}"))
+                .unwrap_or_default();
+            println!(
+                "  timeline {}: {} segments ({}), newest {newest}{branch}{}",
+                t.timeline,
+                t.segments,
+                human_bytes(t.bytes),
+                if t.timeline == c.newest_timeline {
+                    " (newest)"
+                } else {
+                    ""
+                }
+            );
+            for (a, b) in &t.gaps {
+                println!("    GAP: {a} .. {b} missing");
+            }
+        }
+        for p in &c.problems {
+            println!("  PROBLEM: {p}");
         }
     }
-    if let Some(n) = st.backlog {
-        println!("backlog: {n} segments ready in pg_wal, not archived yet");
+    if st.unattributed_files > 0 {
+        println!(
+            "{} WAL files of an older layout belong to no single cluster (kept)",
+            st.unattributed_files
+        );
+    }
+    if let Some(b) = &st.backlog {
+        match (&b.oldest, b.oldest_age_seconds) {
+            (Some(o), Some(age)) => println!(
+                "backlog: {} segments ({}) ready in pg_wal, not archived yet; the oldest, {o}, has waited {}",
+                b.ready,
+                human_bytes(b.bytes),
+                human_duration(age)
+            ),
+            _ => println!("backlog: none (every ready segment is archived)"),
+        }
     }
     Ok(())
 }

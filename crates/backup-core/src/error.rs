@@ -28,6 +28,15 @@ pub enum Error {
     )]
     WalConflict { name: String, location: String },
 
+    #[error("recovery of {} did not finish: {detail}", pgdata.display())]
+    RecoveryFailed {
+        pgdata: std::path::PathBuf,
+        detail: String,
+    },
+
+    #[error("{name} is not the WAL file its name says: {detail}; nothing was archived")]
+    WalInvalid { name: String, detail: String },
+
     #[error("a Lifeboat repository already exists at {location}")]
     RepositoryExists { location: String },
 
@@ -205,6 +214,7 @@ impl Error {
             | Error::ChunkCorrupt { .. }
             | Error::SnapshotCorrupt { .. }
             | Error::WalConflict { .. }
+            | Error::WalInvalid { .. }
             | Error::StreamMismatch { .. }
             | Error::Verification { .. }
             | Error::Format { .. } => 6,
@@ -226,7 +236,13 @@ impl Error {
                 "check the bucket name, the endpoint and the credentials (AWS_* variables or [repository.s3]); or create the bucket first, with Object Lock if you want immutable backups"
             }
             Error::WalConflict { .. } => {
-                "two clusters archive into one repository, or a restored server still archives (archive_mode=off after a restore): give each cluster its own repository; PostgreSQL keeps the file and retries"
+                "a restored server archives on the timeline it was restored from (restore with archive_mode=off, the default of `lifeboat-restore pitr`), or the file changed after it was archived: PostgreSQL keeps the file and retries; compare it with `lifeboat-restore wal fetch`"
+            }
+            Error::RecoveryFailed { .. } => {
+                "the server's log (lifeboat-recovery.log in the data directory) has the whole story; the data directory stays as it is: fix the cause and start it again, or restore to another target"
+            }
+            Error::WalInvalid { .. } => {
+                "archive_command must pass %p (the file in pg_wal), and each cluster its own files; PostgreSQL keeps the file and retries"
             }
             Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
             Error::WrongKey { .. } => {

@@ -6,7 +6,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`source`] | the `Source` contract every engine's backup side implements; `ReaderSource` for any reader |
-//! | [`engines`] | one folder per kind of data — `volume` (tar, file cache, untar), `command`, `postgres` (pg_dump, pg_restore, table selection, the WAL archive, scratch server), `redis` (RDB over replication, scratch server) — each with its typed facts and drill checks |
+//! | [`engines`] | one folder per kind of data — `volume` (tar, file cache, untar), `command`, `postgres` (pg_dump, pg_restore, table selection, base backups, the WAL archive per cluster and timeline, point-in-time restore and recovery, scratch server), `redis` (RDB over replication, scratch server) — each with its typed facts and drill checks |
 //! | [`chunk`] | FastCDC chunking and the stream's SHA-256 |
 //! | [`codec`] | keyed chunk ids, zstd, the AES-256-GCM envelope; [`codec::keys`]: key slots |
 //! | [`content`] | chunks by id: the writer (dedup, pack or loose), the packer, the pack index, the reader (every copy, read plans, verification) |
@@ -19,7 +19,7 @@
 //! | [`retention`] | which snapshots a policy keeps |
 //! | [`config`] | the config file's schema, its sources, repository/key precedence (flags, environment, file) |
 //! | [`runtime`], [`buffer`] | the CPU pool (one thread per core) and reusable chunk-sized buffers |
-//! | [`secret`], [`lock`], [`progress`] | secrets, the run lock, progress |
+//! | [`secret`], [`lock`], [`progress`], [`metrics`] | secrets, the run lock, progress, Prometheus textfiles |
 //! | [`scratch`] | helpers for throw-away servers on free loopback ports, and the S3 one (engines have theirs) |
 //! | [`error`] | the one error enum, with exit codes and hints |
 //! | `cli` (feature `cli`) | flags, output and error reporting shared by the binaries, the snapshot listing |
@@ -40,6 +40,7 @@ pub mod id;
 pub mod lock;
 pub mod manifest;
 pub mod markers;
+pub mod metrics;
 pub mod progress;
 pub mod repository;
 pub mod retention;

@@ -4,13 +4,17 @@
 //! snapshots are walked newest first; `keep_last N` keeps the N newest; `keep_hourly/daily/
 //! weekly/monthly/yearly N` keep the newest snapshot of each of the N most recent hours/days/…
 //! that have one; `keep_within D` keeps everything newer than `now - D`; `keep_tags` keeps
-//! snapshots carrying any of those tags; protected snapshots are always kept.
+//! snapshots carrying any of those tags; protected snapshots are always kept. `keep_pitr D`
+//! keeps, per PostgreSQL base backup item, the newest base backup that finished before
+//! `now - D` (or the oldest one, when none is that old): with the WAL after it, every moment
+//! of the window can be restored.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, Duration, FixedOffset, Timelike, Utc};
 use serde::Serialize;
 
+use crate::engines::postgres::base::is_base_backup;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::manifest::Snapshot;
@@ -43,6 +47,7 @@ pub struct RetentionPolicy {
     pub keep_monthly: Option<u32>,
     pub keep_yearly: Option<u32>,
     pub keep_within: Option<Duration>,
+    pub keep_pitr: Option<Duration>,
     pub keep_tags: Vec<String>,
     pub group_by: GroupBy,
     /// Offset used for calendar buckets (days, weeks…); UTC when unset.
@@ -59,6 +64,7 @@ impl RetentionPolicy {
             && self.keep_monthly.is_none()
             && self.keep_yearly.is_none()
             && self.keep_within.is_none()
+            && self.keep_pitr.is_none()
             && self.keep_tags.is_empty()
     }
 }
@@ -292,6 +298,14 @@ fn reasons(
             }
         }
     }
+    if let Some(w) = policy.keep_pitr {
+        for (item, i) in pitr_keepers(snaps, now - w) {
+            reasons[i].push(format!(
+                "pitr window {} (base backup {item})",
+                show_duration(w)
+            ));
+        }
+    }
     for (i, s) in snaps.iter().enumerate() {
         if let Some(d) = policy.keep_within
             && s.time >= now - d
@@ -308,12 +322,35 @@ fn reasons(
     reasons
 }
 
+/// Per base backup item: the snapshot whose base backup a restore to `cutoff` starts from
+/// (the newest finished by then), or the oldest when none is that old.
+fn pitr_keepers(snaps: &[&Snapshot], cutoff: DateTime<Utc>) -> Vec<(String, usize)> {
+    let mut by_item: BTreeMap<&str, Vec<(DateTime<Utc>, usize)>> = BTreeMap::new();
+    for (i, s) in snaps.iter().enumerate() {
+        for item in s.items.iter().filter(|it| is_base_backup(it)) {
+            by_item
+                .entry(&item.name)
+                .or_default()
+                .push((item.finished, i));
+        }
+    }
+    by_item
+        .into_iter()
+        .filter_map(|(name, bases)| {
+            let before = bases.iter().filter(|(t, _)| *t <= cutoff).max();
+            let keep = before.or_else(|| bases.iter().min())?;
+            Some((name.to_string(), keep.1))
+        })
+        .collect()
+}
+
 fn show_duration(d: Duration) -> String {
-    let h = d.num_hours();
-    if h % 24 == 0 {
-        format!("{}d", h / 24)
-    } else {
-        format!("{h}h")
+    let s = d.num_seconds();
+    match s {
+        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}min", s / 60),
+        _ => format!("{s}s"),
     }
 }
 
@@ -373,6 +410,55 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         t("2026-03-01T12:00:00Z")
+    }
+
+    /// A base backup item named `pg` that finished half an hour after `s` started.
+    fn with_base(mut s: Snapshot) -> Snapshot {
+        s.items.push(crate::manifest::Item {
+            name: "pg".into(),
+            kind: crate::manifest::ItemKind::Postgres,
+            format: crate::engines::postgres::base::FORMAT.into(),
+            size: 1,
+            sha256: String::new(),
+            digest: Default::default(),
+            head: None,
+            chunks: Vec::new(),
+            started: s.time,
+            finished: s.time + Duration::minutes(30),
+            facts: Default::default(),
+        });
+        s
+    }
+
+    #[test]
+    fn the_pitr_window_keeps_the_base_backup_its_start_needs() {
+        let snaps: Vec<Snapshot> = daily().into_iter().map(with_base).collect();
+        let policy = RetentionPolicy {
+            keep_last: Some(1),
+            keep_pitr: Some(Duration::days(3)),
+            ..policy()
+        };
+        let p = plan(&policy, &snaps, &BTreeSet::new(), now()).unwrap();
+        // The window starts 2026-02-26 12:00; the base backup finished at 02:30 that day is
+        // the one a restore to that moment starts from.
+        assert_eq!(
+            kept(&p),
+            [
+                ("2026-03-01T02:00", "last 1 of 1"),
+                ("2026-02-26T02:00", "pitr window 3d (base backup pg)"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        // A window older than every base backup keeps the oldest; snapshots without a base
+        // backup are not kept by it.
+        let long = RetentionPolicy {
+            keep_pitr: Some(Duration::days(365)),
+            ..policy.clone()
+        };
+        let p = plan(&long, &snaps, &BTreeSet::new(), now()).unwrap();
+        assert_eq!(kept(&p)[1].0, "2026-01-01T02:00");
+        let p = plan(&policy, &daily(), &BTreeSet::new(), now()).unwrap();
+        assert_eq!(p.kept(), 1);
     }
 
     #[test]

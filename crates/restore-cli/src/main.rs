@@ -15,8 +15,12 @@ use backup_core::commands::restore::{
 };
 use backup_core::config::{ConfigFile, PostgresConfig, RestoreDefaults};
 use backup_core::engines::postgres::pitr::{self, PitrOptions, RecoveryTarget};
+use backup_core::engines::postgres::recovery::{self, StartOptions};
 use backup_core::engines::postgres::restore::PgRestoreOptions;
-use backup_core::engines::postgres::wal::{self, WalName};
+use backup_core::engines::postgres::wal::header::SegmentHeader;
+use backup_core::engines::postgres::wal::{
+    self, ClusterId, PrefetchOptions, PrefetchSpool, WalName,
+};
 use backup_core::engines::redis::restore::RedisRestoreOptions;
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
@@ -109,6 +113,32 @@ struct PitrArgs {
     /// Stop as soon as the base backup is consistent (no archived WAL needed).
     #[arg(long, group = "target")]
     immediate: bool,
+    /// The timeline to follow: a number, `current` (the base backup's) or `latest` (the
+    /// newest the archive has a history for).
+    #[arg(long, default_value = "latest")]
+    timeline: String,
+    /// The restored server becomes the new primary: leave archive_mode as it was backed up,
+    /// so that after promotion it archives into this repository on a new timeline (default:
+    /// archive_mode = off, so a copy never writes into the archive).
+    #[arg(long)]
+    keep_archiving: bool,
+    /// Start PostgreSQL on the restored directory, wait until recovery has reached the target
+    /// and the server is promoted, and report the point reached.
+    #[arg(long)]
+    start: bool,
+    /// With --start: the port to listen on.
+    #[arg(long, default_value_t = 5432, requires = "start")]
+    port: u16,
+    /// With --start: the directory for the server's Unix socket (default: the restored
+    /// configuration's).
+    #[arg(long, value_name = "DIR", requires = "start")]
+    socket_dir: Option<PathBuf>,
+    /// With --start: directory of pg_ctl (default: the newest installed server).
+    #[arg(long, value_name = "DIR", requires = "start")]
+    pg_bin_dir: Option<PathBuf>,
+    /// With --start: give up (and stop the server) if recovery has not ended by then (`30m`).
+    #[arg(long, value_name = "DURATION", requires = "start")]
+    start_timeout: Option<String>,
     /// Replace a non-empty data directory.
     #[arg(long)]
     force: bool,
@@ -146,13 +176,29 @@ impl PitrArgs {
 #[derive(Subcommand)]
 enum WalCmd {
     /// Write an archived WAL file (restore_command's %f) to PATH (%p); a file the archive does
-    /// not have exits 1, as recovery expects.
-    Fetch {
-        /// The WAL file name.
-        name: String,
-        /// Where PostgreSQL wants it.
-        path: PathBuf,
-    },
+    /// not have exits 1, as recovery expects. Segments after it are prefetched in the
+    /// background into pg_wal/.lifeboat-prefetch, so the next calls just move them in.
+    Fetch(FetchArgs),
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// The WAL file name.
+    name: String,
+    /// Where PostgreSQL wants it.
+    path: PathBuf,
+    /// The cluster's system identifier (default: the data directory's, from global/pg_control).
+    #[arg(long, value_name = "SYSID")]
+    cluster: Option<String>,
+    /// Segments to keep fetched ahead of recovery (0: none).
+    #[arg(long, default_value_t = 8)]
+    prefetch: usize,
+    /// Run as the prefetch worker a fetch starts (internal).
+    #[arg(long, hide = true)]
+    prefetch_worker: bool,
+    /// The cluster's WAL segment size, for the worker (internal).
+    #[arg(long, hide = true)]
+    segment_size: Option<u64>,
 }
 
 #[derive(Args)]
@@ -231,6 +277,9 @@ fn main() -> ExitCode {
 
 /// Each subcommand is a library call and its rendering.
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::Wal(WalCmd::Fetch(args)) = &cli.cmd {
+        return Ok(restore_command(&cli.global, args).await);
+    }
     let (config, resolved) = cli.global.resolve()?;
     let config = config.as_ref();
     let out = cli.global.output();
@@ -272,13 +321,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             restore(&repo, &snap, &p, &out).await?;
         }
         Cmd::Pitr(args) => pitr_cmd(&repo, &cli.global, &resolved, config, &args, &out).await?,
-        Cmd::Wal(WalCmd::Fetch { name, path }) => {
-            let name = WalName::parse(&name)?;
-            let n = wal::fetch(&repo, &name, &path).await?;
-            out.result(&serde_json::json!({"fetched": name, "bytes": n}), || {
-                format!("{name} ({}) written to {}", human_bytes(n), path.display())
-            });
-        }
+        Cmd::Wal(WalCmd::Fetch(_)) => unreachable!("handled before the repository is opened"),
         Cmd::Export {
             snapshot,
             item,
@@ -312,44 +355,246 @@ async fn pitr_cmd(
         filter: args.filter.for_latest(config, &[]),
         pgdata: args.to_pgdata.clone(),
         target: args.target()?,
+        timeline: args.timeline.parse()?,
         force: args.force,
         restore_command,
+        keep_archiving: args.keep_archiving,
     };
+    let start_timeout = args
+        .start_timeout
+        .as_deref()
+        .map(backup_core::retention::parse_duration)
+        .transpose()?
+        .map(|d| d.to_std().unwrap_or_default());
     let p = pitr::plan(repo, &opts).await?;
     if out.json && args.dry_run {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(());
     }
     if !out.quiet && !out.json {
-        println!(
-            "base backup {} of snapshot {} (finished {}, start {} on timeline {}), WAL archived up to {}\nrecover to {} into {} ({:?})",
-            p.item,
-            p.snapshot.short(),
-            p.base_finished.format("%Y-%m-%d %H:%M:%S UTC"),
-            p.base.start_lsn.as_deref().unwrap_or("?"),
-            p.base.timeline.unwrap_or(1),
-            p.newest_wal.as_deref().unwrap_or("nothing"),
-            p.target,
-            p.pgdata.display(),
-            p.pgdata_state
-        );
-        for s in &p.settings {
-            println!("  {s}");
-        }
+        print_pitr_plan(&p);
     }
     if args.dry_run {
         return Ok(());
     }
     let r = pitr::apply(repo, &p, args.force).await?;
-    out.result(&serde_json::to_value(&r)?, || {
-        format!(
-            "restored {} ({}) into {}; start PostgreSQL on it to replay the archive to {}",
+    if !args.start {
+        out.result(&serde_json::to_value(&r)?, || {
+            format!(
+                "restored {} ({}) into {}; start PostgreSQL on it to replay the archive to {} on timeline {}",
+                r.item,
+                human_bytes(r.bytes),
+                r.pgdata.display(),
+                r.target,
+                r.timeline
+            )
+        });
+        return Ok(());
+    }
+    if !out.quiet && !out.json {
+        println!(
+            "restored {} ({}) into {}; starting PostgreSQL on port {} to replay the archive",
             r.item,
             human_bytes(r.bytes),
             r.pgdata.display(),
-            r.target
-        )
+            args.port
+        );
+    }
+    let start = StartOptions {
+        pgdata: r.pgdata.clone(),
+        bin_dir: args.pg_bin_dir.clone(),
+        port: args.port,
+        listen: None,
+        socket_dir: args.socket_dir.clone(),
+        timeout: start_timeout,
+    };
+    let quiet = out.quiet || out.json;
+    let rec = tokio::task::spawn_blocking(move || {
+        recovery::start_and_wait(&start, &|line| {
+            if !quiet {
+                eprintln!("  {}", line.trim());
+            }
+        })
+    })
+    .await??;
+    out.result(&serde_json::json!({"restore": r, "recovery": rec}), || {
+        recovery_summary(&rec)
     });
+    Ok(())
+}
+
+fn print_pitr_plan(p: &pitr::PitrPlan) {
+    println!(
+        "base backup {} of snapshot {} (finished {}, start {} on timeline {}){}\nrecover to {} on timeline {} ({}), WAL archived up to {}{}\ninto {} ({:?})",
+        p.item,
+        p.snapshot.short(),
+        p.base_finished.format("%Y-%m-%d %H:%M:%S UTC"),
+        p.base.start_lsn.as_deref().unwrap_or("?"),
+        p.base.timeline.unwrap_or(1),
+        p.cluster
+            .map(|c| format!(" of cluster {c}"))
+            .unwrap_or_default(),
+        p.target,
+        p.timeline,
+        p.path,
+        p.newest_wal.as_deref().unwrap_or("nothing"),
+        if p.replay_segments > 0 {
+            format!(
+                "; replay reads up to {} segments ({})",
+                p.replay_segments,
+                human_bytes(p.replay_bytes)
+            )
+        } else {
+            String::new()
+        },
+        p.pgdata.display(),
+        p.pgdata_state
+    );
+    for s in &p.settings {
+        println!("  {s}");
+    }
+    for w in &p.warnings {
+        println!("warning: {w}");
+    }
+}
+
+fn recovery_summary(r: &recovery::RecoveryReport) -> String {
+    let mut s = format!("recovery finished in {}: ", human_duration(r.seconds));
+    if let Some(stop) = &r.stopped {
+        s.push_str(stop);
+        s.push_str("; ");
+    }
+    s.push_str(&format!(
+        "replayed up to {}, last transaction committed {}",
+        r.redo_done_at.as_deref().unwrap_or("?"),
+        r.last_transaction.as_deref().unwrap_or("(none replayed)")
+    ));
+    if let Some(t) = r.new_timeline {
+        s.push_str(&format!("; promoted on timeline {t}"));
+    }
+    s.push_str(&format!(
+        "; PostgreSQL is running on port {} ({})",
+        r.port,
+        r.pgdata.display()
+    ));
+    s
+}
+
+/// `wal fetch` exits with this when something other than a missing file failed: PostgreSQL
+/// takes any exit status above 125 as fatal and stops recovery, while any other non-zero
+/// status reads as "not in the archive" and would end recovery early, promoting a server
+/// that silently lacks the rest of the WAL.
+const EXIT_FETCH_FAILED: u8 = 126;
+
+/// `wal fetch` as restore_command: 0 fetched, 1 not in the archive, [`EXIT_FETCH_FAILED`]
+/// for every other failure (a wrong key, an unreachable store, a damaged object…).
+async fn restore_command(global: &GlobalFlags, args: &FetchArgs) -> ExitCode {
+    let run = async {
+        let (_, resolved) = global.resolve()?;
+        wal_fetch(&resolved, args, &global.output()).await
+    };
+    match run.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            backup_core::cli::report_error("lifeboat-restore", e.as_ref());
+            let missing = matches!(
+                e.downcast_ref::<backup_core::Error>(),
+                Some(backup_core::Error::NotFound { .. })
+            );
+            ExitCode::from(if missing { 1 } else { EXIT_FETCH_FAILED })
+        }
+    }
+}
+
+/// `wal fetch` (restore_command): from the prefetch spool when a worker put the segment
+/// there (no key, no request), else from the repository; then a worker keeps the next
+/// segments coming. As the worker (`--prefetch-worker`), prefetches and exits.
+async fn wal_fetch(
+    resolved: &backup_core::config::ResolvedRepo,
+    args: &FetchArgs,
+    out: &Output,
+) -> Result<()> {
+    let name = WalName::parse(&args.name)?;
+    let given = args.cluster.as_deref().map(ClusterId::parse).transpose()?;
+    let spool = PrefetchSpool::beside(&args.path);
+    if args.prefetch_worker {
+        let repo = resolved.open().await?;
+        let cluster = wal::cluster_for_fetch(&repo, &args.path, given).await?;
+        let opts = PrefetchOptions {
+            ahead: args.prefetch.max(1),
+            ..Default::default()
+        };
+        let seg = args.segment_size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
+        wal::prefetch(&repo, cluster, &spool, &name, seg, &opts).await?;
+        return Ok(());
+    }
+    let prefetching = name.is_segment() && args.prefetch > 0;
+    let mut from_spool = None;
+    if prefetching {
+        spool.sweep(&name);
+        from_spool = spool.take(&name, &args.path).or_else(|| {
+            spool
+                .worker_running()
+                .then(|| {
+                    spool.wait_and_take(&name, &args.path, std::time::Duration::from_secs(120))
+                })
+                .flatten()
+        });
+    }
+    let (bytes, header) = match from_spool {
+        Some(n) => (n, read_header(&args.path)),
+        None => {
+            let repo = resolved.open().await?;
+            let cluster = wal::cluster_for_fetch(&repo, &args.path, given).await?;
+            let data = wal::fetch(&repo, cluster, &name, &args.path).await?;
+            (data.len() as u64, SegmentHeader::parse(&data))
+        }
+    };
+    if prefetching
+        && !spool.worker_running()
+        && let Some(h) = header
+    {
+        spawn_prefetch_worker(args, h)?;
+    }
+    out.result(
+        &serde_json::json!({"fetched": name, "bytes": bytes, "prefetched": from_spool.is_some()}),
+        || {
+            format!(
+                "{name} ({}) written to {}",
+                human_bytes(bytes),
+                args.path.display()
+            )
+        },
+    );
+    Ok(())
+}
+
+fn read_header(path: &Path) -> Option<SegmentHeader> {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    std::fs::File::open(path).ok()?.read_exact(&mut buf).ok()?;
+    SegmentHeader::parse(&buf)
+}
+
+/// Starts this program again as the prefetch worker for the segments after this one, in its
+/// own process group and detached from recovery's stdio, so `wal fetch` returns at once.
+fn spawn_prefetch_worker(args: &FetchArgs, h: SegmentHeader) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    argv.push("--prefetch-worker".into());
+    argv.push("--segment-size".into());
+    argv.push(h.segment_size.to_string().into());
+    if args.cluster.is_none() {
+        argv.push("--cluster".into());
+        argv.push(h.cluster.to_string().into());
+    }
+    std::process::Command::new(std::env::current_exe()?)
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
     Ok(())
 }
 
@@ -378,7 +623,7 @@ fn default_restore_command(
             ),
         }
     }
-    cmd.push_str(" wal fetch %f %p");
+    cmd.push_str(" wal fetch --cluster {cluster} %f %p");
     Ok(cmd)
 }
 

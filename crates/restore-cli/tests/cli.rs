@@ -454,46 +454,135 @@ async fn latest_is_this_hosts_newest_snapshot_holding_the_items_asked_for() {
 }
 
 #[tokio::test]
-async fn wal_fetch_writes_the_archived_file_and_exits_1_for_one_the_archive_lacks() {
-    use backup_core::engines::postgres::wal::{WalName, push_one};
+async fn wal_fetch_prefetches_the_next_segments_and_exits_1_for_a_file_the_archive_lacks() {
+    use backup_core::codec::ObjectType;
+    use backup_core::engines::postgres::wal::header::synthetic_segment;
+    use backup_core::engines::postgres::wal::{ClusterId, WalName, push_one};
+    use backup_core::store::PutMode;
     let e = setup().await;
     let repo = e.repo().await;
-    let seg: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-    let name = WalName::parse("000000010000000000000007").unwrap();
-    assert!(!push_one(&repo, &name, &seg).await.unwrap());
+    let cluster = ClusterId(5);
+    let name = |i: u32| WalName::parse(&format!("0000000100000000000000{i:02X}")).unwrap();
+    let segs: Vec<Vec<u8>> = (1..=6)
+        .map(|i| synthetic_segment(&name(i), cluster, 1 << 20, i as u8))
+        .collect();
+    for (i, seg) in segs.iter().enumerate() {
+        assert!(
+            !push_one(&repo, cluster, &name(i as u32 + 1), seg)
+                .await
+                .unwrap()
+        );
+    }
     let history = WalName::parse("00000002.history").unwrap();
     push_one(
         &repo,
+        cluster,
         &history,
         b"1\t0/3000000\tno recovery target specified\n",
     )
     .await
     .unwrap();
-    let dest = e.p("pg_wal/RECOVERYXLOG");
-    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    let ok = e.run(&["wal", "fetch", name.as_str(), dest.to_str().unwrap()]);
-    assert!(ok.status.success(), "{}", stderr(&ok));
-    assert!(std::fs::read(&dest).unwrap() == seg);
-    let hist = e.run(&[
+    // A data directory as recovery sees it: its pg_control names the cluster.
+    std::fs::create_dir_all(e.p("data/global")).unwrap();
+    std::fs::create_dir_all(e.p("data/pg_wal")).unwrap();
+    std::fs::write(e.p("data/global/pg_control"), 5u64.to_le_bytes()).unwrap();
+    let dest = e.p("data/pg_wal/RECOVERYXLOG");
+    let fetch = |n: &str| e.run(&["--json", "wal", "fetch", n, dest.to_str().unwrap()]);
+    let first = fetch(name(1).as_str());
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(std::fs::read(&dest).unwrap() == segs[0]);
+    // A worker fetches what follows, up to the end of the archive, into the spool.
+    let spool = e.p("data/pg_wal/.lifeboat-prefetch");
+    let t0 = std::time::Instant::now();
+    let spooled = || {
+        let mut v: Vec<String> = std::fs::read_dir(&spool)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    while spooled().len() < 5 {
+        assert!(t0.elapsed().as_secs() < 30, "prefetched: {:?}", spooled());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        spooled(),
+        (2..=6).map(|i| name(i).to_string()).collect::<Vec<_>>()
+    );
+    for i in 2..=6 {
+        let out = fetch(name(i).as_str());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["prefetched"], true, "{v}");
+        assert!(std::fs::read(&dest).unwrap() == segs[i as usize - 1], "{i}");
+    }
+    assert!(spooled().is_empty());
+    let missing = fetch(name(7).as_str());
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    let hist = e.p("data/pg_wal/RECOVERYHISTORY");
+    let out = e.run(&["wal", "fetch", "00000002.history", hist.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Anything but a missing file stops recovery (exit > 125) instead of ending it early.
+    let bad = e.run(&["wal", "fetch", "pg_wal/000000010000000000000008", "x"]);
+    assert_eq!(bad.status.code(), Some(126), "{}", stderr(&bad));
+    let wrong_key = e.run(&[
+        "wal",
+        "fetch",
+        "--password-command",
+        "echo nope",
+        name(1).as_str(),
+        "y",
+    ]);
+    assert!(
+        wrong_key.status.code().unwrap() > 125,
+        "{}",
+        stderr(&wrong_key)
+    );
+
+    // WAL archived by Lifeboat before the per-cluster layout (wal/<timeline>/<name>, bound
+    // to the name alone) is still fetched.
+    let old = name(9);
+    let sealed = repo
+        .keys()
+        .seal(ObjectType::Wal, old.as_str().as_bytes(), b"old layout", 3);
+    repo.store()
+        .put(&format!("wal/00000001/{old}"), sealed, PutMode::CreateOnly)
+        .await
+        .unwrap();
+    let out = e.run(&[
+        "wal",
+        "fetch",
+        "--prefetch",
+        "0",
+        old.as_str(),
+        e.p("old").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(e.p("old")).unwrap(), b"old layout");
+    // Outside a data directory, with more than one cluster in the archive, --cluster decides.
+    push_one(&repo, ClusterId(6), &history, b"other")
+        .await
+        .unwrap();
+    let out = e.run(&[
         "wal",
         "fetch",
         "00000002.history",
-        e.p("pg_wal/RECOVERYHISTORY").to_str().unwrap(),
+        e.p("h").to_str().unwrap(),
     ]);
-    assert!(hist.status.success(), "{}", stderr(&hist));
-    let missing = e.run(&[
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--cluster"), "{}", stderr(&out));
+    let out = e.run(&[
         "wal",
         "fetch",
-        "000000010000000000000008",
-        e.p("pg_wal/X").to_str().unwrap(),
+        "--cluster",
+        "6",
+        "00000002.history",
+        e.p("h").to_str().unwrap(),
     ]);
-    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
-    assert!(!e.p("pg_wal/X").exists());
-    let bad = e.run(&[
-        "wal",
-        "fetch",
-        "pg_wal/000000010000000000000008",
-        e.p("pg_wal/X").to_str().unwrap(),
-    ]);
-    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(e.p("h")).unwrap(), b"other");
 }

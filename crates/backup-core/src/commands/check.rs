@@ -146,7 +146,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         (chunks_read, bytes_read) = (n, bytes);
     }
     let (wal_files, wal_problems) =
-        crate::engines::postgres::wal::verify(repo, opts.read_data).await?;
+        crate::engines::postgres::wal::verify(repo, &snapshots, opts.read_data).await?;
     problems.extend(wal_problems.into_iter().map(|message| Problem {
         snapshot: None,
         item: None,

@@ -19,6 +19,8 @@ pub struct RetentionConfig {
     pub keep_yearly: Option<u32>,
     /// `30d`, `48h`…
     pub keep_within: Option<String>,
+    /// Point-in-time window (`7d`): the base backups a restore to any moment of it needs.
+    pub keep_pitr: Option<String>,
     #[serde(default)]
     pub keep_tags: Vec<String>,
     /// Any of `host`, `sources`, `tags` (default host and sources).
@@ -84,6 +86,7 @@ impl RetentionConfig {
                 .as_deref()
                 .map(parse_duration)
                 .transpose()?,
+            keep_pitr: self.keep_pitr.as_deref().map(parse_duration).transpose()?,
             keep_tags: self.keep_tags.clone(),
             group_by,
             timezone,

@@ -523,9 +523,9 @@ impl Store for S3Store {
         if let Some(sc) = &self.opts.storage_class {
             req = req.storage_class(StorageClass::from(sc.as_str()));
         }
-        // Data and keys are locked; coordination objects (markers, protection marks) must stay
-        // deletable, or a finished backup's marker would block GC for the retention period.
-        let data = ["chunks/", "packs/", "index/", "snapshots/", "keys/"]
+        // Data, WAL and keys are locked; coordination objects (markers, protection marks) must
+        // stay deletable, or a finished backup's marker would block GC for the retention period.
+        let data = ["chunks/", "packs/", "index/", "snapshots/", "keys/", "wal/"]
             .iter()
             .any(|p| key.starts_with(p))
             || key == "config";

@@ -11,11 +11,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::session::PsqlSession;
+use super::wal::name::{ClusterId, DEFAULT_SEGMENT_SIZE, WalName, parse_lsn};
 use super::{PgTools, conninfo};
 use crate::engines::command::CommandSource;
 use crate::engines::{lenient, read_facts, write_facts};
 use crate::error::{Error, Result};
-use crate::manifest::{Facts, Item, ItemKind};
+use crate::manifest::{Facts, Item, ItemKind, Snapshot};
 use crate::source::{ByteStream, Source};
 
 /// The stream format of a base backup item.
@@ -40,27 +41,65 @@ pub struct BaseFacts {
     pub start_lsn: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     pub stop_lsn: Option<String>,
-    /// The WAL segment holding the start LSN (16 MiB segments).
+    /// The WAL segment holding the start LSN.
     #[serde(default, deserialize_with = "lenient")]
     pub start_wal: Option<String>,
+    /// Bytes per WAL segment (absent in base backups of Lifeboat before it was recorded:
+    /// 16 MiB, the default).
+    #[serde(default, deserialize_with = "lenient")]
+    pub wal_segment_size: Option<u64>,
 }
 
 impl BaseFacts {
     pub fn of(item: &Item) -> Self {
         read_facts(&item.facts)
     }
+
+    /// The cluster, by system identifier.
+    pub fn cluster(&self) -> Option<ClusterId> {
+        self.system_identifier
+            .as_deref()
+            .and_then(|s| ClusterId::parse(s).ok())
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.wal_segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE)
+    }
+
+    pub fn start(&self) -> Option<u64> {
+        self.start_lsn.as_deref().and_then(parse_lsn)
+    }
+
+    pub fn stop(&self) -> Option<u64> {
+        self.stop_lsn.as_deref().and_then(parse_lsn)
+    }
 }
 
-/// `X/Y` → a number.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+/// A base backup in the repository: where it is and what it recorded.
+#[derive(Debug, Clone)]
+pub struct BaseBackup<'a> {
+    pub snapshot: &'a Snapshot,
+    pub item: &'a Item,
+    pub facts: BaseFacts,
+    pub cluster: Option<ClusterId>,
 }
 
-/// The 16 MiB segment file holding `lsn` on `timeline`.
-pub fn segment_of(timeline: u32, lsn: u64) -> String {
-    let seg = lsn >> 24;
-    format!("{timeline:08X}{:08X}{:08X}", seg / 0x100, seg % 0x100)
+/// Every base backup of `snapshots`, in their order.
+pub fn base_backups(snapshots: &[Snapshot]) -> Vec<BaseBackup<'_>> {
+    snapshots
+        .iter()
+        .flat_map(|s| s.items.iter().map(move |i| (s, i)))
+        .filter(|(_, i)| is_base_backup(i))
+        .map(|(snapshot, item)| {
+            let facts = BaseFacts::of(item);
+            BaseBackup {
+                snapshot,
+                item,
+                cluster: facts.cluster(),
+                facts,
+            }
+        })
+        .collect()
 }
 
 /// Streams a cluster with `pg_basebackup`.
@@ -100,6 +139,7 @@ impl BaseBackupSource {
             .json(
                 "SELECT json_build_object('version', current_setting('server_version'), \
                  'sysid', (SELECT system_identifier::text FROM pg_control_system()), \
+                 'segsize', (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
                  'tablespaces', (SELECT coalesce(json_agg(spcname), '[]') FROM pg_tablespace \
                  WHERE spcname NOT IN ('pg_default', 'pg_global')))",
             )
@@ -118,6 +158,7 @@ impl BaseBackupSource {
         }
         self.facts.server_version = v["version"].as_str().map(str::to_string);
         self.facts.system_identifier = v["sysid"].as_str().map(str::to_string);
+        self.facts.wal_segment_size = v["segsize"].as_u64();
         Ok(())
     }
 
@@ -142,7 +183,8 @@ impl BaseBackupSource {
                 "pg_basebackup did not report its start and end point: {stderr}"
             )));
         };
-        self.facts.start_wal = Some(segment_of(tli, start));
+        let seg_size = self.facts.segment_size();
+        self.facts.start_wal = Some(WalName::segment(tli, start / seg_size, seg_size).to_string());
         Ok(())
     }
 }
@@ -195,17 +237,6 @@ impl Source for BaseBackupSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lsns_and_segments() {
-        assert_eq!(parse_lsn("0/2000028"), Some(0x2000028));
-        assert_eq!(parse_lsn("1/A"), Some((1 << 32) | 0xA));
-        assert_eq!(segment_of(1, 0x2000028), "000000010000000000000002");
-        assert_eq!(
-            segment_of(3, (1 << 32) | 0xFF00_0000),
-            "0000000300000001000000FF"
-        );
-    }
 
     #[test]
     fn start_and_end_points_come_from_the_verbose_lines() {

@@ -6,6 +6,7 @@ pub mod conninfo;
 pub mod drill;
 pub mod facts;
 pub mod pitr;
+pub mod recovery;
 pub mod restore;
 pub mod scratch;
 pub mod selection;

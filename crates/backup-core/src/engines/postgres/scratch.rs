@@ -155,6 +155,60 @@ impl ScratchPostgres {
         Ok(pg)
     }
 
+    /// A server already running on the cluster in `dir/data` (started by `lifeboat-restore
+    /// pitr --start`, say) on `port`: stopped and removed on drop like any scratch server.
+    pub fn attach(dir: &Path, port: u16) -> Result<ScratchPostgres> {
+        let bin = server_bin_dir().ok_or_else(|| {
+            Error::Usage(
+                "PostgreSQL server binaries (pg_ctl) not found: install the postgresql package"
+                    .into(),
+            )
+        })?;
+        let pg = ScratchPostgres {
+            dir: dir.to_path_buf(),
+            bin,
+            extra_conf: String::new(),
+            port,
+            keep: false,
+            stopped: false,
+        };
+        pg.verify_ours()?;
+        Ok(pg)
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash of the machine's database would: no
+    /// shutdown checkpoint, nothing more archived (its backends notice and exit).
+    pub fn kill9(&mut self) -> Result<()> {
+        let pidfile = self.data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pidfile)
+            .map_err(|e| Error::io(format!("reading {}", pidfile.display()), e))?;
+        let pid = text.lines().next().unwrap_or("").trim().to_string();
+        let out = Command::new("kill")
+            .args(["-9", &pid])
+            .output()
+            .map_err(|e| Error::io("running kill", e))?;
+        if !out.status.success() {
+            return Err(Error::io(
+                format!("kill -9 {pid}"),
+                std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+            ));
+        }
+        // Wait for the backends to go, so the data directory is free to remove.
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// A log file of the server's (the recovery log `pitr --start` writes, say).
+    pub fn log_of(&self, path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
