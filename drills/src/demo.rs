@@ -18,7 +18,9 @@ use backup_core::secret::SecretSource;
 use backup_core::source::Source;
 use backup_core::store::{LocalStore, Store};
 
-use crate::file::{Budgets, Checks, DrillFile, RedisCheck, Reports, ShellCheck, SqlCheck, Targets};
+use crate::file::{
+    Budgets, Checks, DrillFile, PitrDrill, RedisCheck, Reports, ShellCheck, SqlCheck, Targets,
+};
 
 /// `fixtures/sample`, the demo's volume (`cache/session.tmp` is excluded by the demo).
 const SAMPLE: &[(&str, &[u8])] = &[
@@ -139,6 +141,23 @@ pub async fn setup() -> Result<Demo> {
         },
         targets: Targets::default(),
         checks,
+        // The cluster's base backup restored to its end into a scratch cluster of its own,
+        // started, and queried (no WAL archive in the demo: the base backup carries the WAL
+        // it needs).
+        pitr: pg
+            .as_ref()
+            .map(|_| PitrDrill {
+                item: "cluster".into(),
+                target: Some("immediate".into()),
+                timeline: None,
+                marker_url: None,
+                marker_table: "lifeboat_drill_marker".into(),
+                marker_timeout: None,
+                max_rpo: None,
+                max_rto: Some("5m".into()),
+            })
+            .into_iter()
+            .collect(),
         reports: Reports::default(),
     };
     eprintln!("demo: drilling the snapshot\n");
@@ -183,9 +202,17 @@ async fn demo_postgres(
     )));
     checks.sql.push(SqlCheck {
         item: "app".into(),
+        database: None,
         sql: "select count(*) from sales.orders where amount > 0".into(),
         expect: "> 0".into(),
         name: Some("orders with an amount exist".into()),
+    });
+    checks.sql.push(SqlCheck {
+        item: "cluster".into(),
+        database: Some("app".into()),
+        sql: "select count(*) from sales.orders where amount > 0".into(),
+        expect: "> 0".into(),
+        name: Some("the restored cluster has the orders".into()),
     });
     Ok(Some(pg))
 }

@@ -32,8 +32,43 @@ pub struct DrillFile {
     pub targets: Targets,
     #[serde(default)]
     pub checks: Checks,
+    /// Point-in-time restores of base backup items, each into a scratch cluster.
+    #[serde(default)]
+    pub pitr: Vec<PitrDrill>,
     #[serde(default)]
     pub reports: Reports,
+}
+
+/// `[[pitr]]`: restore a base backup item to a point in time into a scratch cluster the drill
+/// starts, replaying the WAL archive, and prove where recovery landed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PitrDrill {
+    /// The base backup item (a `postgres_base` source or `--pg-base`).
+    pub item: String,
+    /// `latest` (default), `immediate`, or a time (RFC 3339). With `marker_url`, the moment
+    /// between the two markers is the target.
+    pub target: Option<String>,
+    /// `latest` (default), `current` or a timeline number.
+    pub timeline: Option<String>,
+    /// The live primary (libpq URL; a role that may create a table and run pg_switch_wal):
+    /// the drill commits a marker row, notes the time, commits a second one, switches WAL and
+    /// waits for the archive to have it; the restore to that time must hold the first marker
+    /// and not the second.
+    pub marker_url: Option<String>,
+    /// The markers' table in `marker_url`'s database (created if missing).
+    #[serde(default = "marker_table")]
+    pub marker_table: String,
+    /// How long the markers' WAL may take to reach the archive (default 5m).
+    pub marker_timeout: Option<String>,
+    /// RPO budget: the newest archived WAL may be at most this old when the drill starts.
+    pub max_rpo: Option<String>,
+    /// RTO budget: unpacking the base backup plus replaying the WAL to the target.
+    pub max_rto: Option<String>,
+}
+
+fn marker_table() -> String {
+    "lifeboat_drill_marker".into()
 }
 
 fn latest() -> String {
@@ -96,6 +131,8 @@ pub struct Checks {
 #[serde(deny_unknown_fields)]
 pub struct SqlCheck {
     pub item: String,
+    /// The database to ask (default: the item's; `postgres` for a `[[pitr]]` cluster).
+    pub database: Option<String>,
     pub sql: String,
     pub expect: String,
     pub name: Option<String>,

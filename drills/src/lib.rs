@@ -13,6 +13,7 @@
 
 pub mod demo;
 pub mod file;
+pub mod pitr;
 pub mod report;
 pub mod run;
 

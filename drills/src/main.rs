@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backup_core::cli::{EXIT_CODES, interrupted, run_main};
+use backup_core::cli::restore_command::{FetchArgs, restore_command};
+use backup_core::cli::{EXIT_CODES, GlobalFlags, interrupted, run_main};
 use clap::{Parser, Subcommand};
 use drills::{DrillFile, DrillOptions, DrillReport, run_drill};
 
@@ -36,7 +37,24 @@ enum Cmd {
     Demo,
 }
 
+/// `lifeboat-drill wal-fetch`: the restore_command of the clusters a point-in-time drill
+/// starts (the same as `lifeboat-restore wal fetch`, so a drill needs no other binary).
+#[derive(Parser)]
+#[command(name = "lifeboat-drill wal-fetch", hide = true)]
+struct WalFetch {
+    #[command(flatten)]
+    global: GlobalFlags,
+    #[command(flatten)]
+    fetch: FetchArgs,
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "wal-fetch") {
+        let w = WalFetch::parse_from(std::env::args_os().skip(1));
+        return run_main("lifeboat-drill", async move {
+            Ok::<_, anyhow::Error>(restore_command("lifeboat-drill", &w.global, &w.fetch).await)
+        });
+    }
     run_main("lifeboat-drill", run(Cli::parse()))
 }
 

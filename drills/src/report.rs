@@ -30,6 +30,38 @@ pub struct ItemResult {
     pub checks_seconds: f64,
 }
 
+/// One point-in-time restore (`[[pitr]]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrResult {
+    pub item: String,
+    pub target: String,
+    pub timeline: Option<u32>,
+    /// The snapshot whose base backup was restored.
+    pub base_snapshot: Option<String>,
+    pub replay_segments: usize,
+    /// How old the newest archived WAL was when the drill started: what losing the primary
+    /// then would have cost.
+    pub rpo_seconds: Option<f64>,
+    /// Unpacking the base backup.
+    pub restore_seconds: f64,
+    /// Starting the server until recovery ended and it was promoted.
+    pub replay_seconds: f64,
+    pub rto_seconds: f64,
+    pub recovery: Option<backup_core::engines::postgres::recovery::RecoveryReport>,
+    pub markers: Option<crate::pitr::Markers>,
+    pub max_rpo_seconds: Option<f64>,
+    pub max_rto_seconds: Option<f64>,
+}
+
+impl PitrResult {
+    /// Both budgets held (a missing RPO figure does not hold a budget).
+    pub fn budgets_held(&self) -> bool {
+        self.max_rpo_seconds
+            .is_none_or(|b| self.rpo_seconds.is_some_and(|r| r <= b))
+            && self.max_rto_seconds.is_none_or(|b| self.rto_seconds <= b)
+    }
+}
+
 /// Everything a drill found.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillReport {
@@ -46,6 +78,8 @@ pub struct DrillReport {
     pub max_snapshot_age_seconds: Option<f64>,
     pub max_restore_time_seconds: Option<f64>,
     pub items: Vec<ItemResult>,
+    /// Point-in-time restores.
+    pub pitr: Vec<PitrResult>,
     pub checks: Vec<CheckResult>,
     /// Server and tool versions involved.
     pub versions: BTreeMap<String, String>,
@@ -125,6 +159,7 @@ impl DrillReport {
                 i.name, i.kind, i.size, i.target, i.restore_seconds, i.checks_seconds
             );
         }
+        self.pitr_markdown(&mut m);
         let _ = writeln!(
             m,
             "\n## Checks\n\n| item | check | result | detail | s |\n|---|---|---|---|---|"
@@ -141,6 +176,43 @@ impl DrillReport {
             );
         }
         m
+    }
+
+    fn pitr_markdown(&self, m: &mut String) {
+        if self.pitr.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            m,
+            "\n## Point in time\n\n| item | target | timeline | base snapshot | segments | RPO (archive lag) | RTO (unpack + replay) |\n|---|---|---|---|---|---|---|"
+        );
+        let budget = |v: Option<f64>, b: Option<f64>| match (v, b) {
+            (Some(v), Some(b)) => format!(
+                "{v:.1} s (budget {b:.0} s: {})",
+                if v <= b { "held" } else { "EXCEEDED" }
+            ),
+            (Some(v), None) => format!("{v:.1} s"),
+            (None, Some(b)) => format!("unknown (budget {b:.0} s: EXCEEDED)"),
+            (None, None) => "unknown".into(),
+        };
+        for p in &self.pitr {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} ({:.1} + {:.1}) |",
+                p.item,
+                p.target,
+                p.timeline.map(|t| t.to_string()).unwrap_or_default(),
+                p.base_snapshot
+                    .as_deref()
+                    .map(|s| &s[..s.len().min(8)])
+                    .unwrap_or(""),
+                p.replay_segments,
+                budget(p.rpo_seconds, p.max_rpo_seconds),
+                budget(Some(p.rto_seconds), p.max_rto_seconds),
+                p.restore_seconds,
+                p.replay_seconds
+            );
+        }
     }
 
     /// Prometheus textfile-collector metrics.
@@ -167,6 +239,32 @@ impl DrillReport {
                 "{LAST_SUCCESS_HEAD}\nlifeboat_drill_last_success_timestamp_seconds {}",
                 self.finished.timestamp()
             );
+        }
+        if !self.pitr.is_empty() {
+            let _ = writeln!(
+                p,
+                "# HELP lifeboat_drill_pitr_rto_seconds Unpack and replay time of the last point-in-time drill.\n# TYPE lifeboat_drill_pitr_rto_seconds gauge"
+            );
+            for r in &self.pitr {
+                let _ = writeln!(
+                    p,
+                    "lifeboat_drill_pitr_rto_seconds{{item=\"{}\"}} {:.3}",
+                    esc(&r.item),
+                    r.rto_seconds
+                );
+            }
+            let _ = writeln!(
+                p,
+                "# HELP lifeboat_drill_pitr_rpo_seconds Age of the newest archived WAL when the last point-in-time drill started.\n# TYPE lifeboat_drill_pitr_rpo_seconds gauge"
+            );
+            for r in self.pitr.iter().filter(|r| r.rpo_seconds.is_some()) {
+                let _ = writeln!(
+                    p,
+                    "lifeboat_drill_pitr_rpo_seconds{{item=\"{}\"}} {:.3}",
+                    esc(&r.item),
+                    r.rpo_seconds.unwrap_or_default()
+                );
+            }
         }
         let _ = writeln!(
             p,

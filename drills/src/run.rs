@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use backup_core::commands::restore::{ApplyOptions, RestoreOptions, apply, plan};
-use backup_core::config::{ConfigFile, RepoArgs};
+use backup_core::config::{ConfigFile, RepoArgs, RepositoryConfig};
 use backup_core::engines::CheckOutcome;
 use backup_core::engines::postgres::base::is_base_backup;
 use backup_core::engines::postgres::conninfo;
@@ -22,11 +22,14 @@ use backup_core::manifest::{Item, ItemKind, Snapshot};
 use backup_core::repository::{Repository, SnapshotFilter};
 use backup_core::retention::parse_duration;
 use backup_core::scratch::temp_dir;
+use backup_core::secret::SecretSource;
 use backup_core::sink::SinkReport;
 use chrono::Utc;
 
 use crate::file::{DrillFile, expect_holds};
-use crate::report::{CheckResult, DrillReport, ItemResult, LAST_SUCCESS_HEAD, prometheus_not_run};
+use crate::report::{
+    CheckResult, DrillReport, ItemResult, LAST_SUCCESS_HEAD, PitrResult, prometheus_not_run,
+};
 
 /// How to run a drill.
 #[derive(Debug, Clone, Default)]
@@ -37,9 +40,11 @@ pub struct DrillOptions {
 
 /// Scratch resources, removed when dropped (unless kept): on success, failure, error, and
 /// when the drill future is dropped by Ctrl-C.
-struct Scratch {
-    work: PathBuf,
+pub(crate) struct Scratch {
+    pub(crate) work: PathBuf,
     postgres: Option<ScratchPostgres>,
+    /// Clusters restored to a point in time.
+    pub(crate) clusters: Vec<ScratchPostgres>,
     redis: HashMap<String, ScratchRedis>,
     keep: bool,
 }
@@ -48,7 +53,7 @@ impl Scratch {
     /// What is left running or on disk, for the report.
     fn kept(&self) -> Vec<String> {
         let mut kept = vec![format!("directory {}", self.work.display())];
-        if let Some(pg) = &self.postgres {
+        for pg in self.postgres.iter().chain(&self.clusters) {
             kept.push(format!("PostgreSQL {}", pg.url("postgres")));
         }
         for (name, r) in &self.redis {
@@ -61,7 +66,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if self.keep {
-            if let Some(pg) = self.postgres.as_mut() {
+            for pg in self.postgres.iter_mut().chain(self.clusters.iter_mut()) {
                 pg.keep();
             }
             for r in self.redis.values_mut() {
@@ -70,17 +75,18 @@ impl Drop for Scratch {
             return;
         }
         self.postgres.take();
+        self.clusters.clear();
         self.redis.clear();
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     checks: Vec<CheckResult>,
 }
 
 impl Ctx {
-    fn check(&mut self, item: &str, name: &str, t: Instant, r: CheckOutcome) -> bool {
+    pub(crate) fn check(&mut self, item: &str, name: &str, t: Instant, r: CheckOutcome) -> bool {
         let passed = r.is_ok();
         self.checks.push(CheckResult {
             item: item.to_string(),
@@ -93,8 +99,15 @@ impl Ctx {
     }
 }
 
-/// The repository the drill file names, and the host its `latest` is of.
-async fn open_repo(file: &DrillFile) -> Result<(Repository, Option<String>)> {
+/// The repository the drill file names, how it was opened, and the host its `latest` is of.
+struct Opened {
+    repo: Repository,
+    config: RepositoryConfig,
+    secret: Option<SecretSource>,
+    host: Option<String>,
+}
+
+async fn open_repo(file: &DrillFile) -> Result<Opened> {
     let cfg = match (&file.config, &file.repository) {
         (Some(path), _) => ConfigFile::load(path)?,
         (None, Some(r)) => ConfigFile {
@@ -119,7 +132,13 @@ async fn open_repo(file: &DrillFile) -> Result<(Repository, Option<String>)> {
                 .unwrap_or_else(backup_core::hostname),
         ),
     };
-    Ok((RepoArgs::resolve_file_first(&cfg)?.open().await?, host))
+    let resolved = RepoArgs::resolve_file_first(&cfg)?;
+    Ok(Opened {
+        repo: resolved.open().await?,
+        secret: resolved.secret.clone(),
+        config: cfg.repository,
+        host,
+    })
 }
 
 /// Runs a drill and returns its report (a failing check is a report, not an error). A drill
@@ -146,20 +165,27 @@ async fn drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
     };
     let max_age = budget(&file.budgets.max_snapshot_age)?;
     let max_time = budget(&file.budgets.max_restore_time)?;
-    let (repo, host) = open_repo(file).await?;
-    let snap = find_snapshot(file, &repo, host).await?;
+    crate::pitr::validate(&file.pitr)?;
+    let opened = open_repo(file).await?;
+    let repo = &opened.repo;
+    let snap = find_snapshot(file, repo, opened.host.clone()).await?;
     if file.targets.redis != "ephemeral" && snap.items.iter().any(|i| i.kind == ItemKind::Redis) {
         return Err(Error::Usage(
             "targets.redis: only \"ephemeral\" is supported (loading an RDB needs a server the drill starts)".into(),
         ));
     }
     validate_checks(file, &snap)?;
-    let mut drill = Drill::new(file, &repo, &snap, opts)?;
+    let mut drill = Drill::new(file, &opened, &snap, opts)?;
     drill.start_postgres().await?;
     let mut items: Vec<&Item> = snap.items.iter().collect();
     items.sort_by_key(|i| !is_globals(i));
+    // A base backup drilled to a point in time is restored by its [[pitr]] entry.
+    items.retain(|i| !(is_base_backup(i) && file.pitr.iter().any(|p| p.item == i.name)));
     for item in items {
         drill.item(item).await;
+    }
+    for p in &file.pitr {
+        drill.pitr(p).await;
     }
     drill.custom_checks().await;
 
@@ -170,6 +196,7 @@ async fn drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
         mut versions,
         scratch,
         results,
+        pitr_results,
         ..
     } = drill;
     if opts.keep {
@@ -189,7 +216,10 @@ async fn drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
         max_restore_time_seconds: max_time,
         items: results,
         checks_passed: checks.iter().all(|c| c.passed),
-        budgets_held: max_age.is_none_or(|b| rpo <= b) && max_time.is_none_or(|b| rto <= b),
+        budgets_held: max_age.is_none_or(|b| rpo <= b)
+            && max_time.is_none_or(|b| rto <= b)
+            && pitr_results.iter().all(|p| p.budgets_held()),
+        pitr: pitr_results,
         checks,
         versions,
     };
@@ -243,7 +273,9 @@ fn validate_checks(file: &DrillFile, snap: &Snapshot) -> Result<()> {
         );
     for (item, section, kind) in wanted {
         let found = snap.item(item).filter(|i| i.kind == kind && !is_globals(i));
-        if found.is_some() {
+        let restored_by_pitr =
+            kind == ItemKind::Postgres && file.pitr.iter().any(|p| &p.item == item);
+        if found.is_some() || restored_by_pitr {
             continue;
         }
         let candidates: Vec<&str> = snap
@@ -267,32 +299,39 @@ fn validate_checks(file: &DrillFile, snap: &Snapshot) -> Result<()> {
 }
 
 /// One drill in progress: where things are restored to, and what was found so far.
-struct Drill<'a> {
-    file: &'a DrillFile,
-    repo: &'a Repository,
+pub(crate) struct Drill<'a> {
+    pub(crate) file: &'a DrillFile,
+    pub(crate) repo: &'a Repository,
+    /// The repository's settings and secret, for the restore_command of `[[pitr]]` clusters.
+    pub(crate) repo_config: RepositoryConfig,
+    pub(crate) secret: Option<SecretSource>,
+    /// Whose snapshots `latest` and `[[pitr]]` choose from.
+    pub(crate) host: Option<String>,
     snap: &'a Snapshot,
-    scratch: Scratch,
-    ctx: Ctx,
+    pub(crate) scratch: Scratch,
+    pub(crate) ctx: Ctx,
     versions: BTreeMap<String, String>,
     /// Server to restore PostgreSQL items into (scratch or the drill file's).
     pg_url: Option<String>,
     /// Where volumes go.
     dir: PathBuf,
     /// Restored databases by item name.
-    pg_dbs: HashMap<String, String>,
+    pub(crate) pg_dbs: HashMap<String, String>,
     results: Vec<ItemResult>,
+    pub(crate) pitr_results: Vec<PitrResult>,
 }
 
 impl<'a> Drill<'a> {
     fn new(
         file: &'a DrillFile,
-        repo: &'a Repository,
+        opened: &'a Opened,
         snap: &'a Snapshot,
         opts: &DrillOptions,
     ) -> Result<Self> {
         let scratch = Scratch {
             work: temp_dir("lifeboat-drill")?,
             postgres: None,
+            clusters: Vec::new(),
             redis: HashMap::new(),
             keep: opts.keep,
         };
@@ -308,7 +347,10 @@ impl<'a> Drill<'a> {
         );
         Ok(Drill {
             file,
-            repo,
+            repo: &opened.repo,
+            repo_config: opened.config.clone(),
+            secret: opened.secret.clone(),
+            host: opened.host.clone(),
             snap,
             scratch,
             ctx: Ctx { checks: Vec::new() },
@@ -317,6 +359,7 @@ impl<'a> Drill<'a> {
             dir,
             pg_dbs: HashMap::new(),
             results: Vec::new(),
+            pitr_results: Vec::new(),
         })
     }
 
@@ -533,7 +576,13 @@ impl<'a> Drill<'a> {
                 .unwrap_or_else(|| format!("sql: {} {}", c.sql, c.expect));
             let r = match self.pg_dbs.get(&c.item) {
                 None => Err(format!("no restored PostgreSQL item {}", c.item)),
-                Some(url) => expect(&c.expect, pg_drill::query_value(url, &c.sql).await),
+                Some(url) => {
+                    let url = match &c.database {
+                        Some(db) => conninfo::with_database(url, db),
+                        None => url.clone(),
+                    };
+                    expect(&c.expect, pg_drill::query_value(&url, &c.sql).await)
+                }
             };
             self.ctx.check(&c.item, &name, t, r);
         }

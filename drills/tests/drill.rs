@@ -104,8 +104,10 @@ fn demo_drill_passes_and_its_report_shows_every_item_and_check() {
     for needle in [
         "| sample | volume",
         "| app | postgres",
-        "| cluster | postgres",
-        "a data directory with its backup label",
+        "## Point in time",
+        "| cluster | the end of the base backup | 1 |",
+        "recovery reached the target and the server was promoted",
+        "the restored cluster has the orders",
         "| cache | redis",
         "row counts equal the backup's facts",
         "keys per db equal",
@@ -434,5 +436,114 @@ async fn drill_against_an_s3_repository() {
             .unwrap()
             .starts_with("s3://drills/prod")
     );
+    assert_clean(tmp.path());
+}
+
+/// `lifeboat-backup`, built next to the drill binary by `cargo test --workspace`.
+fn backup_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_lifeboat-drill")).with_file_name("lifeboat-backup");
+    assert!(
+        p.exists(),
+        "{} not built: run the tests with `cargo test --workspace` (the primary's archive_command runs it)",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test]
+async fn a_point_in_time_drill_proves_its_markers_and_reports_rpo_and_rto() {
+    need_servers();
+    let s = setup(false).await;
+    backup_core::engines::postgres::scratch::give_to_postgres(s.dir.path()).unwrap();
+    let cfg = s.p("lifeboat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repository]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+            s.p("repo").display(),
+            s.p("pw").display()
+        ),
+    )
+    .unwrap();
+    let archive = format!(
+        "LIFEBOAT_CACHE_DIR={} {} --config {} --quiet wal push %p",
+        s.p("pg-cache").display(),
+        backup_bin().display(),
+        cfg.display()
+    );
+    let primary = ScratchPostgres::start_with(&format!(
+        "archive_mode = on\narchive_command = '{archive}'\n"
+    ))
+    .unwrap();
+    primary
+        .psql(
+            "postgres",
+            "CREATE TABLE orders AS SELECT generate_series(1, 1000) AS id",
+        )
+        .unwrap();
+    let base = Command::new(backup_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--no-cache",
+            "run",
+            "--pg-base",
+        ])
+        .arg(format!("cluster={}", primary.url("postgres")))
+        .output()
+        .unwrap();
+    assert!(
+        base.status.success(),
+        "{}",
+        String::from_utf8_lossy(&base.stderr)
+    );
+    backup_core::engines::postgres::scratch::give_to_postgres(s.dir.path()).unwrap();
+    let pitr = format!(
+        "[[pitr]]\nitem = \"cluster\"\nmarker_url = \"{}\"\nmax_rpo = \"1h\"\nmax_rto = \"5m\"\n\n[[checks.sql]]\nitem = \"cluster\"\nsql = \"select count(*) from orders\"\nexpect = \"= 1000\"\n",
+        primary.url("postgres")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(&["run", s.drill_file(&pitr).to_str().unwrap()], tmp.path());
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{md}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "markers committed in the primary and their WAL archived",
+        "| cluster | the marker committed before the target is there | pass",
+        "| cluster | the marker committed after the target is not | pass",
+        "recovery stopping before commit",
+        "select count(*) from orders",
+    ] {
+        assert!(md.contains(needle), "report lacks {needle:?}:\n{md}");
+    }
+    let r = s.report();
+    let p = &r["pitr"][0];
+    assert!(p["rpo_seconds"].as_f64().unwrap() < 3600.0, "{p}");
+    assert!(p["rto_seconds"].as_f64().unwrap() > 0.0, "{p}");
+    assert_eq!(p["timeline"], 1, "{p}");
+    assert!(
+        p["markers"]["before"]
+            .as_str()
+            .unwrap()
+            .starts_with("before-"),
+        "{p}"
+    );
+    let prom = std::fs::read_to_string(s.p("drill.prom")).unwrap();
+    assert!(
+        prom.contains("lifeboat_drill_pitr_rto_seconds{item=\"cluster\"}"),
+        "{prom}"
+    );
+    assert_clean(tmp.path());
+
+    // The same drill with an RTO budget nobody can meet: the checks pass, the budget fails.
+    let tight = pitr.replace("max_rto = \"5m\"", "max_rto = \"0s\"");
+    let out = drill(&["run", s.drill_file(&tight).to_str().unwrap()], tmp.path());
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(9), "{md}");
+    assert!(md.contains("EXCEEDED"), "{md}");
     assert_clean(tmp.path());
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
+use backup_core::cli::restore_command::{FetchArgs, restore_command};
 use backup_core::cli::{
     EXIT_CODES, FilterFlags, GlobalFlags, Output, interrupted, print_snapshots, run_main,
 };
@@ -17,10 +18,6 @@ use backup_core::config::{ConfigFile, PostgresConfig, RestoreDefaults};
 use backup_core::engines::postgres::pitr::{self, PitrOptions, RecoveryTarget};
 use backup_core::engines::postgres::recovery::{self, StartOptions};
 use backup_core::engines::postgres::restore::PgRestoreOptions;
-use backup_core::engines::postgres::wal::header::SegmentHeader;
-use backup_core::engines::postgres::wal::{
-    self, ClusterId, PrefetchOptions, PrefetchSpool, WalName,
-};
 use backup_core::engines::redis::restore::RedisRestoreOptions;
 use backup_core::manifest::Snapshot;
 use backup_core::progress::{Progress, Ticker, human_bytes, human_duration, spawn_ticker};
@@ -182,26 +179,6 @@ enum WalCmd {
 }
 
 #[derive(Args)]
-struct FetchArgs {
-    /// The WAL file name.
-    name: String,
-    /// Where PostgreSQL wants it.
-    path: PathBuf,
-    /// The cluster's system identifier (default: the data directory's, from global/pg_control).
-    #[arg(long, value_name = "SYSID")]
-    cluster: Option<String>,
-    /// Segments to keep fetched ahead of recovery (0: none).
-    #[arg(long, default_value_t = 8)]
-    prefetch: usize,
-    /// Run as the prefetch worker a fetch starts (internal).
-    #[arg(long, hide = true)]
-    prefetch_worker: bool,
-    /// The cluster's WAL segment size, for the worker (internal).
-    #[arg(long, hide = true)]
-    segment_size: Option<u64>,
-}
-
-#[derive(Args)]
 struct Selection {
     /// Snapshot id (prefix) or `latest`: this host's newest holding the --only items (or,
     /// with a config file, every configured source).
@@ -278,7 +255,7 @@ fn main() -> ExitCode {
 /// Each subcommand is a library call and its rendering.
 async fn run(cli: Cli) -> Result<ExitCode> {
     if let Cmd::Wal(WalCmd::Fetch(args)) = &cli.cmd {
-        return Ok(restore_command(&cli.global, args).await);
+        return Ok(restore_command("lifeboat-restore", &cli.global, args).await);
     }
     let (config, resolved) = cli.global.resolve()?;
     let config = config.as_ref();
@@ -478,124 +455,6 @@ fn recovery_summary(r: &recovery::RecoveryReport) -> String {
         r.pgdata.display()
     ));
     s
-}
-
-/// `wal fetch` exits with this when something other than a missing file failed: PostgreSQL
-/// takes any exit status above 125 as fatal and stops recovery, while any other non-zero
-/// status reads as "not in the archive" and would end recovery early, promoting a server
-/// that silently lacks the rest of the WAL.
-const EXIT_FETCH_FAILED: u8 = 126;
-
-/// `wal fetch` as restore_command: 0 fetched, 1 not in the archive, [`EXIT_FETCH_FAILED`]
-/// for every other failure (a wrong key, an unreachable store, a damaged object…).
-async fn restore_command(global: &GlobalFlags, args: &FetchArgs) -> ExitCode {
-    let run = async {
-        let (_, resolved) = global.resolve()?;
-        wal_fetch(&resolved, args, &global.output()).await
-    };
-    match run.await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            backup_core::cli::report_error("lifeboat-restore", e.as_ref());
-            let missing = matches!(
-                e.downcast_ref::<backup_core::Error>(),
-                Some(backup_core::Error::NotFound { .. })
-            );
-            ExitCode::from(if missing { 1 } else { EXIT_FETCH_FAILED })
-        }
-    }
-}
-
-/// `wal fetch` (restore_command): from the prefetch spool when a worker put the segment
-/// there (no key, no request), else from the repository; then a worker keeps the next
-/// segments coming. As the worker (`--prefetch-worker`), prefetches and exits.
-async fn wal_fetch(
-    resolved: &backup_core::config::ResolvedRepo,
-    args: &FetchArgs,
-    out: &Output,
-) -> Result<()> {
-    let name = WalName::parse(&args.name)?;
-    let given = args.cluster.as_deref().map(ClusterId::parse).transpose()?;
-    let spool = PrefetchSpool::beside(&args.path);
-    if args.prefetch_worker {
-        let repo = resolved.open().await?;
-        let cluster = wal::cluster_for_fetch(&repo, &args.path, given).await?;
-        let opts = PrefetchOptions {
-            ahead: args.prefetch.max(1),
-            ..Default::default()
-        };
-        let seg = args.segment_size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
-        wal::prefetch(&repo, cluster, &spool, &name, seg, &opts).await?;
-        return Ok(());
-    }
-    let prefetching = name.is_segment() && args.prefetch > 0;
-    let mut from_spool = None;
-    if prefetching {
-        spool.sweep(&name);
-        from_spool = spool.take(&name, &args.path).or_else(|| {
-            spool
-                .worker_running()
-                .then(|| {
-                    spool.wait_and_take(&name, &args.path, std::time::Duration::from_secs(120))
-                })
-                .flatten()
-        });
-    }
-    let (bytes, header) = match from_spool {
-        Some(n) => (n, read_header(&args.path)),
-        None => {
-            let repo = resolved.open().await?;
-            let cluster = wal::cluster_for_fetch(&repo, &args.path, given).await?;
-            let data = wal::fetch(&repo, cluster, &name, &args.path).await?;
-            (data.len() as u64, SegmentHeader::parse(&data))
-        }
-    };
-    if prefetching
-        && !spool.worker_running()
-        && let Some(h) = header
-    {
-        spawn_prefetch_worker(args, h)?;
-    }
-    out.result(
-        &serde_json::json!({"fetched": name, "bytes": bytes, "prefetched": from_spool.is_some()}),
-        || {
-            format!(
-                "{name} ({}) written to {}",
-                human_bytes(bytes),
-                args.path.display()
-            )
-        },
-    );
-    Ok(())
-}
-
-fn read_header(path: &Path) -> Option<SegmentHeader> {
-    use std::io::Read;
-    let mut buf = [0u8; 64];
-    std::fs::File::open(path).ok()?.read_exact(&mut buf).ok()?;
-    SegmentHeader::parse(&buf)
-}
-
-/// Starts this program again as the prefetch worker for the segments after this one, in its
-/// own process group and detached from recovery's stdio, so `wal fetch` returns at once.
-fn spawn_prefetch_worker(args: &FetchArgs, h: SegmentHeader) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    argv.push("--prefetch-worker".into());
-    argv.push("--segment-size".into());
-    argv.push(h.segment_size.to_string().into());
-    if args.cluster.is_none() {
-        argv.push("--cluster".into());
-        argv.push(h.cluster.to_string().into());
-    }
-    std::process::Command::new(std::env::current_exe()?)
-        .args(argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()?;
-    Ok(())
 }
 
 /// `restore_command` for the restored server: this binary, reading the same repository with

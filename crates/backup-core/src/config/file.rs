@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{RetentionConfig, SourceConfig};
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ pub struct ConfigFile {
 }
 
 /// `[repository]`: where, and how to unlock it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// A directory path (`s3://bucket/prefix` comes with the S3 store).
@@ -41,7 +41,7 @@ pub struct RepositoryConfig {
 
 /// `[repository.s3]`: the standard AWS environment works too (`AWS_ENDPOINT_URL`,
 /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, profiles, instance roles).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     pub endpoint: Option<String>,
@@ -67,7 +67,7 @@ pub struct S3Config {
 }
 
 /// Object Lock settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectLockConfig {
     pub mode: String,

@@ -141,7 +141,21 @@ fn pg_ctl(opts: &StartOptions, log: &Path) -> Result<()> {
         std::os::unix::fs::chown(&conf, Some(owner.uid()), Some(owner.gid()))
             .map_err(|e| Error::io(format!("chown {}", conf.display()), e))?;
     }
-    let out = as_owner(&opts.pgdata, &bin.join("pg_ctl"))?
+    let mut cmd = as_owner(&opts.pgdata, &bin.join("pg_ctl"))?;
+    // The restore_command written into the cluster names its repository and key itself: the
+    // caller's LIFEBOAT_* variables (inherited by the server and so by the command) must not
+    // point it elsewhere.
+    for v in [
+        "LIFEBOAT_CONFIG",
+        "LIFEBOAT_REPOSITORY",
+        "LIFEBOAT_PASSWORD",
+        "LIFEBOAT_PASSWORD_FILE",
+        "LIFEBOAT_PASSWORD_COMMAND",
+        "LIFEBOAT_KEY_FILE",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = cmd
         .arg("-D")
         .arg(&opts.pgdata)
         .arg("-l")

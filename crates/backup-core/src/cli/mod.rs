@@ -1,6 +1,8 @@
 //! Command-line glue shared by `lifeboat-backup`, `lifeboat-restore` and `lifeboat-drill`:
 //! repository flags, output mode and error reporting with documented exit codes.
 
+pub mod restore_command;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
