@@ -222,6 +222,7 @@ mod tests {
             let f =
                 DrillFile::load(&e.path()).unwrap_or_else(|err| panic!("{:?}: {err}", e.path()));
             assert_eq!(f.snapshot, "latest");
+            crate::pitr::validate(&f.pitr).unwrap();
             n += 1;
         }
         assert!(n >= 2);
