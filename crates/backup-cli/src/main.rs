@@ -195,7 +195,7 @@ struct RunArgs {
     /// Host name to record (default: this machine).
     #[arg(long)]
     host: Option<String>,
-    /// zstd level, 1-19 (default 1).
+    /// zstd level, 1-19, for every item (default: 1, and 6 for --pg-base base backups).
     #[arg(long)]
     compression_level: Option<i32>,
     /// Wait for a running backup of the same repository instead of exiting with code 4.
@@ -590,10 +590,7 @@ fn backup_options(config: Option<&ConfigFile>, args: &RunArgs) -> Result<BackupO
         } else {
             args.tags.clone()
         },
-        compression_level: args
-            .compression_level
-            .or(bc.compression_level)
-            .unwrap_or(backup_core::commands::backup::DEFAULT_COMPRESSION_LEVEL),
+        compression_level: args.compression_level.or(bc.compression_level),
         concurrency: bc
             .concurrency
             .unwrap_or_else(backup_core::commands::backup::default_concurrency),

@@ -34,6 +34,9 @@ pub struct FetchArgs {
     /// The cluster's WAL segment size, for the worker (internal).
     #[arg(long, hide = true)]
     pub segment_size: Option<u64>,
+    /// The worker fetches the segments after this one (internal; default NAME).
+    #[arg(long, hide = true)]
+    pub prefetch_after: Option<String>,
 }
 
 /// `wal fetch` exits with this when something other than a missing file failed: PostgreSQL
@@ -74,7 +77,11 @@ async fn wal_fetch(resolved: &ResolvedRepo, args: &FetchArgs, out: &Output) -> R
             ..Default::default()
         };
         let seg = args.segment_size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
-        wal::prefetch(&repo, cluster, &spool, &name, seg, &opts).await?;
+        let after = match &args.prefetch_after {
+            Some(a) => WalName::parse(a)?,
+            None => name,
+        };
+        wal::prefetch(&repo, cluster, &spool, &after, seg, &opts).await?;
         return Ok(());
     }
     let prefetching = name.is_segment() && args.prefetch > 0;
@@ -99,11 +106,19 @@ async fn wal_fetch(resolved: &ResolvedRepo, args: &FetchArgs, out: &Output) -> R
             (data.len() as u64, SegmentHeader::parse(&data))
         }
     };
+    // A new worker picks up after what is spooled, once that runs low (an earlier worker
+    // stopped at the end of the archive, or after a pause).
+    let ahead: Vec<WalName> = spool
+        .spooled()
+        .into_iter()
+        .filter(|n| n.timeline() == name.timeline() && *n > name)
+        .collect();
     if prefetching
+        && ahead.len() < (args.prefetch / 2).max(1)
         && !spool.worker_running()
         && let Some(h) = header
     {
-        spawn_prefetch_worker(args, h)?;
+        spawn_prefetch_worker(args, h, ahead.last().unwrap_or(&name))?;
     }
     out.result(
         &serde_json::json!({"fetched": name, "bytes": bytes, "prefetched": from_spool.is_some()}),
@@ -127,10 +142,12 @@ fn read_header(path: &Path) -> Option<SegmentHeader> {
 
 /// Starts this program again as the prefetch worker for the segments after this one, in its
 /// own process group and detached from recovery's stdio, so `wal fetch` returns at once.
-fn spawn_prefetch_worker(args: &FetchArgs, h: SegmentHeader) -> Result<()> {
+fn spawn_prefetch_worker(args: &FetchArgs, h: SegmentHeader, after: &WalName) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     argv.push("--prefetch-worker".into());
+    argv.push("--prefetch-after".into());
+    argv.push(after.as_str().into());
     argv.push("--segment-size".into());
     argv.push(h.segment_size.to_string().into());
     if args.cluster.is_none() {

@@ -36,8 +36,10 @@ pub struct BackupOptions {
     /// Host recorded in the snapshot (default: this machine's hostname).
     pub host: Option<String>,
     pub tags: Vec<String>,
-    /// zstd level (1–19; 1 by default: see docs/BENCHMARKS.md, "Defaults").
-    pub compression_level: i32,
+    /// zstd level (1–19) for every item; `None`: each source's own default
+    /// ([`Source::compression_level`]: 1 for streams and volumes, see docs/BENCHMARKS.md,
+    /// "Defaults"; more for base backups, whose next one stores every changed file again).
+    pub compression_level: Option<i32>,
     /// Chunks in flight per item (default: 4 × cores + 4). CPU work on them is limited to one
     /// chunk per core (see [`blocking`]); the rest wait on the store (a local put's two fsyncs
     /// take ~2 ms here).
@@ -65,7 +67,7 @@ impl Default for BackupOptions {
         BackupOptions {
             host: None,
             tags: Vec::new(),
-            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            compression_level: None,
             concurrency: default_concurrency(),
             progress: None,
             before_commit: None,
@@ -136,10 +138,11 @@ pub async fn backup(
     if sources.is_empty() {
         return Err(Error::Usage("nothing to back up: no sources given".into()));
     }
-    if !COMPRESSION_LEVELS.contains(&opts.compression_level) {
+    if let Some(level) = opts.compression_level
+        && !COMPRESSION_LEVELS.contains(&level)
+    {
         return Err(Error::Usage(format!(
-            "compression level {} is out of range: zstd levels {}–{} (1, the default, is fastest; 3 saves a few % more)",
-            opts.compression_level,
+            "compression level {level} is out of range: zstd levels {}–{} (1, the default, is fastest; 3 saves a few % more)",
             COMPRESSION_LEVELS.start(),
             COMPRESSION_LEVELS.end()
         )));
@@ -424,16 +427,11 @@ async fn backup_item(
     let (messages, feed, head) = open_feed(repo, src, slot.clone(), known).await?;
     let mut tally = Tally::new(matches!(feed, Feed::Pieces(_)));
     let mut writes = PackWrites::default();
+    let level = opts
+        .compression_level
+        .unwrap_or_else(|| src.compression_level());
     let results = messages
-        .map(|m| {
-            process(
-                repo,
-                m,
-                known.clone(),
-                packer.clone(),
-                opts.compression_level,
-            )
-        })
+        .map(|m| process(repo, m, known.clone(), packer.clone(), level))
         .buffered(opts.concurrency.max(1));
     let mut stored = consume(repo, packer, results, &mut tally, &mut writes, opts).await;
     if stored.is_ok() {

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod reader;
+pub mod tar_pieces;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,12 @@ pub trait Source: Send {
     /// data still deduplicates completely. The default, 0, chunks everything.
     fn volatile_prefix(&self, _head: &[u8]) -> usize {
         0
+    }
+
+    /// The zstd level its chunks get unless the operator chose one: 1 (the fastest; see
+    /// docs/BENCHMARKS.md, "Defaults") unless the source knows better.
+    fn compression_level(&self) -> i32 {
+        crate::commands::backup::DEFAULT_COMPRESSION_LEVEL
     }
 
     /// Whether [`Source::volatile_prefix`] may return more than 0 (saves peeking otherwise).
