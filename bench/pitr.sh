@@ -9,14 +9,15 @@
 #   wal      ≥ --wal-mib of pgbench WAL archived by both, for the restore
 #   restore  restore to the end of the archive and replay it, timed until PostgreSQL accepts
 #            connections and `sync` returns: lifeboat pitr --start; pgBackRest restore +
-#            archive-get (sync and async)
+#            archive-get (sync and async); floor: PostgreSQL replaying the WAL from pg_wal
 #   archive  one archive_command call per segment over --segments real segments, as
 #            PostgreSQL calls it: segments/s and CPU per segment (whole-machine busy time from
 #            /proc/stat), lifeboat with and without look-ahead, pgBackRest sync and async;
 #            floor: cp + sync per segment
 #   keepup   pgbench at full speed for --seconds with each tool as archive_command
-#            (archive_timeout 60): WAL rate, TPS, the .ready backlog over time, and the delay
-#            from a marker row's commit to its segment being durable in the repository (RPO)
+#            (archive_timeout 60), its TPC-B load and a bulk-insert load: WAL rate, TPS, the
+#            .ready backlog over time, and the delay from a marker row's commit to its
+#            segment being durable in the repository (RPO)
 #   s3       requests per GiB of WAL pushed into ministack (lifeboat; pgBackRest over TLS)
 #
 #   bench/pitr.sh [--scale 20] [--wal-mib 2048] [--seconds 60] [--segments 64] [--phases …]
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --phases) phases="$2"; shift 2 ;;
     --bin) bin="$(realpath "$2")"; shift 2 ;;
     --keep) keep=1; shift ;;
-    *) sed -n '2,24p' "$0"; exit 2 ;;
+    *) sed -n '2,26p' "$0"; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (the cluster runs as postgres)" >&2; exit 2; }
@@ -160,27 +161,38 @@ out ""
 echo "loading: pgbench scale $scale plus a table of random text" >&2
 pgbench_ -i -s "$scale" -q >/dev/null 2>&1
 # pgbench's own rows are blank-padded (~84:1): a table of hex text keeps compression honest.
-psql_ -c "CREATE TABLE docs AS SELECT g AS id, md5(random()::text) || md5(random()::text) || md5(random()::text) AS body FROM generate_series(1, $((scale * 50000))) g; CHECKPOINT"
+psql_ -c "CREATE TABLE docs AS SELECT g AS id, md5(random()::text) || md5(random()::text) || md5(random()::text) AS body FROM generate_series(1, $((scale * 50000))) g"
+# Steady state, as a database that has run a while: hint bits set and pages frozen, so that
+# what the next base backups store is what the workload changed, not what a first read or
+# autovacuum pass would have rewritten anyway.
+psql_ -c "VACUUM (FREEZE, ANALYZE)" -c "CHECKPOINT"
 dbsize=$(psql_ -c "SELECT pg_database_size('postgres')")
 out "cluster: $(mib "$dbsize") MiB (pgbench scale $scale + $((scale * 50000)) rows of random hex text)"
 out ""
 
-if has base; then
-  out "## Base backup"
-  out ""
+# One table row per tool for a base backup of TYPE (full or incr): lifeboat's run --pg-base
+# and pgBackRest on its file-level (repo 1) and block incremental (repo 2) repositories.
+backup_rows() {
+  local type=$1 b0 t0 t1 r name dir
   out "| tool | seconds | stored MiB |"
   out "|---|---|---|"
   b0=$(lb_data_bytes); t0=$(now)
   lb run --pg-base "pg=$url" >/dev/null
   t1=$(now); out "| lifeboat run --pg-base | $(secs "$t0" "$t1") | $(mib $(( $(lb_data_bytes) - b0 ))) |"
   for r in 1 2; do
-    name=$([ $r = 1 ] && echo "pgBackRest full (gz)" || echo "pgBackRest full (block, bundle, gz)")
+    name=$([ $r = 1 ] && echo "file-level" || echo "block incremental, bundles")
     dir=$([ $r = 1 ] && echo pgbr-repo || echo pgbr-block)
     b0=$(bytes "$work/$dir/backup"); t0=$(now)
-    as_pg pgbackrest --config="$work/pgbr.conf" --stanza=bench --repo=$r backup --type=full >/dev/null
-    t1=$(now); out "| $name | $(secs "$t0" "$t1") | $(mib $(( $(bytes "$work/$dir/backup") - b0 ))) |"
+    as_pg pgbackrest --config="$work/pgbr.conf" --stanza=bench --repo=$r backup --type="$type" >/dev/null
+    t1=$(now); out "| pgBackRest $type ($name, gz) | $(secs "$t0" "$t1") | $(mib $(( $(bytes "$work/$dir/backup") - b0 ))) |"
   done
   out ""
+}
+
+if has base; then
+  out "## Base backup"
+  out ""
+  backup_rows full
 fi
 
 if has incr; then
@@ -190,32 +202,25 @@ if has incr; then
   psql_ -c "CHECKPOINT"
   out "$rows of $((scale * 100000)) pgbench_accounts rows updated."
   out ""
-  out "| tool | seconds | stored MiB |"
-  out "|---|---|---|"
-  b0=$(lb_data_bytes); t0=$(now)
-  lb run --pg-base "pg=$url" >/dev/null
-  t1=$(now); out "| lifeboat run --pg-base (second) | $(secs "$t0" "$t1") | $(mib $(( $(lb_data_bytes) - b0 ))) |"
-  for r in 1 2; do
-    name=$([ $r = 1 ] && echo "pgBackRest incr (file-level, gz)" || echo "pgBackRest incr (block, bundle, gz)")
-    dir=$([ $r = 1 ] && echo pgbr-repo || echo pgbr-block)
-    b0=$(bytes "$work/$dir/backup"); t0=$(now)
-    as_pg pgbackrest --config="$work/pgbr.conf" --stanza=bench --repo=$r backup --type=incr >/dev/null
-    t1=$(now); out "| $name | $(secs "$t0" "$t1") | $(mib $(( $(bytes "$work/$dir/backup") - b0 ))) |"
-  done
-  out ""
+  backup_rows incr
 fi
 
-if has wal || has restore; then
-  echo "generating ≥ $wal_mib MiB of WAL (both tools archiving)" >&2
+generate_wal() { # MIB: pgbench until that much WAL is written and archived (by both)
+  local start_lsn done_bytes
   start_lsn=$(psql_ -c "SELECT pg_current_wal_lsn()")
-  target=$((wal_mib * 1048576))
   while :; do
     pgbench_ -c 2 -j 2 -T 20 -n >/dev/null 2>&1
     done_bytes=$(psql_ -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint")
-    [ "$done_bytes" -ge "$target" ] && break
+    [ "$done_bytes" -ge $(($1 * 1048576)) ] && break
   done
-  psql_ -c "CREATE TABLE the_end AS SELECT 1 AS marker"
+  psql_ -c "CREATE TABLE IF NOT EXISTS the_end AS SELECT 1 AS marker"
   wait_archived
+  echo "$done_bytes"
+}
+
+if has wal || has restore; then
+  echo "generating ≥ $wal_mib MiB of WAL (both tools archiving)" >&2
+  done_bytes=$(generate_wal "$wal_mib")
   out "WAL written after the base backups: $(mib "$done_bytes") MiB (pgbench -c 2, archived by both)."
   out ""
 fi
@@ -225,18 +230,20 @@ if has restore; then
   as_pg "$pgbin/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null
   out "## Restore to the end of the archive"
   out ""
-  out "| tool | restore s | replay s | total s (to accepting connections + sync) |"
-  out "|---|---|---|---|"
+  out "| tool | restore s | replay s | total s (to accepting connections + sync) | peak RSS MiB |"
+  out "|---|---|---|---|---|"
   sync; echo 3 > /proc/sys/vm/drop_caches
   rport=$(free_port)
   t0=$(now)
-  lr --json pitr pg --to-pgdata "$work/r-lb/data" --start --port "$rport" --socket-dir "$work" > "$work/log/lb-pitr.json"
+  as_pg /usr/bin/time -f %M -o "$work/log/rss-pitr" env LIFEBOAT_CACHE_DIR="$work/lr-cache" \
+    "$work/bin/lifeboat-restore" --config "$work/lifeboat.toml" --json pitr pg --to-pgdata "$work/r-lb/data" \
+    --start --port "$rport" --socket-dir "$work" > "$work/log/lb-pitr.json"
   sync; t1=$(now)
   replay=$(python3 -c 'import json,sys; print("%.2f" % json.load(open(sys.argv[1]))["recovery"]["seconds"])' "$work/log/lb-pitr.json")
   got=$(as_pg psql -X -A -t -h "$work" -p "$rport" -U postgres -d postgres -c "SELECT sum(abalance) FROM pgbench_accounts")
   [ "$got" = "$accounts" ] || echo "lifeboat restore: sum(abalance) $got, expected $accounts" >&2
   total=$(secs "$t0" "$t1")
-  out "| lifeboat pitr --start | $(echo "$total - $replay" | bc -l | xargs printf '%.2f') | $replay | $total |"
+  out "| lifeboat pitr --start | $(echo "$total - $replay" | bc -l | xargs printf '%.2f') | $replay | $total | $(( $(cat "$work/log/rss-pitr") / 1024 )) (pitr) |"
   as_pg "$pgbin/pg_ctl" -D "$work/r-lb/data" -m immediate stop >/dev/null
   rm -rf "$work/r-lb"
   for cfg in pgbr pgbr-async; do
@@ -254,10 +261,29 @@ if has restore; then
     got=$(as_pg psql -X -A -t -h "$work" -p "$rport" -U postgres -d postgres -c "SELECT sum(abalance) FROM pgbench_accounts")
     [ "$got" = "$accounts" ] || echo "$cfg restore: sum(abalance) $got, expected $accounts" >&2
     name=$([ $cfg = pgbr ] && echo "pgBackRest restore + archive-get" || echo "pgBackRest restore + archive-get (async, process-max 2)")
-    out "| $name | $(secs "$t0" "$t1") | $(secs "$t1" "$t2") | $(secs "$t0" "$t2") |"
+    out "| $name | $(secs "$t0" "$t1") | $(secs "$t1" "$t2") | $(secs "$t0" "$t2") | |"
     as_pg "$pgbin/pg_ctl" -D "$d" -m immediate stop >/dev/null
     rm -rf "$work/r-$cfg"
   done
+  # The floor: PostgreSQL replaying the same WAL already in pg_wal (no restore_command work).
+  d="$work/r-floor/data"
+  lr pitr pg --to-pgdata "$d" --restore-command false >/dev/null
+  st=$(lb --json wal status)
+  for n in $(echo "$st" | python3 -c '
+import json,sys
+tl=json.load(sys.stdin)["clusters"][0]["timelines"][0]
+a=int(tl["oldest"][8:16],16)*256+int(tl["oldest"][16:],16); b=int(tl["newest"][8:16],16)*256+int(tl["newest"][16:],16)
+print("\n".join("%08X%08X%08X" % (1, n//256, n%256) for n in range(a, b+1)))'); do
+    lr wal fetch --prefetch 0 "$n" "$d/pg_wal/$n" >/dev/null
+  done
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  t1=$(now)
+  as_pg "$pgbin/pg_ctl" -D "$d" -l "$work/log/floor.log" -o "-p $rport -k $work -c lc_messages=C" -W start >/dev/null
+  until grep -q "database system is ready to accept connections" "$work/log/floor.log"; do sleep 0.1; done
+  sync; t2=$(now)
+  out "| floor: PostgreSQL replaying the WAL from pg_wal | | $(secs "$t1" "$t2") | | |"
+  as_pg "$pgbin/pg_ctl" -D "$d" -m immediate stop >/dev/null
+  rm -rf "$work/r-floor"
   out ""
   as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/log/pg.log" -w start >/dev/null
 fi
@@ -265,7 +291,9 @@ fi
 # N real segments of this cluster, ready to be archived again into fresh repositories.
 stage_segments() {
   local dir="$1"
+  has wal || has restore || generate_wal $((segments * 16 + 32)) >/dev/null
   mkdir -p "$dir/pg_wal/archive_status"
+  chown -R postgres "$dir"
   local names
   names=$(lb --json wal status | python3 -c '
 import json,sys
@@ -282,20 +310,24 @@ print("\n".join("%08X%08X%08X" % (1, (first+i)//256, (first+i)%256) for i in ran
 if has archive; then
   out "## One archive_command call per segment ($segments real segments, local repositories)"
   out ""
-  out "| tool | seconds | segments/s | CPU s per segment |"
-  out "|---|---|---|---|"
+  out "| tool | seconds | segments/s | CPU s per segment | peak RSS MiB |"
+  out "|---|---|---|---|---|"
   stage_segments "$work/stage"
   run_archive() { # NAME then the command, @SEG@ replaced by each segment
     local name="$1"; shift
     local d="$work/arch"; rm -rf "$d"; cp -a "$work/stage" "$d"
+    # A data directory as archive_command sees it (pgBackRest reads its pg_control and wants
+    # the segments under it).
+    mkdir -p "$d/global"; cp "$work/pg/global/pg_control" "$d/global/"; chown -R postgres "$d"
     local b0 t0 b1 t1; b0=$(busy); t0=$(now)
+    : > "$work/log/rss"; chown postgres "$work/log/rss"
     for f in $(ls "$d/pg_wal" | grep -v archive_status | sort); do
-      as_pg "${@//@SEG@/$d/pg_wal/$f}" >/dev/null || { echo "$name failed on $f" >&2; return 1; }
+      as_pg /usr/bin/time -a -f %M -o "$work/log/rss" "${@//@SEG@/$d/pg_wal/$f}" >/dev/null || { echo "$name failed on $f" >&2; return 1; }
       mv "$d/pg_wal/archive_status/$f.ready" "$d/pg_wal/archive_status/$f.done"
     done
     sync; t1=$(now); b1=$(busy)
     local s; s=$(secs "$t0" "$t1")
-    out "| $name | $s | $(echo "$segments / $s" | bc -l | xargs printf '%.1f') | $(echo "($b1 - $b0) / $segments" | bc -l | xargs printf '%.3f') |"
+    out "| $name | $s | $(echo "$segments / $s" | bc -l | xargs printf '%.1f') | $(echo "($b1 - $b0) / $segments" | bc -l | xargs printf '%.3f') | $(( $(sort -n "$work/log/rss" | tail -1) / 1024 )) |"
   }
   cat > "$work/micro.toml" <<EOF
 [repository]
@@ -312,57 +344,66 @@ EOF
     pgbr_conf "micro-$cfg" "repo1-path=$work/micro-pgbr-$cfg" "$([ $cfg = pgbr-async ] && printf 'archive-async=y\nprocess-max=2')"
     chown postgres "$work/micro-$cfg.conf"
     as_pg pgbackrest --config="$work/micro-$cfg.conf" --stanza=bench stanza-create >/dev/null
-    run_archive "pgBackRest archive-push$([ $cfg = pgbr-async ] && echo ' (async, process-max 2)')" pgbackrest --config="$work/micro-$cfg.conf" --stanza=bench archive-push @SEG@
+    run_archive "pgBackRest archive-push$([ $cfg = pgbr-async ] && echo ' (async, process-max 2)')" pgbackrest --config="$work/micro-$cfg.conf" --stanza=bench --pg1-path="$work/arch" archive-push @SEG@
   done
   t0=$(now); b0=$(busy)
   for f in $(ls "$work/stage/pg_wal" | grep -v archive_status); do cp "$work/stage/pg_wal/$f" "$work/floor-$f" && sync; done
   t1=$(now); b1=$(busy); s=$(secs "$t0" "$t1")
-  out "| floor: cp + sync per segment | $s | $(echo "$segments / $s" | bc -l | xargs printf '%.1f') | $(echo "($b1 - $b0) / $segments" | bc -l | xargs printf '%.3f') |"
+  out "| floor: cp + sync per segment | $s | $(echo "$segments / $s" | bc -l | xargs printf '%.1f') | $(echo "($b1 - $b0) / $segments" | bc -l | xargs printf '%.3f') | |"
   rm -f "$work"/floor-*
   out ""
 fi
 
 if has keepup; then
-  out "## Keeping up with pgbench at full speed for ${seconds}s (archive_timeout 60)"
-  out ""
-  out "| archive_command | TPS | WAL MiB/s | backlog max / at end (segments) | drained after s | commit → archived p50 / p99 s |"
-  out "|---|---|---|---|---|---|"
   psql_ -c "ALTER SYSTEM SET archive_timeout = 60" -c "SELECT pg_reload_conf()" >/dev/null
-  psql_ -c "CREATE TABLE IF NOT EXISTS marks (at timestamptz, lsn pg_lsn)"
+  psql_ -c "CREATE TABLE IF NOT EXISTS marks (at timestamptz, lsn pg_lsn)" -c "CREATE TABLE IF NOT EXISTS bulk (n int, body text)"
+  # The second load writes WAL as fast as these cores can (~150 rows of 128 bytes per
+  # transaction), to see which archiver falls behind.
+  echo "INSERT INTO bulk SELECT g, repeat(md5(random()::text), 4) FROM generate_series(1, 150) g;" > "$work/bulk.sql"
+  chown postgres "$work/bulk.sql"
   sysid=$(psql_ -c "SELECT system_identifier FROM pg_control_system()")
-  for mode in lifeboat pgbackrest pgbackrest-async; do
-    echo "$mode" > "$work/mode"
-    wait_archived
-    psql_ -c "TRUNCATE marks"
-    lsn0=$(psql_ -c "SELECT pg_current_wal_lsn()")
-    : > "$work/backlog-$mode"
-    ( while :; do ls "$work/pg/pg_wal/archive_status" | grep -c '\.ready$' >> "$work/backlog-$mode" || true; sleep 1; done ) & sampler=$!
-    ( while :; do psql_ -c "INSERT INTO marks SELECT clock_timestamp(), NULL" -c "UPDATE marks SET lsn = pg_current_wal_insert_lsn() WHERE lsn IS NULL" >/dev/null; sleep 0.5; done ) & marker=$!
-    tps=$(pgbench_ -c 4 -j 2 -T "$seconds" -n 2>/dev/null | awk '/^tps/{printf "%.0f", $3}')
-    kill "$marker"; wait "$marker" 2>/dev/null || true
-    walmib=$(psql_ -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576.0 / $seconds, 1)")
-    t0=$(now)
-    until [ "$(ls "$work/pg/pg_wal/archive_status" | grep -c '\.ready$' || true)" = 0 ]; do sleep 0.2; done
-    t1=$(now)
-    kill "$sampler"; wait "$sampler" 2>/dev/null || true
-    max=$(sort -n "$work/backlog-$mode" | tail -1); last=$(tail -1 "$work/backlog-$mode")
-    wait_archived
-    # When each marker's segment became durable: the repository object's mtime.
-    psql_ -F' ' -c "SELECT extract(epoch from at), pg_walfile_name(lsn) FROM marks WHERE lsn IS NOT NULL" > "$work/marks-$mode"
-    delays=$(while read -r at seg; do
-      case $mode in
-        lifeboat) f="$work/lb-repo/wal/$sysid/00000001/$seg" ;;
-        *) f=$(ls "$work"/pgbr-repo/archive/bench/*/"${seg:0:16}"/"$seg"-* 2>/dev/null | head -1) ;;
-      esac
-      [ -n "$f" ] && [ -e "$f" ] && echo "$(stat -c %.6Y "$f") - $at" | bc -l
-    done < "$work/marks-$mode" | sort -n)
-    n=$(echo "$delays" | grep -c . || true)
-    p50=$(echo "$delays" | sed -n "$(( (n + 1) / 2 ))p" | xargs printf '%.1f')
-    p99=$(echo "$delays" | sed -n "$(( (n * 99 + 99) / 100 ))p" | xargs printf '%.1f')
-    out "| $mode | $tps | $walmib | $max / $last | $(secs "$t0" "$t1") | $p50 / $p99 ($n markers) |"
+  for load in tpcb bulk; do
+    out "## Keeping up with pgbench at full speed for ${seconds}s, $load load (archive_timeout 60)"
+    out ""
+    out "| archive_command | TPS | WAL MiB/s | backlog max / at end (segments) | drained after s | commit → archived p50 / p99 s |"
+    out "|---|---|---|---|---|---|"
+    for mode in lifeboat pgbackrest pgbackrest-async; do
+      echo "$mode" > "$work/mode"
+      wait_archived
+      # Every run starts after a checkpoint, so each writes the same full-page images.
+      psql_ -c "TRUNCATE marks" -c "TRUNCATE bulk" -c "CHECKPOINT"
+      lsn0=$(psql_ -c "SELECT pg_current_wal_lsn()")
+      : > "$work/backlog-$mode"
+      ( while :; do ls "$work/pg/pg_wal/archive_status" | grep -c '\.ready$' >> "$work/backlog-$mode" || true; sleep 1; done ) & sampler=$!
+      ( while :; do psql_ -c "INSERT INTO marks SELECT clock_timestamp(), NULL" -c "UPDATE marks SET lsn = pg_current_wal_insert_lsn() WHERE lsn IS NULL" >/dev/null; sleep 0.5; done ) & marker=$!
+      script=$([ $load = bulk ] && echo "-f $work/bulk.sql" || echo "")
+      # shellcheck disable=SC2086
+      tps=$(pgbench_ -c 4 -j 2 -T "$seconds" -n $script 2>/dev/null | awk '/^tps/{printf "%.0f", $3}')
+      kill "$marker"; wait "$marker" 2>/dev/null || true
+      walmib=$(psql_ -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576.0 / $seconds, 1)")
+      t0=$(now)
+      until [ "$(ls "$work/pg/pg_wal/archive_status" | grep -c '\.ready$' || true)" = 0 ]; do sleep 0.2; done
+      t1=$(now)
+      kill "$sampler"; wait "$sampler" 2>/dev/null || true
+      max=$(sort -n "$work/backlog-$mode" | tail -1); last=$(tail -1 "$work/backlog-$mode")
+      wait_archived
+      # When each marker's segment became durable: the repository object's mtime.
+      psql_ -F' ' -c "SELECT extract(epoch from at), pg_walfile_name(lsn) FROM marks WHERE lsn IS NOT NULL" > "$work/marks-$mode"
+      delays=$(while read -r at seg; do
+        case $mode in
+          lifeboat) f="$work/lb-repo/wal/$sysid/00000001/$seg" ;;
+          *) f=$(ls "$work"/pgbr-repo/archive/bench/*/"${seg:0:16}"/"$seg"-* 2>/dev/null | head -1) ;;
+        esac
+        [ -n "$f" ] && [ -e "$f" ] && echo "$(stat -c %.6Y "$f") - $at" | bc -l
+      done < "$work/marks-$mode" | sort -n)
+      n=$(echo "$delays" | grep -c . || true)
+      p50=$(echo "$delays" | sed -n "$(( (n + 1) / 2 ))p" | xargs printf '%.1f')
+      p99=$(echo "$delays" | sed -n "$(( (n * 99 + 99) / 100 ))p" | xargs printf '%.1f')
+      out "| $mode | $tps | $walmib | $max / $last | $(secs "$t0" "$t1") | $p50 / $p99 ($n markers) |"
+    done
+    out ""
   done
   echo both > "$work/mode"
-  out ""
 fi
 
 if has s3; then

@@ -172,26 +172,18 @@ struct Marker {
 }
 
 fn commit_marker(pg: &ScratchPostgres, n: u32) -> Marker {
-    // One psql, three statements, each its own transaction: the position before the insert,
-    // the insert, the position after its commit.
-    let out = Command::new(pg.bin_dir().join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &pg.url("postgres"),
-        ])
-        .args(["-c", "SELECT pg_current_wal_insert_lsn()"])
-        .args(["-c", &format!("INSERT INTO markers VALUES ({n})")])
-        .args(["-c", "SELECT pg_current_wal_insert_lsn()"])
-        .output()
+    // Three statements, each its own transaction: the position before the insert, the
+    // insert, the position after its commit.
+    let text = pg
+        .psql_each(
+            "postgres",
+            &[
+                "SELECT pg_current_wal_insert_lsn()",
+                &format!("INSERT INTO markers VALUES ({n})"),
+                "SELECT pg_current_wal_insert_lsn()",
+            ],
+        )
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
     let lsns: Vec<u64> = text.lines().filter_map(|l| parse_lsn(l.trim())).collect();
     Marker {
         n,

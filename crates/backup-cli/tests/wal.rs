@@ -392,15 +392,19 @@ async fn s3_down_while_archiving_loses_nothing_and_the_backlog_shows_how_far_beh
         "nothing archived while S3 is down"
     );
     let prom = e.p("wal.prom");
-    let down = e.run(&[
-        "--json",
-        "wal",
-        "status",
-        "--pg-wal",
-        pg.data_dir().join("pg_wal").to_str().unwrap(),
-        "--prometheus",
-        prom.to_str().unwrap(),
-    ]);
+    let pg_wal = pg.data_dir().join("pg_wal");
+    let status = || {
+        e.run(&[
+            "--json",
+            "wal",
+            "status",
+            "--pg-wal",
+            pg_wal.to_str().unwrap(),
+            "--prometheus",
+            prom.to_str().unwrap(),
+        ])
+    };
+    let down = status();
     assert_eq!(
         down.status.code(),
         Some(1),
@@ -408,15 +412,7 @@ async fn s3_down_while_archiving_loses_nothing_and_the_backlog_shows_how_far_beh
         stderr(&down)
     );
     e.proxy().come_back();
-    let up = json(&e.run(&[
-        "--json",
-        "wal",
-        "status",
-        "--pg-wal",
-        pg.data_dir().join("pg_wal").to_str().unwrap(),
-        "--prometheus",
-        prom.to_str().unwrap(),
-    ]));
+    let up = json(&status());
     assert!(up["backlog"]["ready"].as_u64().unwrap() >= 3, "{up}");
     let text = std::fs::read_to_string(&prom).unwrap();
     assert!(

@@ -563,6 +563,38 @@ async fn wal_fetch_prefetches_the_next_segments_and_exits_1_for_a_file_the_archi
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(e.p("old")).unwrap(), b"old layout");
+    // A segment there is handed only to its own cluster.
+    let seg10 = synthetic_segment(&name(10), cluster, 1 << 20, 10);
+    let sealed = repo
+        .keys()
+        .seal(ObjectType::Wal, name(10).as_str().as_bytes(), &seg10, 3);
+    repo.store()
+        .put(
+            &format!("wal/00000001/{}", name(10)),
+            sealed,
+            PutMode::CreateOnly,
+        )
+        .await
+        .unwrap();
+    let fetch_as = |c: &str| {
+        e.run(&[
+            "wal",
+            "fetch",
+            "--prefetch",
+            "0",
+            "--cluster",
+            c,
+            name(10).as_str(),
+            e.p("ten").to_str().unwrap(),
+        ])
+    };
+    assert_eq!(
+        fetch_as("6").status.code(),
+        Some(1),
+        "another cluster's segment is not handed out"
+    );
+    assert!(fetch_as("5").status.success());
+    assert!(std::fs::read(e.p("ten")).unwrap() == seg10);
     // Outside a data directory, with more than one cluster in the archive, --cluster decides.
     push_one(&repo, ClusterId(6), &history, b"other")
         .await

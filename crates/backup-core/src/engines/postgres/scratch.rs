@@ -312,11 +312,17 @@ impl ScratchPostgres {
 
     /// Runs SQL with psql as the superuser and returns stdout (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
-        let out = Command::new(
+        self.psql_each(db, &[sql])
+    }
+
+    /// Runs each statement as its own `-c` (so each commits on its own) in one psql, and
+    /// returns stdout (unaligned, tuples only).
+    pub fn psql_each(&self, db: &str, statements: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(
             crate::scratch::find_program("psql", std::slice::from_ref(&self.bin))
                 .unwrap_or_else(|| "psql".into()),
-        )
-        .args([
+        );
+        cmd.args([
             "-X",
             "-q",
             "-A",
@@ -325,11 +331,11 @@ impl ScratchPostgres {
             "ON_ERROR_STOP=1",
             "-d",
             &self.url(db),
-            "-c",
-            sql,
-        ])
-        .output()
-        .map_err(|e| Error::io("running psql", e))?;
+        ]);
+        for s in statements {
+            cmd.args(["-c", s]);
+        }
+        let out = cmd.output().map_err(|e| Error::io("running psql", e))?;
         if !out.status.success() {
             return Err(Error::SourceFailed {
                 item: "scratch postgres".into(),

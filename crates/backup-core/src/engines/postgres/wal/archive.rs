@@ -29,6 +29,9 @@ use crate::store::{PutMode, Store};
 /// The largest WAL file accepted (segments are 16 MiB by default, at most 1 GiB).
 const MAX_WAL_FILE: usize = 1 << 30;
 
+/// Segments pushed ahead at once hold at most about this much (plus their sealed copies).
+const LOOKAHEAD_BYTES: u64 = 128 << 20;
+
 /// zstd level for WAL: level 1 compresses WAL's zero-filled tails and repeated page images
 /// nearly as well as 3, at about twice the speed (docs/BENCHMARKS.md, WAL archiving).
 const WAL_ZSTD_LEVEL: i32 = 1;
@@ -135,26 +138,31 @@ pub async fn push(repo: &Repository, path: &Path, opts: &WalPushOptions) -> Resu
     let cluster = cluster_of(&name, &data, path, opts.cluster)?;
     let bytes = data.len() as u64;
     let already_archived = push_one(repo, cluster, &name, &data).await?;
+    drop(data);
     let mut pushed_ahead = Vec::new();
     if let (Some(spool), true) = (&opts.spool, opts.lookahead > 0) {
         let dir = path.parent().unwrap_or(Path::new("."));
         let ready = ready_segments(dir, &name, opts.lookahead);
+        // Each push in flight holds its segment and its sealed copy: with 1 GiB segments
+        // (initdb --wal-segsize) eight at once would be 16 GiB.
+        let parallel = (LOOKAHEAD_BYTES / bytes.max(1)).clamp(1, opts.lookahead as u64) as usize;
+        let repo_id = &repo.config().id;
         let results = futures::stream::iter(ready.into_iter().map(|p| async move {
             let (n, d) = read_wal(&p)?;
             // Only this cluster's segments: anything else is pushed (and refused) on its own.
             let c = cluster_of(&n, &d, &p, Some(cluster))?;
             push_one(repo, c, &n, &d).await?;
-            Ok::<_, Error>((n, d))
+            // A segment that cannot be acknowledged is simply pushed again when PostgreSQL
+            // asks for it.
+            write_ack(spool, repo_id, &n, &Sha256::digest(&d))
+                .map_err(|e| Error::io(format!("acknowledging {n}"), e))?;
+            Ok::<_, Error>(n)
         }))
-        .buffer_unordered(opts.lookahead)
+        .buffer_unordered(parallel)
         .collect::<Vec<_>>()
         .await;
-        // A segment that failed ahead is simply pushed again when PostgreSQL asks for it.
-        for (n, d) in results.into_iter().flatten() {
-            if write_ack(spool, &repo.config().id, &n, &d).is_ok() {
-                pushed_ahead.push(n);
-            }
-        }
+        // A segment that failed ahead is pushed again when PostgreSQL asks for it.
+        pushed_ahead = results.into_iter().flatten().collect();
         pushed_ahead.sort();
     }
     Ok(WalPushReport {
@@ -212,7 +220,20 @@ pub async fn read_archived(
     name: &WalName,
 ) -> Result<Vec<u8>> {
     match read_object(repo, &object_key(cluster, name), &bound_name(cluster, name)).await {
-        Err(Error::NotFound { .. }) => read_object(repo, &legacy_key(name), name.as_str()).await,
+        Err(Error::NotFound { .. }) => {
+            // The older layout kept no cluster apart: a segment there may be another
+            // cluster's, which recovery must not be handed.
+            let data = read_object(repo, &legacy_key(name), name.as_str()).await?;
+            let foreign = name.has_wal_pages()
+                && SegmentHeader::parse(&data).is_some_and(|h| h.cluster != cluster);
+            if foreign {
+                return Err(Error::NotFound {
+                    key: object_key(cluster, name),
+                    location: repo.location(),
+                });
+            }
+            Ok(data)
+        }
         other => other,
     }
 }
@@ -251,13 +272,10 @@ fn ready_segments(pg_wal: &Path, current: &WalName, n: usize) -> Vec<PathBuf> {
 }
 
 /// `<spool>/<name>`: the repository's id and the pushed content's SHA-256.
-fn write_ack(spool: &Path, repo_id: &str, name: &WalName, data: &[u8]) -> std::io::Result<()> {
+fn write_ack(spool: &Path, repo_id: &str, name: &WalName, sha: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(spool)?;
     let tmp = spool.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(
-        &tmp,
-        format!("{repo_id} {}\n", hex::encode(Sha256::digest(data))),
-    )?;
+    std::fs::write(&tmp, format!("{repo_id} {}\n", hex::encode(sha)))?;
     std::fs::rename(&tmp, spool.join(name.as_str()))
 }
 
@@ -291,13 +309,15 @@ pub async fn repository_id(store: &dyn Store) -> Result<String> {
         })
 }
 
-/// Writes `data` to `dest` via a synced temporary sibling renamed into place.
-fn write_synced(dest: &Path, data: &[u8], tmp: &Path) -> Result<()> {
+/// Writes `data` to `dest` via a temporary sibling renamed into place, so that a reader never
+/// sees a partial file. Not synced: what restore_command writes needs no durability (after a
+/// crash recovery starts over and asks again), and an fsync per 16 MiB segment only holds up
+/// the replay it feeds (docs/BENCHMARKS.md, point-in-time recovery).
+fn write_whole(dest: &Path, data: &[u8], tmp: &Path) -> Result<()> {
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create_new(tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
         std::fs::rename(tmp, dest)
     };
     write().map_err(|e| {
@@ -306,7 +326,8 @@ fn write_synced(dest: &Path, data: &[u8], tmp: &Path) -> Result<()> {
     })
 }
 
-/// `restore_command`: writes the archived file `name` of `cluster` to `dest`. A file not in the
+/// `restore_command`: writes the archived file `name` of `cluster` to `dest` (authenticated
+/// before anything is written; not synced, see [`write_whole`]). A file not in the
 /// archive is [`Error::NotFound`]: recovery asks for history files and for segments past the
 /// end, and needs a non-zero exit. Returns the file's bytes, for the caller to learn the
 /// segment size from.
@@ -317,7 +338,7 @@ pub async fn fetch(
     dest: &Path,
 ) -> Result<Vec<u8>> {
     let data = read_archived(repo, cluster, name).await?;
-    write_synced(dest, &data, &crate::sink::sibling(dest, "fetch"))?;
+    write_whole(dest, &data, &crate::sink::sibling(dest, "fetch"))?;
     Ok(data)
 }
 
@@ -490,7 +511,7 @@ pub struct PrefetchReport {
 
 /// The prefetch worker: keeps up to `ahead` segments after `after` in the spool, fetching
 /// `parallel` at a time, until the archive ends, recovery stops taking them, or another
-/// worker holds the spool. Each spooled file is authenticated, synced, then renamed in.
+/// worker holds the spool. Each spooled file is authenticated, then renamed in whole.
 pub async fn prefetch(
     repo: &Repository,
     cluster: ClusterId,
@@ -571,6 +592,6 @@ async fn spool_one(
         std::process::id(),
         rand::random::<u32>()
     ));
-    write_synced(&dest, &data, &tmp)?;
+    write_whole(&dest, &data, &tmp)?;
     Ok(data.len() as u64)
 }
