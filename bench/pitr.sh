@@ -19,13 +19,16 @@
 #            .ready backlog over time, and the delay from a marker row's commit to its
 #            segment being durable in the repository (RPO)
 #   s3       requests per GiB of WAL pushed into ministack (lifeboat; pgBackRest over TLS)
+#   stream   wal stream and archive_command (archive_timeout 60) into ministack, under
+#            pgbench at full speed and at 20 TPS: commit to durable p50/p99/max from marker
+#            rows, S3 requests and stored bytes per hour, the streamer's CPU and peak RSS
 #
 #   bench/pitr.sh [--scale 20] [--wal-mib 2048] [--seconds 60] [--segments 64] [--phases …]
 #                 [--bin target/release] [--keep]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 scale=20 wal_mib=2048 seconds=60 segments=64 bin="$root/target/release" keep=0
-phases=base,incr,wal,restore,archive,keepup,s3
+phases=base,incr,wal,restore,archive,keepup,s3,stream
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift 2 ;;
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
     --phases) phases="$2"; shift 2 ;;
     --bin) bin="$(realpath "$2")"; shift 2 ;;
     --keep) keep=1; shift ;;
-    *) sed -n '2,26p' "$0"; exit 2 ;;
+    *) sed -n '2,29p' "$0"; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (the cluster runs as postgres)" >&2; exit 2; }
@@ -124,6 +127,8 @@ case "\$(cat $work/mode)" in
   lifeboat) exec env LIFEBOAT_CACHE_DIR=$work/lb-cache $work/bin/lifeboat-backup --config $work/lifeboat.toml --quiet wal push "\$1" ;;
   pgbackrest) exec pgbackrest --config=$work/pgbr.conf --stanza=bench archive-push "\$1" ;;
   pgbackrest-async) exec pgbackrest --config=$work/pgbr-async.conf --stanza=bench archive-push "\$1" ;;
+  lifeboat-s3) exec env LIFEBOAT_CACHE_DIR=$work/stream-cache $work/bin/lifeboat-backup --config $work/stream.toml --quiet wal push "\$1" ;;
+  discard) exit 0 ;;  # the stream phase: WAL reaches the repository through wal stream
   both) env LIFEBOAT_CACHE_DIR=$work/lb-cache $work/bin/lifeboat-backup --config $work/lifeboat.toml --quiet wal push "\$1" && exec pgbackrest --config=$work/pgbr.conf --stanza=bench archive-push "\$1" ;;
 esac
 exit 1
@@ -406,26 +411,34 @@ if has keepup; then
   echo both > "$work/mode"
 fi
 
-if has s3; then
-  out "## S3 requests per GiB of WAL ($segments segments pushed into ministack)"
-  out ""
-  [ -d "$work/stage" ] || stage_segments "$work/stage"
+# ministack on loopback (and a TLS front for pgBackRest), once, with the bucket `bench`.
+s3_up() {
+  [ -n "${s3pid:-}" ] && return 0
   venv="$root/.ci/venv"
   [ -x "$venv/bin/ministack" ] || (cd "$root" && cargo test -q -p backup-core --test s3 s3_store_passes >/dev/null 2>&1) || true
   s3port=$(free_port); tlsport=$(free_port)
   GATEWAY_PORT=$s3port BIND_HOST=127.0.0.1 SERVICES=s3 LOG_LEVEL=DEBUG "$venv/bin/ministack" > "$work/log/ministack.log" 2>&1 & s3pid=$!
   until python3 -c "import socket; socket.create_connection(('127.0.0.1', $s3port))" 2>/dev/null; do sleep 0.2; done
-  "$venv/bin/python" -c "
-import botocore.session
-c = botocore.session.get_session().create_client('s3', endpoint_url='http://127.0.0.1:$s3port', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')
-c.create_bucket(Bucket='bench')"
+  s3py "c.create_bucket(Bucket='bench')"
   openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" -days 1 2>/dev/null
   cat "$work/tls.key" "$work/tls.crt" > "$work/tls.pem"
   socat "OPENSSL-LISTEN:$tlsport,reuseaddr,fork,cert=$work/tls.pem,verify=0" "TCP:127.0.0.1:$s3port" 2>/dev/null & tlspid=$!
   echo test > "$work/s3-secret"; chown postgres "$work/s3-secret"
-  cat > "$work/s3.toml" <<EOF
+}
+# Runs Python with `c`, a client of the ministack instance.
+s3py() {
+  "$venv/bin/python" -c "
+import botocore.session
+c = botocore.session.get_session().create_client('s3', endpoint_url='http://127.0.0.1:$s3port', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')
+$1"
+}
+# Bytes stored under PREFIX in the bucket.
+s3_bytes() { s3py "print(sum(o['Size'] for p in c.get_paginator('list_objects_v2').paginate(Bucket='bench', Prefix='$1') for o in p.get('Contents', [])))"; }
+# A lifeboat config FILE for the repository s3://bench/PREFIX.
+s3_config() {
+  cat > "$work/$1" <<EOF
 [repository]
-url = "s3://bench/lifeboat"
+url = "s3://bench/$2"
 password_file = "$work/pw"
 [repository.s3]
 endpoint = "http://127.0.0.1:$s3port"
@@ -433,8 +446,21 @@ path_style = true
 access_key_id = "test"
 secret_access_key_file = "$work/s3-secret"
 EOF
-  chown postgres "$work/s3.toml"
-  requests() { grep -c -- "-> service=s3" "$work/log/ministack.log" || true; }
+  chown postgres "$work/$1"
+}
+# S3 requests ministack logged after line $1, and "METHOD count, ...".
+s3_requests() { tail -n +"$(($1 + 1))" "$work/log/ministack.log" | grep -c -- "-> service=s3" || true; }
+s3_methods() {
+  local m; m=$(tail -n +"$(($1 + 1))" "$work/log/ministack.log" | grep -o '[A-Z]* /[^ ]* -> service=s3' | awk '{print $1}' | sort | uniq -c | awk '{printf "%s %s, ", $2, $1}')
+  echo "${m%, }"
+}
+
+if has s3; then
+  out "## S3 requests per GiB of WAL ($segments segments pushed into ministack)"
+  out ""
+  [ -d "$work/stage" ] || stage_segments "$work/stage"
+  s3_up
+  s3_config s3.toml lifeboat
   per_gib() { echo "$1 * 1073741824 / ($segments * 16777216)" | bc -l | xargs printf '%.0f'; }
   out "| tool | requests | per GiB | by method |"
   out "|---|---|---|---|"
@@ -445,9 +471,8 @@ EOF
     as_pg env LIFEBOAT_CACHE_DIR="$work/s3-cache" "$work/bin/lifeboat-backup" --config "$work/s3.toml" --quiet wal push "$d/pg_wal/$f"
     mv "$d/pg_wal/archive_status/$f.ready" "$d/pg_wal/archive_status/$f.done"
   done
-  n=$(tail -n +"$((r0 + 1))" "$work/log/ministack.log" | grep -c -- "-> service=s3" || true)
-  methods=$(tail -n +"$((r0 + 1))" "$work/log/ministack.log" | grep -o '[A-Z]* /[^ ]* -> service=s3' | awk '{print $1}' | sort | uniq -c | awk '{printf "%s %s, ", $2, $1}')
-  out "| lifeboat wal push | $n | $(per_gib "$n") | ${methods%, } |"
+  n=$(s3_requests "$r0")
+  out "| lifeboat wal push | $n | $(per_gib "$n") | $(s3_methods "$r0") |"
   pgbr_conf s3 "repo1-type=s3
 repo1-path=/pgbackrest
 repo1-s3-bucket=bench
@@ -466,10 +491,87 @@ repo1-s3-key-secret=test"
     as_pg pgbackrest --config="$work/s3.conf" --stanza=bench archive-push "$d/pg_wal/$f"
     mv "$d/pg_wal/archive_status/$f.ready" "$d/pg_wal/archive_status/$f.done"
   done
-  n=$(tail -n +"$((r0 + 1))" "$work/log/ministack.log" | grep -c -- "-> service=s3" || true)
-  methods=$(tail -n +"$((r0 + 1))" "$work/log/ministack.log" | grep -o '[A-Z]* /[^ ]* -> service=s3' | awk '{print $1}' | sort | uniq -c | awk '{printf "%s %s, ", $2, $1}')
-  out "| pgBackRest archive-push | $n | $(per_gib "$n") | ${methods%, } |"
+  n=$(s3_requests "$r0")
+  out "| pgBackRest archive-push | $n | $(per_gib "$n") | $(s3_methods "$r0") |"
   out ""
+fi
+
+if has stream; then
+  s3_up
+  s3_config stream.toml stream
+  as_pg env LIFEBOAT_CACHE_DIR="$work/stream-cache" "$work/bin/lifeboat-backup" --config "$work/stream.toml" init >/dev/null
+  psql_ -c "ALTER SYSTEM SET archive_timeout = 60" -c "SELECT pg_reload_conf()" >/dev/null
+  psql_ -c "CREATE TABLE IF NOT EXISTS marks (at timestamptz, lsn pg_lsn)" >/dev/null
+  # commit -> durable per marker, from "epoch lsn" marks and "epoch durable-lsn" samples.
+  cat > "$work/rpo.py" <<'EOF'
+import sys
+def lsn(s):
+    hi, lo = s.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+marks = [(float(a), lsn(b)) for a, b in (l.split() for l in open(sys.argv[1]) if l.strip())]
+samples = [(float(a), int(b)) for a, b in (l.split() for l in open(sys.argv[2]) if len(l.split()) == 2)]
+d = sorted(next((t - at for t, durable in samples if t >= at and durable >= m), float("inf")) for at, m in marks)
+q = lambda p: d[min(len(d) - 1, int(p * len(d)))]
+print(f"{q(0.5):.1f} / {q(0.99):.1f} / {d[-1]:.1f} ({len(d)} markers)")
+EOF
+  # The durable position every 0.2 s: the streamer's status file; for archive_command, the
+  # end of the last archived segment (16 MiB segments).
+  sample_stream() { while :; do echo "$(now) $(grep -o '"durable_lsn": [0-9]*' "$work/stream-status.json" 2>/dev/null | grep -o '[0-9]*$')"; sleep 0.2; done; }
+  sample_archive() { while :; do echo "$(now) $(psql_ -c "SELECT coalesce((('x' || substr(last_archived_wal, 9, 8))::bit(32)::bigint * 4294967296 + (('x' || substr(last_archived_wal, 17, 8))::bit(32)::bigint + 1) * 16777216)::text, '0') FROM pg_stat_archiver")"; sleep 0.2; done; }
+  out "## WAL streaming: commit to durable in S3 (ministack), pgbench for ${seconds}s"
+  out ""
+  out "Markers committed every 0.5 s during the load, and the time until the WAL holding each commit was durable in the repository; S3 requests and stored bytes scaled to an hour; CPU seconds per minute and peak RSS of the streamer."
+  out ""
+  out "| load | WAL into the repository by | TPS | WAL MiB/s | commit to durable p50 / p99 / max s | S3 requests per hour (by method) | stored MiB per hour | streamer CPU s per min | streamer peak RSS MiB |"
+  out "|---|---|---|---|---|---|---|---|---|"
+  for load in full light; do
+    rate=$([ $load = light ] && echo "-R 20" || echo "")
+    for mode in stream archive; do
+      psql_ -c "TRUNCATE marks" -c "CHECKPOINT" >/dev/null
+      if [ $mode = stream ]; then
+        echo discard > "$work/mode"
+        rm -f "$work/stream-status.json"
+        as_pg env LIFEBOAT_CACHE_DIR="$work/stream-cache" "$work/bin/lifeboat-backup" --config "$work/stream.toml" --quiet \
+          wal stream --url "host=$work port=$port user=postgres" --slot bench --status-file "$work/stream-status.json" 2> "$work/log/stream.log" &
+        until grep -q '"connected": true' "$work/stream-status.json" 2>/dev/null; do sleep 0.2; done
+        spid=$(pgrep -u postgres -f 'wal stream --url' | head -1)
+        cpu0=$(awk '{print $14 + $15}' "/proc/$spid/stat")
+        sample_stream > "$work/samples" & sampler=$!
+      else
+        echo lifeboat-s3 > "$work/mode"
+        sample_archive > "$work/samples" & sampler=$!
+      fi
+      r0=$(wc -l < "$work/log/ministack.log")
+      b0=$(s3_bytes stream/wal/)
+      t0=$(now)
+      ( while :; do psql_ -c "INSERT INTO marks SELECT clock_timestamp(), NULL" -c "UPDATE marks SET lsn = pg_current_wal_insert_lsn() WHERE lsn IS NULL" >/dev/null; sleep 0.5; done ) & marker=$!
+      lsn0=$(psql_ -c "SELECT pg_current_wal_lsn()")
+      # shellcheck disable=SC2086
+      tps=$(pgbench_ -c 4 -j 2 -T "$seconds" -n $rate 2>/dev/null | awk '/^tps/{printf "%.0f", $3}')
+      kill "$marker"; wait "$marker" 2>/dev/null || true
+      walmib=$(psql_ -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576.0 / $seconds, 1)")
+      # No forced switch: archive_command's last markers wait for archive_timeout, as they would.
+      sleep "$([ $mode = archive ] && echo 65 || echo 5)"
+      t1=$(now)
+      kill "$sampler"; wait "$sampler" 2>/dev/null || true
+      psql_ -F' ' -c "SELECT extract(epoch from at), lsn FROM marks WHERE lsn IS NOT NULL" > "$work/marks"
+      rpo=$(python3 "$work/rpo.py" "$work/marks" "$work/samples")
+      n=$(s3_requests "$r0")
+      hours=$(echo "($t1 - $t0) / 3600" | bc -l)
+      b1=$(s3_bytes stream/wal/)
+      cpu="-" rss="-" by="archive_command, archive_timeout 60"
+      if [ $mode = stream ]; then
+        by="wal stream (2 s pieces)"
+        cpu=$(echo "($(awk '{print $14 + $15}' "/proc/$spid/stat") - $cpu0) / 100 / (($t1 - $t0) / 60)" | bc -l | xargs printf '%.1f')
+        rss=$(awk '/VmHWM/{printf "%.0f", $2 / 1024}' "/proc/$spid/status")
+        kill -TERM "$spid"; while kill -0 "$spid" 2>/dev/null; do sleep 0.2; done
+      fi
+      out "| $load | $by | $tps | $walmib | $rpo | $(echo "$n / $hours" | bc -l | xargs printf '%.0f') ($(s3_methods "$r0")) | $(mib "$(echo "($b1 - $b0) / $hours" | bc -l | xargs printf '%.0f')") | $cpu | $rss |"
+    done
+  done
+  out ""
+  psql_ -c "SELECT pg_drop_replication_slot('bench')" >/dev/null
+  echo both > "$work/mode"
 fi
 
 echo >&2

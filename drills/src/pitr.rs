@@ -320,7 +320,12 @@ async fn wait_archived(
     loop {
         let archive = Archive::list(repo).await?;
         let all = archive.files(cluster).iter().chain(&archive.unattributed);
-        if all.map(|f| &f.name).any(|n| n == segment) {
+        // Whole: pieces `wal stream` wrote of the segment may not hold the markers yet (it
+        // writes the whole segment once it has the end).
+        if all
+            .filter(|f| f.streamed_to.is_none())
+            .any(|f| &f.name == segment)
+        {
             return Ok(());
         }
         if t0.elapsed() > timeout {

@@ -236,6 +236,10 @@ enum WalCmd {
         #[arg(long, value_name = "SYSID")]
         cluster: Option<String>,
     },
+    /// Stream WAL over replication into the repository, in pieces every few seconds (long
+    /// running: a systemd service or a sidecar). The server's slot keeps WAL until it is
+    /// durable in the repository; stop with SIGTERM or Ctrl-C (what is held is written first).
+    Stream(StreamArgs),
     /// What the archive holds per cluster and timeline: the recoverable window, the newest
     /// segment and when it came, gaps, and with --pg-wal how far behind archiving is.
     Status {
@@ -247,6 +251,43 @@ enum WalCmd {
         #[arg(long, value_name = "FILE")]
         prometheus: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    /// libpq connection string of the server (a role with REPLICATION); default: the url of
+    /// the config's only `postgres_base` source. TLS is not spoken: use a Unix socket or a
+    /// tunnel to a remote server.
+    #[arg(long, value_name = "CONNINFO")]
+    url: Option<String>,
+    /// The config's `postgres_base` source whose url and password to use.
+    #[arg(long, value_name = "NAME", conflicts_with = "url")]
+    source: Option<String>,
+    /// Physical replication slot (created unless --no-create-slot).
+    #[arg(long, default_value = "lifeboat")]
+    slot: String,
+    /// Fail instead of creating a missing slot.
+    #[arg(long)]
+    no_create_slot: bool,
+    /// What the server knows the streamer as (for synchronous_standby_names).
+    #[arg(long, default_value = "lifeboat")]
+    application_name: String,
+    /// Seal a piece once its oldest byte is this many seconds old.
+    #[arg(long, default_value_t = 2.0)]
+    piece_seconds: f64,
+    /// Seal a piece once it holds this many MiB.
+    #[arg(long, default_value_t = 8)]
+    piece_mib: usize,
+    /// Seal whenever the server has nothing more to send, for synchronous_standby_names =
+    /// 'lifeboat': commits then wait until their WAL is durable in the repository (RPO 0).
+    #[arg(long)]
+    synchronous: bool,
+    /// Write the streamer's metrics to FILE every second (Prometheus textfile).
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<PathBuf>,
+    /// Write the streamer's status as JSON to FILE every second.
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -352,6 +393,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }) => {
             let cluster = cluster.as_deref().map(ClusterId::parse).transpose()?;
             wal_push(&resolved, &path, lookahead, cluster, &out).await?;
+            0
+        }
+        Cmd::Wal(WalCmd::Stream(args)) => {
+            wal_stream(&resolved, config, args, &out).await?;
             0
         }
         Cmd::Wal(WalCmd::Status { pg_wal, prometheus }) => {
@@ -532,6 +577,116 @@ async fn wal_push(
         format!("{} {how} ({}){ahead}", r.name, human_bytes(r.bytes))
     });
     Ok(())
+}
+
+/// `wal stream`: runs the streamer until SIGINT/SIGTERM, printing what happens to stderr and
+/// keeping the metrics and status files fresh.
+async fn wal_stream(
+    resolved: &ResolvedRepo,
+    config: Option<&ConfigFile>,
+    args: StreamArgs,
+    out: &Output,
+) -> Result<()> {
+    use backup_core::engines::postgres::wal::stream::{
+        self, StreamNote, StreamOptions, StreamStatus,
+    };
+    let (conninfo, password) = stream_target(config, &args)?;
+    let repo = resolved.open().await?;
+    let opts = StreamOptions {
+        conninfo,
+        password,
+        slot: args.slot,
+        create_slot: !args.no_create_slot,
+        application_name: args.application_name,
+        piece_interval: std::time::Duration::from_secs_f64(args.piece_seconds.max(0.05)),
+        piece_bytes: args.piece_mib.max(1) << 20,
+        synchronous: args.synchronous,
+        ..Default::default()
+    };
+    let status = Arc::new(std::sync::Mutex::new(StreamStatus::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let notes =
+        |n: StreamNote| eprintln!("lifeboat-backup: wal stream: {}", render::stream_note(&n));
+    let export = |st: &StreamStatus| -> Result<()> {
+        if let Some(f) = &args.prometheus {
+            backup_core::metrics::write_textfile(f, &st.to_prometheus())?;
+        }
+        if let Some(f) = &args.status_file {
+            backup_core::metrics::write_textfile(f, &serde_json::to_string_pretty(st)?)?;
+        }
+        Ok(())
+    };
+    let run = stream::stream(&repo, &opts, status.clone(), stop.clone(), &notes);
+    let signal = interrupted();
+    tokio::pin!(run, signal);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            sig = &mut signal, if !stop.is_cancelled() => {
+                eprintln!("lifeboat-backup: wal stream: {sig}: writing what is held, then stopping");
+                stop.cancel();
+            }
+            _ = tick.tick() => {
+                // A metrics file that cannot be written must not stop the WAL.
+                if let Err(e) = export(&status.lock().expect("status").clone()) {
+                    eprintln!("lifeboat-backup: wal stream: warning: {e:#}");
+                }
+            }
+        }
+    };
+    let st = status.lock().expect("status").clone();
+    export(&st)?;
+    result?;
+    out.result(&serde_json::to_value(&st)?, || {
+        format!(
+            "stopped; durable up to {} on timeline {} ({} pieces, {})",
+            wal::format_lsn(st.durable_lsn),
+            st.timeline,
+            st.pieces,
+            human_bytes(st.bytes)
+        )
+    });
+    Ok(())
+}
+
+/// The connection string and configured password `wal stream` uses.
+fn stream_target(
+    config: Option<&ConfigFile>,
+    args: &StreamArgs,
+) -> Result<(String, Option<zeroize::Zeroizing<String>>)> {
+    use backup_core::config::SourceConfig;
+    if let Some(url) = &args.url {
+        return Ok((url.clone(), None));
+    }
+    let bases: Vec<_> = config
+        .map(|c| {
+            c.sources
+                .iter()
+                .filter_map(|(n, s)| match s {
+                    SourceConfig::PostgresBase(b) => Some((n.clone(), b.clone())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let chosen = match &args.source {
+        Some(name) => bases.iter().find(|(n, _)| n == name),
+        None if bases.len() == 1 => bases.first(),
+        None => None,
+    };
+    let Some((_, b)) = chosen else {
+        let names: Vec<&str> = bases.iter().map(|(n, _)| n.as_str()).collect();
+        bail!(
+            "wal stream needs a server: give --url CONNINFO, or --source NAME of a postgres_base source in the config (it has: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    Ok((b.url.clone(), b.password()?))
 }
 
 /// `run`: back up the selected sources, then apply the config's retention.

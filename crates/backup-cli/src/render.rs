@@ -285,8 +285,13 @@ pub fn wal_status(st: &WalStatus, out: &Output) -> Result<()> {
             human_bytes(c.last_hour_bytes)
         );
         for t in &c.timelines {
+            let how = if t.streaming {
+                format!("streamed to {}", t.archived_to.as_deref().unwrap_or("?"))
+            } else {
+                "archived".into()
+            };
             let newest = match (&t.newest, t.newest_archived) {
-                (Some(n), Some(at)) => format!("{n}, archived {} ago", ago(at)),
+                (Some(n), Some(at)) => format!("{n}, {how} {} ago", ago(at)),
                 (Some(n), None) => n.to_string(),
                 (None, _) => "none".into(),
             };
@@ -332,4 +337,39 @@ pub fn wal_status(st: &WalStatus, out: &Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line about what the WAL streamer did.
+pub fn stream_note(n: &backup_core::engines::postgres::wal::stream::StreamNote) -> String {
+    use backup_core::engines::postgres::wal::format_lsn;
+    use backup_core::engines::postgres::wal::stream::StreamNote;
+    match n {
+        StreamNote::Connected {
+            server,
+            timeline,
+            from,
+            slot_created,
+        } => format!(
+            "connected to {server}, streaming timeline {timeline} from {}{}",
+            format_lsn(*from),
+            if *slot_created { " (slot created)" } else { "" }
+        ),
+        StreamNote::Lost { error, retry_in } => {
+            format!("{error}; connecting again in {}s", retry_in.as_secs())
+        }
+        StreamNote::StoreFailed { error } => {
+            format!(
+                "writing to the repository failed, retrying (the server keeps the WAL): {error}"
+            )
+        }
+        StreamNote::Timeline { from, to, at } => {
+            format!(
+                "timeline {from} ended at {}; following timeline {to}",
+                format_lsn(*at)
+            )
+        }
+        StreamNote::ConsolidateFailed { segment, error } => {
+            format!("segment {segment} stays in pieces (it is read from them): {error}")
+        }
+    }
 }

@@ -34,6 +34,9 @@ pub enum Error {
         detail: String,
     },
 
+    #[error("WAL stream from {server}: {detail}")]
+    Replication { server: String, detail: String },
+
     #[error("{name} is not the WAL file its name says: {detail}; nothing was archived")]
     WalInvalid { name: String, detail: String },
 
@@ -243,6 +246,9 @@ impl Error {
             }
             Error::WalInvalid { .. } => {
                 "archive_command must pass %p (the file in pg_wal), and each cluster its own files; PostgreSQL keeps the file and retries"
+            }
+            Error::Replication { .. } => {
+                "the connection needs a role with REPLICATION (or a superuser), a pg_hba.conf line for the `replication` database, and free max_wal_senders and max_replication_slots; `wal stream` reconnects on its own after a lost connection"
             }
             Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
             Error::WrongKey { .. } => {

@@ -158,15 +158,27 @@ impl Env {
     }
 
     fn command(&self, program: &str, args: &[&str]) -> Output {
-        Command::new(program)
-            .arg("--config")
+        self.prepare(program, args).output().unwrap()
+    }
+
+    fn prepare(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.arg("--config")
             .arg(self.p("c.toml"))
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LIFEBOAT_CACHE_DIR", self.cache.path())
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `lifeboat-backup ARGS…` running in the background, its stderr in `log`.
+    pub fn spawn(&self, args: &[&str], log: &Path) -> std::process::Child {
+        self.prepare(env!("CARGO_BIN_EXE_lifeboat-backup"), args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
             .unwrap()
     }
 

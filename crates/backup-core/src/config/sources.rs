@@ -66,6 +66,17 @@ impl PostgresBaseConfig {
         .tools()?;
         Ok(BaseBackupSource::new(name, &self.url, tools))
     }
+
+    /// The password configured for this entry (file or variable), if any.
+    pub fn password(&self) -> Result<Option<zeroize::Zeroizing<String>>> {
+        let tools = PostgresConfig {
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+            ..PostgresConfig::from_url(&self.url)
+        }
+        .tools()?;
+        Ok(tools.password)
+    }
 }
 
 /// `type = "redis"`: one RDB item.

@@ -1,4 +1,5 @@
-//! libpq connection strings (URLs and `key=value` lists): read or replace the database, redact.
+//! libpq connection strings (URLs and `key=value` lists): read or replace the database, redact,
+//! or read every parameter.
 
 /// The database named by a connection string, if any.
 pub fn database(conninfo: &str) -> Option<String> {
@@ -70,6 +71,55 @@ pub fn redact(conninfo: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Every parameter a connection string sets, as `key=value` pairs: a URL's user, password,
+/// host, port and database become `user`, `password`, `host`, `port` and `dbname`, its query
+/// parameters follow (a host in brackets or percent-encoded, e.g. a socket directory, works).
+pub fn params(conninfo: &str) -> Vec<(String, String)> {
+    let Some(rest) = url_rest(conninfo) else {
+        return keywords(conninfo);
+    };
+    let rest = rest.split('#').next().unwrap_or("");
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, db) = before_query.split_once('/').unwrap_or((before_query, ""));
+    let mut out = Vec::new();
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if let Some(u) = userinfo {
+        let (user, pw) = u.split_once(':').map_or((u, None), |(a, b)| (a, Some(b)));
+        if !user.is_empty() {
+            out.push(("user".into(), percent_decode(user)));
+        }
+        if let Some(pw) = pw {
+            out.push(("password".into(), percent_decode(pw)));
+        }
+    }
+    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+        let (h, after) = h.split_once(']').unwrap_or((h, ""));
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if !host.is_empty() {
+        out.push(("host".into(), percent_decode(host)));
+    }
+    if let Some(p) = port.filter(|p| !p.is_empty()) {
+        out.push(("port".into(), p.to_string()));
+    }
+    if !db.is_empty() {
+        out.push(("dbname".into(), percent_decode(db)));
+    }
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        out.push((percent_decode(k), percent_decode(v)));
+    }
+    out
 }
 
 fn url_rest(s: &str) -> Option<&str> {
@@ -158,6 +208,31 @@ fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_parameter_of_either_form() {
+        let p = params(
+            "postgresql://rep:p%40ss@db.example:5433/app?sslmode=disable&application_name=x",
+        );
+        let want: Vec<(String, String)> = [
+            ("user", "rep"),
+            ("password", "p@ss"),
+            ("host", "db.example"),
+            ("port", "5433"),
+            ("dbname", "app"),
+            ("sslmode", "disable"),
+            ("application_name", "x"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(p, want);
+        let p = params("postgres://%2Fvar%2Frun%2Fpostgresql:5432/");
+        assert_eq!(p[0], ("host".into(), "/var/run/postgresql".into()));
+        assert_eq!(p[1], ("port".into(), "5432".into()));
+        let p = params("host=/tmp port=5555 user='a b'");
+        assert_eq!(p[2], ("user".into(), "a b".into()));
+    }
 
     #[test]
     fn urls() {

@@ -68,6 +68,9 @@ pub struct ScratchPostgres {
 /// Role with a password, accepted only with scram-sha-256 (for tests of password handling).
 pub const PASSWORD_ROLE: &str = "lifeboat_pw";
 
+/// Role whose replication connections use the md5 method (tests of the WAL streamer).
+pub const MD5_ROLE: &str = "lifeboat_md5";
+
 impl ScratchPostgres {
     /// Initialises and starts a cluster on a free port.
     pub fn start() -> Result<ScratchPostgres> {
@@ -236,7 +239,7 @@ impl ScratchPostgres {
         )?;
         // A role with a password only accepted over scram, so tests can exercise auth failures.
         let hba = format!(
-            "local all all trust\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
+            "local all all trust\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\nhost replication {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost replication {MD5_ROLE} 127.0.0.1/32 md5\nhost replication all 127.0.0.1/32 trust\n"
         );
         std::fs::write(data.join("pg_hba.conf"), hba)
             .map_err(|e| Error::io("writing pg_hba.conf", e))

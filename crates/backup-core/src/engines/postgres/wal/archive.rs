@@ -32,8 +32,9 @@ const MAX_WAL_FILE: usize = 1 << 30;
 /// Segments pushed ahead at once hold at most about this much (plus their sealed copies).
 const LOOKAHEAD_BYTES: u64 = 128 << 20;
 
-/// zstd level for WAL: level 1 compresses WAL's zero-filled tails and repeated page images
-/// nearly as well as 3, at about twice the speed (docs/BENCHMARKS.md, WAL archiving).
+/// zstd level for WAL: its zero-filled tails and repeated page images compress well at level 1
+/// already, and `archive_command`'s CPU per segment is what must stay low while the server
+/// writes (docs/BENCHMARKS.md, point-in-time recovery).
 const WAL_ZSTD_LEVEL: i32 = 1;
 
 /// `wal/<cluster>/<timeline>/<name>`.
@@ -213,28 +214,46 @@ pub async fn push_one(
     }
 }
 
-/// Reads and authenticates an archived file (falling back to where older Lifeboat put it).
+/// Reads and authenticates an archived file (falling back to where older Lifeboat put it, then
+/// to the pieces `wal stream` stored of a segment).
 pub async fn read_archived(
     repo: &Repository,
     cluster: ClusterId,
     name: &WalName,
 ) -> Result<Vec<u8>> {
     match read_object(repo, &object_key(cluster, name), &bound_name(cluster, name)).await {
-        Err(Error::NotFound { .. }) => {
-            // The older layout kept no cluster apart: a segment there may be another
-            // cluster's, which recovery must not be handed.
-            let data = read_object(repo, &legacy_key(name), name.as_str()).await?;
-            let foreign = name.has_wal_pages()
-                && SegmentHeader::parse(&data).is_some_and(|h| h.cluster != cluster);
-            if foreign {
-                return Err(Error::NotFound {
-                    key: object_key(cluster, name),
-                    location: repo.location(),
-                });
+        Err(Error::NotFound { .. }) => match read_legacy(repo, cluster, name).await {
+            Err(Error::NotFound { .. }) if name.is_segment() => {
+                let pieces = super::pieces::list(repo, cluster, name).await?;
+                super::pieces::assemble(repo, cluster, name, &pieces).await
             }
-            Ok(data)
-        }
+            other => other,
+        },
         other => other,
+    }
+}
+
+/// The older layout kept no cluster apart: a segment there may be another cluster's, which
+/// recovery must not be handed.
+async fn read_legacy(repo: &Repository, cluster: ClusterId, name: &WalName) -> Result<Vec<u8>> {
+    let data = read_object(repo, &legacy_key(name), name.as_str()).await?;
+    let foreign =
+        name.has_wal_pages() && SegmentHeader::parse(&data).is_some_and(|h| h.cluster != cluster);
+    if foreign {
+        return Err(Error::NotFound {
+            key: object_key(cluster, name),
+            location: repo.location(),
+        });
+    }
+    Ok(data)
+}
+
+/// Whether the whole file `name` of `cluster` is archived (in this layout).
+pub async fn object_exists(repo: &Repository, cluster: ClusterId, name: &WalName) -> Result<bool> {
+    match repo.store().head(&object_key(cluster, name)).await {
+        Ok(_) => Ok(true),
+        Err(Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -5,12 +5,14 @@
 //! Bottom up: `name` (file names, cluster ids, segment arithmetic for any segment size),
 //! `header` (what a segment and `pg_control` say about themselves), `timeline` (history files
 //! and the segments a recovery along a timeline reads), `archive` (push with look-ahead, fetch
-//! with prefetch), `status` (listing, status, check, retention).
+//! with prefetch), `pieces` (streamed WAL), `stream` (the streamer), `status` (listing, status, check, retention).
 
 pub mod archive;
 pub mod header;
 pub mod name;
+pub mod pieces;
 pub mod status;
+pub mod stream;
 pub mod timeline;
 
 pub use archive::{

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::archive::{legacy_key, read_archived, read_object};
 use super::header::SegmentHeader;
 use super::name::{ClusterId, DEFAULT_SEGMENT_SIZE, WalName, format_lsn};
+use super::pieces::{self, Piece};
 use super::timeline::{Timelines, needed, parse_history};
 use crate::engines::postgres::base::{BaseBackup, base_backups};
 use crate::error::{Error, Result};
@@ -25,6 +26,26 @@ pub struct Archived {
     pub meta: ObjectMeta,
     /// Written by Lifeboat before WAL was kept per cluster (`wal/<timeline>/<name>`).
     pub legacy: bool,
+    /// Pieces `wal stream` stored of this segment: what it is made of when no whole segment
+    /// is archived, else left over from before the whole one came.
+    pub pieces: Vec<Piece>,
+    /// Assembled from pieces (no whole segment archived): the bytes they cover from the start.
+    pub streamed_to: Option<u64>,
+}
+
+impl Archived {
+    /// Whether this is a segment only partly streamed so far.
+    pub fn partial(&self, seg_size: u64) -> bool {
+        self.streamed_to.is_some_and(|n| n < seg_size)
+    }
+
+    /// Every object this file is stored in.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        let whole = self.streamed_to.is_none().then_some(self.meta.key.as_str());
+        whole
+            .into_iter()
+            .chain(self.pieces.iter().map(|p| p.meta.key.as_str()))
+    }
 }
 
 /// The archive as one listing of `wal/` shows it.
@@ -42,8 +63,13 @@ impl Archive {
     /// Lists `wal/` once.
     pub async fn list(repo: &Repository) -> Result<Archive> {
         let mut a = Archive::default();
+        let mut pieces: BTreeMap<(ClusterId, WalName), Vec<Piece>> = BTreeMap::new();
         for m in repo.store().list("wal/").await? {
             let parts: Vec<&str> = m.key.split('/').collect();
+            if let Some((c, p)) = pieces::parse(&parts, &m) {
+                pieces.entry((c, p.segment.clone())).or_default().push(p);
+                continue;
+            }
             let parsed = match parts.as_slice() {
                 ["wal", c, tli, n] => WalName::parse(n)
                     .ok()
@@ -56,6 +82,8 @@ impl Archive {
                     name,
                     meta: m,
                     legacy: false,
+                    pieces: Vec::new(),
+                    streamed_to: None,
                 });
                 continue;
             }
@@ -68,11 +96,39 @@ impl Archive {
                     name,
                     meta: m,
                     legacy: true,
+                    pieces: Vec::new(),
+                    streamed_to: None,
                 }),
                 None => a.foreign.push(m.key),
             }
         }
+        for ((c, seg), ps) in pieces {
+            a.add_streamed(c, seg, ps);
+        }
         Ok(a)
+    }
+
+    /// Gives streamed pieces to the whole segment they belong to, or makes them one.
+    fn add_streamed(&mut self, cluster: ClusterId, segment: WalName, ps: Vec<Piece>) {
+        let files = self.clusters.entry(cluster).or_default();
+        if let Some(f) = files.iter_mut().find(|f| f.name == segment) {
+            f.pieces = ps;
+            return;
+        }
+        let reached = pieces::chain(&ps).1;
+        let meta = ObjectMeta {
+            key: pieces::prefix(cluster, &segment),
+            size: ps.iter().map(|p| p.meta.size).sum(),
+            modified: ps.iter().filter_map(|p| p.meta.modified).max(),
+        };
+        files.push(Archived {
+            name: segment,
+            meta,
+            legacy: false,
+            pieces: ps,
+            streamed_to: Some(reached),
+        });
+        files.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// Gives the older layout's files to the cluster they belong to, when the repository's
@@ -130,9 +186,24 @@ impl<'a> ClusterArchive<'a> {
     /// Segment numbers present, per timeline.
     pub fn segments(&self) -> BTreeMap<u32, BTreeSet<u64>> {
         let mut out: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        let mut partial: Vec<(u32, u64)> = Vec::new();
         for f in self.files {
             if let Some(no) = f.name.segment_no(self.seg_size) {
+                if f.streamed_to == Some(0) {
+                    continue;
+                }
                 out.entry(f.name.timeline()).or_default().insert(no);
+                if f.partial(self.seg_size) {
+                    partial.push((f.name.timeline(), no));
+                }
+            }
+        }
+        // A partly streamed segment ends the archive: usable as the newest segment of its
+        // timeline (recovery ends inside it), a hole anywhere before.
+        for (tli, no) in partial {
+            let set = out.get_mut(&tli).expect("inserted above");
+            if set.last() != Some(&no) {
+                set.remove(&no);
             }
         }
         out
@@ -258,8 +329,13 @@ pub struct TimelineStatus {
     pub bytes: u64,
     pub oldest: Option<WalName>,
     pub newest: Option<WalName>,
-    /// When the newest segment was archived.
+    /// When the newest segment was archived (or its newest streamed piece written).
     pub newest_archived: Option<DateTime<Utc>>,
+    /// How far the archive reaches on this timeline: the newest segment's end, or where its
+    /// streamed pieces end.
+    pub archived_to: Option<String>,
+    /// The newest segment is streamed in part so far (`wal stream`).
+    pub streaming: bool,
     pub history: bool,
     /// The timeline it branched off, and where.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -411,6 +487,13 @@ fn timeline_status(
         oldest: segs.first().map(|f| f.name.clone()),
         newest: segs.last().map(|f| f.name.clone()),
         newest_archived: segs.last().and_then(|f| f.meta.modified),
+        archived_to: segs.last().and_then(|f| {
+            let no = f.name.segment_no(ca.seg_size)?;
+            Some(format_lsn(
+                no * ca.seg_size + f.streamed_to.unwrap_or(ca.seg_size),
+            ))
+        }),
+        streaming: segs.last().is_some_and(|f| f.partial(ca.seg_size)),
         history: tli == 1 || files.iter().any(|f| f.name.is_history()),
         branched_from,
         gaps,
@@ -582,15 +665,9 @@ pub async fn prune_wal(
                     Some(no) if no < keep_from => {}
                     _ => continue,
                 }
-                if !dry_run {
-                    match repo.store().delete(&f.meta.key).await {
-                        Ok(()) => {}
-                        Err(Error::Retained { .. }) => {
-                            report.retained += 1;
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                if !dry_run && !delete_file(repo, f).await? {
+                    report.retained += 1;
+                    continue;
                 }
                 cp.removed += 1;
                 cp.removed_bytes += f.meta.size;
@@ -601,6 +678,19 @@ pub async fn prune_wal(
         report.clusters.push(cp);
     }
     Ok(report)
+}
+
+/// Deletes every object of `f`; `false` when Object Lock kept one.
+async fn delete_file(repo: &Repository, f: &Archived) -> Result<bool> {
+    let mut all = true;
+    for key in f.keys() {
+        match repo.store().delete(key).await {
+            Ok(()) => {}
+            Err(Error::Retained { .. }) => all = false,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(all)
 }
 
 impl WalStatus {
