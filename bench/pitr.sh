@@ -520,7 +520,7 @@ EOF
   sample_archive() { while :; do echo "$(now) $(psql_ -c "SELECT coalesce((('x' || substr(last_archived_wal, 9, 8))::bit(32)::bigint * 4294967296 + (('x' || substr(last_archived_wal, 17, 8))::bit(32)::bigint + 1) * 16777216)::text, '0') FROM pg_stat_archiver")"; sleep 0.2; done; }
   out "## WAL streaming: commit to durable in S3 (ministack), pgbench for ${seconds}s"
   out ""
-  out "Markers committed every 0.5 s during the load, and the time until the WAL holding each commit was durable in the repository; S3 requests and stored bytes scaled to an hour; CPU seconds per minute and peak RSS of the streamer."
+  out "Markers committed every 0.5 s during the load, and the time until the WAL holding each commit was durable in the repository; S3 requests and stored bytes (from the load's start until its last WAL is durable) per hour of load; CPU seconds per minute and peak RSS of the streamer."
   out ""
   out "| load | WAL into the repository by | TPS | WAL MiB/s | commit to durable p50 / p99 / max s | S3 requests per hour (by method) | stored MiB per hour | streamer CPU s per min | streamer peak RSS MiB |"
   out "|---|---|---|---|---|---|---|---|---|"
@@ -557,7 +557,8 @@ EOF
       psql_ -F' ' -c "SELECT extract(epoch from at), lsn FROM marks WHERE lsn IS NOT NULL" > "$work/marks"
       rpo=$(python3 "$work/rpo.py" "$work/marks" "$work/samples")
       n=$(s3_requests "$r0")
-      hours=$(echo "($t1 - $t0) / 3600" | bc -l)
+      # Per hour of this load (the archive_timeout tail after it belongs to the same WAL).
+      hours=$(echo "$seconds / 3600" | bc -l)
       b1=$(s3_bytes stream/wal/)
       cpu="-" rss="-" by="archive_command, archive_timeout 60"
       if [ $mode = stream ]; then

@@ -250,6 +250,9 @@ enum WalCmd {
         /// collector; written atomically).
         #[arg(long, value_name = "FILE")]
         prometheus: Option<PathBuf>,
+        /// Include what `wal stream --status-file FILE` last wrote (lag, durable position).
+        #[arg(long, value_name = "FILE")]
+        stream_status: Option<PathBuf>,
     },
 }
 
@@ -399,9 +402,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             wal_stream(&resolved, config, args, &out).await?;
             0
         }
-        Cmd::Wal(WalCmd::Status { pg_wal, prometheus }) => {
+        Cmd::Wal(WalCmd::Status {
+            pg_wal,
+            prometheus,
+            stream_status,
+        }) => {
             let repo = resolved.open().await?;
-            let st = wal::status(&repo, pg_wal.as_deref()).await?;
+            let mut st = wal::status(&repo, pg_wal.as_deref()).await?;
+            if let Some(f) = stream_status {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading the streamer's status {}", f.display()))?;
+                st.stream = Some(serde_json::from_str(&text).with_context(|| {
+                    format!("{} is not a `wal stream --status-file`", f.display())
+                })?);
+            }
             if let Some(file) = prometheus {
                 backup_core::metrics::write_textfile(&file, &st.to_prometheus())?;
             }
@@ -608,6 +622,10 @@ async fn wal_stream(
     let notes =
         |n: StreamNote| eprintln!("lifeboat-backup: wal stream: {}", render::stream_note(&n));
     let export = |st: &StreamStatus| -> Result<()> {
+        let st = &StreamStatus {
+            updated_at: Some(chrono::Utc::now()),
+            ..st.clone()
+        };
         if let Some(f) = &args.prometheus {
             backup_core::metrics::write_textfile(f, &st.to_prometheus())?;
         }

@@ -265,6 +265,9 @@ pub fn wal_status(st: &WalStatus, out: &Output) -> Result<()> {
     if st.clusters.is_empty() {
         println!("no WAL archived in {}", st.location);
     }
+    if let Some(s) = &st.stream {
+        println!("{}", stream_line(s));
+    }
     let now = chrono::Utc::now();
     let ago = |t: chrono::DateTime<chrono::Utc>| human_duration((now - t).num_seconds() as f64);
     for c in &st.clusters {
@@ -372,4 +375,31 @@ pub fn stream_note(n: &backup_core::engines::postgres::wal::stream::StreamNote) 
             format!("segment {segment} stays in pieces (it is read from them): {error}")
         }
     }
+}
+
+/// The streamer's figures in one line, with a warning when they are stale.
+fn stream_line(s: &backup_core::engines::postgres::wal::stream::StreamStatus) -> String {
+    use backup_core::engines::postgres::wal::format_lsn;
+    let age = s
+        .updated_at
+        .map(|t| (chrono::Utc::now() - t).num_seconds())
+        .unwrap_or(i64::MAX);
+    let stale = if age > 30 {
+        " — STALE: is wal stream running?"
+    } else {
+        ""
+    };
+    format!(
+        "wal stream: {} on timeline {}, durable up to {}, lag {:.1} s / {}, {} store errors{stale}",
+        if s.connected {
+            "connected"
+        } else {
+            "NOT connected"
+        },
+        s.timeline,
+        format_lsn(s.durable_lsn),
+        s.lag_seconds,
+        human_bytes(s.lag_bytes),
+        s.store_errors
+    )
 }

@@ -1,8 +1,9 @@
 //! `wal stream` end to end against real PostgreSQL servers and the S3 test server: markers
 //! committed every second under pgbench load survive `kill -9` of the primary up to seconds
 //! before it, a restored server streams on its new timeline, S3 down for 30 s loses nothing,
-//! a streamer killed mid-load leaves no gap beside `archive_command`, and in synchronous mode
-//! every acknowledged commit is in the repository.
+//! a streamer killed mid-load leaves no gap beside `archive_command`, in synchronous mode
+//! every acknowledged commit is in the repository, and streaming from a standby follows its
+//! promotion.
 
 mod common;
 use common::*;
@@ -341,16 +342,36 @@ async fn a_streamer_killed_mid_load_and_restarted_leaves_no_gap_beside_archive_c
     pg.psql("postgres", "INSERT INTO markers VALUES (7)")
         .unwrap();
     s2.wait_durable(flush_lsn(&pg));
+    let s2_status = s2.status.clone();
     let log = s2.stop();
     assert!(!log.contains("different content"), "{log}");
     give_to_postgres(e.dir.path()).unwrap();
 
     let checked = e.run(&["--json", "check", "--read-data"]);
     assert!(checked.status.success(), "{}", stderr(&checked));
-    let st = e.status();
+    let prom = e.p("wal.prom");
+    let out = e.run(&[
+        "--json",
+        "wal",
+        "status",
+        "--stream-status",
+        s2_status.to_str().unwrap(),
+        "--prometheus",
+        prom.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st = json(&out);
     for tl in st["clusters"][0]["timelines"].as_array().unwrap() {
         assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "{st}");
     }
+    assert_eq!(st["stream"]["lag_seconds"], 0.0, "{st}");
+    assert!(st["stream"]["pieces"].as_u64().unwrap() > 0, "{st}");
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("lifeboat_wal_lag_seconds{cluster=")
+            && metrics.contains("lifeboat_wal_stream_status_age_seconds"),
+        "{metrics}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let (restored, _) = e.pitr_started(dir.path(), &[]);
     assert!(markers_in(&restored).contains(&7));
@@ -417,6 +438,52 @@ async fn in_synchronous_mode_every_acknowledged_commit_is_in_the_repository_scra
     let (restored, _) = e.pitr_started(dir.path(), &[]);
     let got = markers_in(&restored);
     assert_eq!(got, (1..=last).collect(), "every acknowledged commit");
+}
+
+#[tokio::test]
+async fn streaming_from_a_standby_follows_its_promotion_onto_the_new_timeline() {
+    need_postgres();
+    let e = Env::new();
+    let primary = ScratchPostgres::start().unwrap();
+    primary
+        .psql("postgres", "CREATE TABLE markers (n int PRIMARY KEY)")
+        .unwrap();
+    let standby = primary.standby().unwrap();
+    let s = Streamer::start(&e, "standby", &standby.url("postgres"), &[]);
+    e.base_backup(&primary, &[]);
+    primary
+        .psql("postgres", "INSERT INTO markers VALUES (1)")
+        .unwrap();
+    wait_for(
+        &standby,
+        "SELECT count(*) FROM markers",
+        "1",
+        "the standby replays",
+    );
+    standby.psql("postgres", "SELECT pg_promote()").unwrap();
+    wait_for(
+        &standby,
+        "SELECT pg_is_in_recovery()",
+        "f",
+        "the standby is promoted",
+    );
+    standby
+        .psql("postgres", "INSERT INTO markers VALUES (2)")
+        .unwrap();
+    s.wait(
+        "on timeline 2",
+        |st| st["timeline"] == 2,
+        Duration::from_secs(30),
+    );
+    s.wait_durable(flush_lsn(&standby));
+    let log = s.stop();
+    assert!(log.contains("following timeline 2"), "{log}");
+    give_to_postgres(e.dir.path()).unwrap();
+    let checked = e.run(&["check", "--read-data"]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let dir = tempfile::tempdir().unwrap();
+    let (restored, report) = e.pitr_started(dir.path(), &[]);
+    assert_eq!(markers_in(&restored), BTreeSet::from([1, 2]), "{report}");
 }
 
 #[test]

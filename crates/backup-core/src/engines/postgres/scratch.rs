@@ -111,6 +111,37 @@ impl ScratchPostgres {
         unreachable!("the loop returns")
     }
 
+    /// A streaming standby of this server (`pg_basebackup -R`), started on a free port.
+    pub fn standby(&self) -> Result<ScratchPostgres> {
+        let dir = temp_dir("lifeboat-standby")?;
+        if is_root() {
+            chown_postgres(&dir)?;
+        }
+        let bb = self.bin.join("pg_basebackup").display().to_string();
+        let data = dir.join("data").display().to_string();
+        let port = self.port.to_string();
+        run_as_postgres(
+            &[
+                &bb,
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ],
+            "pg_basebackup -R",
+        )?;
+        ScratchPostgres::adopt(&dir)
+    }
+
     /// Starts the cluster in `dir/data` (a restored one) on a free port, leaving its
     /// configuration files as they are (port and sockets are given on the command line);
     /// stopped and removed on drop like any scratch server.

@@ -1,6 +1,6 @@
 //! WAL file names, the cluster they belong to, and segment arithmetic for any segment size.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -9,8 +9,8 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 
 /// A cluster, by its system identifier (`pg_control`, and every segment's long header): the
 /// archive keeps each cluster's WAL apart, so two clusters never collide on a file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct ClusterId(pub u64);
 
 impl ClusterId {
@@ -27,6 +27,13 @@ impl ClusterId {
 impl std::fmt::Display for ClusterId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+impl TryFrom<String> for ClusterId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<ClusterId> {
+        ClusterId::parse(&s)
     }
 }
 

@@ -293,6 +293,9 @@ pub struct WalStatus {
     /// What waits in the local `pg_wal`, when it was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog: Option<Backlog>,
+    /// What a running `wal stream` last said (its `--status-file`), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<super::stream::StreamStatus>,
 }
 
 /// One cluster's archived WAL.
@@ -401,6 +404,7 @@ pub async fn status(repo: &Repository, pg_wal: Option<&Path>) -> Result<WalStatu
         clusters,
         unattributed_files: archive.unattributed.len(),
         backlog: pg_wal.map(backlog),
+        stream: None,
     })
 }
 
@@ -765,6 +769,10 @@ impl WalStatus {
                 b.oldest_age_seconds.unwrap_or(0.0),
             );
         }
-        m.render()
+        let mut text = m.render();
+        if let Some(st) = &self.stream {
+            text.push_str(&st.to_prometheus());
+        }
+        text
     }
 }

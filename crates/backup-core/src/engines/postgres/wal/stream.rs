@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::archive::push_one;
@@ -71,9 +71,13 @@ impl Default for StreamOptions {
     }
 }
 
-/// Where the streamer stands; shared with whoever renders or exports it.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Where the streamer stands; shared with whoever renders or exports it (and read back by
+/// `wal status --stream-status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StreamStatus {
+    /// When this was written out (set by whoever writes it).
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
     pub cluster: Option<ClusterId>,
     pub timeline: u32,
     pub connected: bool,
@@ -161,6 +165,15 @@ impl StreamStatus {
         ];
         for (name, help, v) in g {
             m.gauge(name, help, l, v);
+        }
+        if let Some(t) = self.updated_at {
+            let age = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
+            m.gauge(
+                "lifeboat_wal_stream_status_age_seconds",
+                "How old these streamer figures are (a stopped streamer's stay behind).",
+                l,
+                age,
+            );
         }
         m.render()
     }
