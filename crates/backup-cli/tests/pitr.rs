@@ -9,7 +9,7 @@ use common::*;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use backup_core::engines::postgres::scratch::{ScratchPostgres, server_bin_dir};
@@ -190,24 +190,6 @@ fn commit_marker(pg: &ScratchPostgres, n: u32) -> Marker {
         lsn_before: lsns[0],
         lsn_after: lsns[1],
     }
-}
-
-fn pgbench(pg: &ScratchPostgres, args: &[&str]) -> Command {
-    let mut c = Command::new(pg.bin_dir().join("pgbench"));
-    c.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(args)
-    .arg("postgres")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    c
 }
 
 /// Load, markers, `kill -9`, then a restore to the end of the archive holding every marker

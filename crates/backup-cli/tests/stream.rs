@@ -10,7 +10,7 @@ use common::*;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use backup_core::engines::postgres::scratch::{
@@ -118,24 +118,6 @@ impl Drop for Streamer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn pgbench(pg: &ScratchPostgres, args: &[&str]) -> Command {
-    let mut c = Command::new(pg.bin_dir().join("pgbench"));
-    c.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(args)
-    .arg("postgres")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    c
 }
 
 fn flush_lsn(pg: &ScratchPostgres) -> u64 {

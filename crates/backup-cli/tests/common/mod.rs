@@ -261,6 +261,25 @@ impl Env {
     }
 }
 
+/// `pgbench ARGS… postgres` against `pg`, its output discarded.
+pub fn pgbench(pg: &ScratchPostgres, args: &[&str]) -> Command {
+    let mut c = Command::new(pg.bin_dir().join("pgbench"));
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+    ])
+    .args(args)
+    .arg("postgres")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
 /// Polls `sql` on `pg` until it prints `want`.
 pub fn wait_for(pg: &ScratchPostgres, sql: &str, want: &str, what: &str) {
     let t0 = Instant::now();
