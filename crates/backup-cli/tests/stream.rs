@@ -283,7 +283,7 @@ async fn s3_down_for_30_s_under_load_loses_nothing_shows_the_lag_and_catches_up(
 }
 
 #[tokio::test]
-async fn a_streamer_killed_mid_load_and_restarted_leaves_no_gap_beside_archive_command_md5() {
+async fn a_streamer_killed_again_and_again_mid_load_leaves_no_gap_beside_archive_command_md5() {
     need_postgres();
     let e = Env::new();
     let pg = e.archiving_server_with("archive_timeout = '5s'\n");
@@ -306,14 +306,23 @@ async fn a_streamer_killed_mid_load_and_restarted_leaves_no_gap_beside_archive_c
         "postgresql://{MD5_ROLE}:md5pw@127.0.0.1:{}/postgres",
         pg.port()
     );
-    let mut s1 = Streamer::start(&e, "s1", &url, &[]);
+    let s1 = Streamer::start(&e, "s1", &url, &[]);
     e.base_backup(&pg, &[]);
-    let mut load = pgbench(&pg, &["-c", "2", "-T", "40", "-n"])
+    let mut load = pgbench(&pg, &["-c", "2", "-T", "60", "-n"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(5));
-    s1.kill9();
-    std::thread::sleep(Duration::from_secs(2));
+    // Killed at points spread over its cycle (receiving, uploading a piece, writing a whole
+    // segment, deleting pieces), each time restarted on the same slot.
+    let mut s = s1;
+    for (i, ms) in [300u64, 700, 1100, 1600, 2300, 3100]
+        .into_iter()
+        .enumerate()
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+        s.kill9();
+        s = Streamer::start(&e, &format!("k{i}"), &url, &[]);
+    }
+    s.kill9();
     let s2 = Streamer::start(&e, "s2", &url, &[]);
     std::thread::sleep(Duration::from_secs(5));
     let _ = load.kill();
