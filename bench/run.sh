@@ -2,7 +2,8 @@
 # Lifeboat side by side with restic, rustic, borg and plain `zstd -T2` on three datasets:
 # a PostgreSQL dump with text/json columns, a Redis RDB of mixed types and a directory of mixed
 # files. For each tool and dataset: first backup, unchanged re-backup, re-backup after a ~2%
-# change, restore; wall time, MB/s (10^6 bytes), CPU % of one core, peak RSS, repository size.
+# change, restore (until `sync` returns, beside the floor: `cp -a` or `cat >` and `sync`); wall
+# time, MB/s (10^6 bytes), CPU % of one core, peak RSS, repository size.
 # Tools that are not installed are left out (and said so). Writes a Markdown report.
 #
 #   bench/run.sh [--datasets pg,redis,tree] [--tools lifeboat,restic,rustic,borg,zstd]
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --repeat) repeat="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --merge) merge="$(realpath "$2")"; shift 2 ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
   esac
 done
 has() { case ",$1," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
@@ -310,7 +311,8 @@ run_dataset() { # dataset store
       record "$ds\t$store\t$tool\t$step\t$(size_of "$live")\t$t\t$sz"
     done
     local to="$work/restore"; rm -rf "$to"; mkdir -p "$to"; sync
-    t=$(timed sh -c "$(restore_cmd "$tool" "$store" "$ds" "$is_dir" "$n" "$to")")
+    # Until the data is durable, for every tool: a restore is done when it survives a crash.
+    t=$(timed sh -c "$(restore_cmd "$tool" "$store" "$ds" "$is_dir" "$n" "$to") && sync")
     local got; got=$(restored_path "$tool" "$is_dir" "$live" "$to")
     if [ "$is_dir" = 1 ]; then diff -rq "$live" "$got" >/dev/null || { echo "RESTORE DIFFERS: $tool $ds" >&2; exit 1; }
     else cmp -s "$live" "$got" || { echo "RESTORE DIFFERS: $tool $ds" >&2; exit 1; }; fi
@@ -319,6 +321,14 @@ run_dataset() { # dataset store
     record "$ds\t$store\t$tool\trestore to a pipe\t$(size_of "$live")\t$t\t"
     rm -rf "$to" "$repo" 2>/dev/null || true
   done
+  # The disk's floor for the same bytes, in the same run: a plain copy, durable.
+  if [ "$store" = local ]; then
+    local to="$work/restore"; rm -rf "$to"; mkdir -p "$to"; warm "$live"
+    if [ "$is_dir" = 1 ]; then t=$(timed sh -c "cp -a $live $to/data && sync")
+    else t=$(timed sh -c "cat $live > $to/data && sync"); fi
+    record "$ds\t$store\tfloor\trestore\t$(size_of "$live")\t$t\t"
+    rm -rf "$to"
+  fi
   done
   rm -rf "$live"
 }
@@ -348,7 +358,7 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 bad = [r for r in rows if len(r) != 9]
 assert not bad, bad
 order = {k: i for i, k in enumerate(["pg", "redis", "tree", "local", "s3", "lifeboat", "restic",
-         "rustic", "borg", "zstd", "first", "unchanged", "changed", "restore", "restore to a pipe"])}
+         "rustic", "borg", "zstd", "floor", "first", "unchanged", "changed", "restore", "restore to a pipe"])}
 rows.sort(key=lambda r: (order[r[0]], order[r[1]], order[r[2]], order[r[3]]))
 # Repeated runs (--repeat): the run with the median wall time, and the range.
 runs = collections.OrderedDict()

@@ -349,6 +349,22 @@ impl Sink for FileSink {
             return Err(sink_err(&self.item, &self.target, e));
         }
         self.tmp.placed();
+        // The rename is durable once the directory holding it is.
+        let parent = self
+            .target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let synced = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&parent).and_then(|d| d.sync_all())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = synced {
+            return Err(sink_err(&self.item, &self.target, e));
+        }
         Ok(SinkReport {
             target: self.target.display().to_string(),
             leftovers: self.leftovers.clone().found(),

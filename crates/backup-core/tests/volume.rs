@@ -306,6 +306,17 @@ async fn archives_that_escape_the_target_are_refused_with_nothing_written_outsid
             "symlink-replaced",
             evil_tar(&[("f", Regular, "", b"1"), ("f", Symlink, &outside_s, b"")]),
         ),
+        (
+            "file-through-symlink",
+            evil_tar(&[
+                ("v", Symlink, &format!("{outside_s}/victim"), b""),
+                ("v", Regular, "", b"x"),
+            ]),
+        ),
+        (
+            "file-twice",
+            evil_tar(&[("f", Regular, "", b"1"), ("f", Regular, "", b"2")]),
+        ),
     ];
     fs::write(outside.join("victim"), "keep").unwrap();
     for (name, tarball) in cases {

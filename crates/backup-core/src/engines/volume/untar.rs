@@ -5,14 +5,22 @@
 //! is unsafe or not an earlier regular file, and duplicate entries. Directory permissions and
 //! mtimes are applied last, deepest first, so read-only directories still receive their files.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read};
-use std::os::unix::fs::{PermissionsExt, lchown};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, fchown, lchown};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 pub use crate::sink::UntarStats;
+
+/// What a regular file gets once its data is written.
+struct FileMeta {
+    mode: u32,
+    mtime: u64,
+    owner: Option<(u32, u32)>,
+}
 
 struct DirAttrs {
     path: PathBuf,
@@ -37,6 +45,8 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
         is_root,
         st: UntarStats::default(),
         dirs: Vec::new(),
+        made: HashSet::from([PathBuf::new()]),
+        buf: vec![0; COPY_BUF],
     };
     for entry in archive
         .entries()
@@ -52,6 +62,10 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
     Ok(x.st)
 }
 
+/// File data is copied in pieces of this size (the tar reader's default of 8 KiB cost one
+/// write, and across the stream bridge one wake-up, per 8 KiB).
+const COPY_BUF: usize = 1 << 20;
+
 /// One extraction in progress.
 struct Extract<'a> {
     dst: &'a Path,
@@ -60,6 +74,10 @@ struct Extract<'a> {
     st: UntarStats,
     /// Attributes set once everything is written (writing into a directory changes its mtime).
     dirs: Vec<DirAttrs>,
+    /// Directories (relative to `dst`) this extraction created: real directories, never
+    /// symlinks (nothing may replace an entry), so paths below them need no more checks.
+    made: HashSet<PathBuf>,
+    buf: Vec<u8>,
 }
 
 impl Extract<'_> {
@@ -88,14 +106,14 @@ impl Extract<'_> {
         let shown = raw.display().to_string();
         let rel = safe_relative(&raw).map_err(|r| self.refuse(&shown, r))?;
         let target = self.dst.join(&rel);
-        check_parents(self.dst, &rel).map_err(|r| self.refuse(&shown, &r))?;
+        let is_root = self.is_root;
         let h = entry.header();
         let ty = h.entry_type();
         let attrs = |path: PathBuf| DirAttrs {
             path,
             mode: h.mode().unwrap_or(0o755),
             mtime: h.mtime().unwrap_or(0),
-            owner: match (self.is_root, h.uid(), h.gid()) {
+            owner: match (is_root, h.uid(), h.gid()) {
                 (true, Ok(u), Ok(g)) => Some((u, g)),
                 _ => None,
             },
@@ -108,26 +126,40 @@ impl Extract<'_> {
             }
             return Ok(());
         }
-        if let Ok(existing) = fs::symlink_metadata(&target)
-            && !(ty.is_dir() && existing.is_dir())
-        {
+        let is_file = matches!(ty, tar::EntryType::Regular | tar::EntryType::Continuous);
+        // A regular file is created exclusively (a duplicate fails there); a directory this
+        // extraction made may be named again.
+        let known_dir = ty.is_dir() && self.made.contains(&rel);
+        if !(is_file || known_dir) && fs::symlink_metadata(&target).is_ok() {
             return Err(self.refuse(&shown, "duplicate entry"));
         }
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| self.io_err(&shown, e))?;
-        }
+        self.make_parents(&rel, &shown)?;
         match ty {
             tar::EntryType::Directory => {
-                if !target.is_dir() {
+                if !self.made.contains(&rel) {
                     fs::create_dir(&target).map_err(|e| self.io_err(&shown, e))?;
+                    self.made.insert(rel);
                 }
                 let a = attrs(target);
                 self.dirs.push(a);
                 self.st.dirs += 1;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let meta = FileMeta {
+                    mode: h.mode().unwrap_or(0o644) & 0o7777,
+                    mtime: h.mtime().unwrap_or(0),
+                    owner: match (is_root, h.uid(), h.gid()) {
+                        (true, Ok(u), Ok(g)) => Some((u as u32, g as u32)),
+                        _ => None,
+                    },
+                };
                 self.st.bytes += h.size().unwrap_or(0);
-                entry.unpack(&target).map_err(|e| self.io_err(&shown, e))?;
+                match self.write_file(&mut entry, &target, &meta) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(self.refuse(&shown, "duplicate entry"));
+                    }
+                    r => r.map_err(|e| self.io_err(&shown, e))?,
+                }
                 self.st.files += 1;
             }
             tar::EntryType::Symlink => {
@@ -147,6 +179,53 @@ impl Extract<'_> {
             _ => self.st.skipped += 1,
         }
         Ok(())
+    }
+
+    /// Creates the missing parents of `rel`, after checking that none of the existing ones
+    /// is a symlink or a file; parents this extraction made are known good.
+    fn make_parents(&mut self, rel: &Path, shown: &str) -> Result<()> {
+        let Some(parent) = rel.parent() else {
+            return Ok(());
+        };
+        if self.made.contains(parent) {
+            return Ok(());
+        }
+        check_parents(self.dst, rel).map_err(|r| self.refuse(shown, &r))?;
+        fs::create_dir_all(self.dst.join(parent)).map_err(|e| self.io_err(shown, e))?;
+        for a in parent.ancestors() {
+            if !self.made.insert(a.to_path_buf()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A regular file: created exclusively, its data copied in large pieces, then owner,
+    /// mode (after the owner: chown clears set-id bits) and mtime, all on the open file.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        target: &Path,
+        meta: &FileMeta,
+    ) -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(target)?;
+        loop {
+            let n = entry.read(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            f.write_all(&self.buf[..n])?;
+        }
+        if let Some((u, g)) = meta.owner {
+            fchown(&f, Some(u), Some(g))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(meta.mode))?;
+        let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
+        filetime::set_file_handle_times(&f, None, Some(t))
     }
 
     /// A hard link, only to an earlier regular file of the same archive.
