@@ -242,8 +242,13 @@ pub async fn stream(
                 // so a server that died with it is not missed.
                 s.seal();
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
                     r = s.drain() => r?,
+                    _ = stop.cancelled() => {
+                        // Stopping: what is held still gets its minute (the server that sent
+                        // it may be gone), as on a stop while connected.
+                        let _ = tokio::time::timeout(Duration::from_secs(60), s.drain()).await;
+                        return Ok(());
+                    }
                 }
                 if began.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_secs(1);
