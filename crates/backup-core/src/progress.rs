@@ -1,34 +1,55 @@
 //! Progress counters shared between a running backup/restore and whoever displays them.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Lock-free counters for the item in progress; the binaries render them on a TTY.
-#[derive(Debug)]
+/// Counters shared between a running backup or restore and its display: one lane per item in
+/// flight (a backup runs items one after another, a restore several at once).
+#[derive(Debug, Default)]
 pub struct Progress {
-    item: Mutex<String>,
-    done: AtomicU64,
-    total: AtomicU64,
-    estimated: AtomicBool,
-    started: Mutex<Instant>,
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// Bytes the whole run will move, when known beforehand (a restore plan); 0 otherwise.
+    expected: AtomicU64,
+    started: Mutex<Option<Instant>>,
 }
 
-impl Default for Progress {
-    fn default() -> Self {
-        Progress {
-            item: Mutex::new(String::new()),
-            done: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-            estimated: AtomicBool::new(false),
-            started: Mutex::new(Instant::now()),
-        }
+/// One item's counters; the item's task adds to it without taking a lock.
+#[derive(Debug)]
+pub struct Lane {
+    name: String,
+    done: AtomicU64,
+    total: u64,
+    estimated: bool,
+    started: Instant,
+    finished: AtomicBool,
+}
+
+impl Lane {
+    /// Adds processed bytes.
+    pub fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Marks the item as done (it stays in the display, as done).
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Relaxed);
     }
 }
 
-/// A point-in-time reading of [`Progress`].
+/// A point-in-time reading of one [`Lane`].
+#[derive(Debug, Clone)]
+pub struct LaneView {
+    pub name: String,
+    pub done: u64,
+    pub total: u64,
+    pub finished: bool,
+}
+
+/// A point-in-time reading of [`Progress`]: one item's figures, or the sum over several.
 #[derive(Debug, Clone)]
 pub struct ProgressView {
+    /// The item, or empty when several run at once (see `lanes`).
     pub item: String,
     pub done: u64,
     /// 0 when unknown (a stream of unknown length).
@@ -36,6 +57,8 @@ pub struct ProgressView {
     /// `total` is a guess (the item's size last time), not a known length.
     pub estimated: bool,
     pub elapsed_secs: f64,
+    /// Every item of a run that restores several at once (empty for one item at a time).
+    pub lanes: Vec<LaneView>,
 }
 
 impl ProgressView {
@@ -56,37 +79,92 @@ impl ProgressView {
 }
 
 impl Progress {
-    /// Starts a new item of `total` bytes (0 = unknown).
+    /// Starts the next item of a run that does one at a time, `total` bytes (0 = unknown).
     pub fn start_item(&self, name: &str, total: u64) {
         self.start(name, total, false);
     }
 
-    /// Starts a new item whose size is only estimated (0 = no estimate).
+    /// Starts the next item whose size is only estimated (0 = no estimate).
     pub fn start_item_estimated(&self, name: &str, estimate: u64) {
         self.start(name, estimate, true);
     }
 
     fn start(&self, name: &str, total: u64, estimated: bool) {
-        *self.item.lock().unwrap() = name.to_string();
-        self.done.store(0, Ordering::Relaxed);
-        self.total.store(total, Ordering::Relaxed);
-        self.estimated.store(estimated, Ordering::Relaxed);
-        *self.started.lock().unwrap() = Instant::now();
+        let lane = new_lane(name, total, estimated);
+        *self.lanes.lock().unwrap() = vec![lane];
+        *self.started.lock().unwrap() = Some(Instant::now());
     }
 
-    /// Adds processed bytes.
+    /// Adds processed bytes to the item started last.
     pub fn add(&self, n: u64) {
-        self.done.fetch_add(n, Ordering::Relaxed);
+        if let Some(l) = self.lanes.lock().unwrap().last() {
+            l.add(n);
+        }
     }
 
-    /// Current reading.
+    /// The whole run will move `bytes` (a restore plan's size): the total of the summed view.
+    pub fn expect(&self, bytes: u64) {
+        self.expected.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds an item that runs beside the others; the caller adds to the lane it gets.
+    pub fn lane(&self, name: &str, total: u64) -> Arc<Lane> {
+        let lane = new_lane(name, total, false);
+        self.lanes.lock().unwrap().push(lane.clone());
+        self.started
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        lane
+    }
+
+    /// Current reading: the one item's figures, or the sum once several lanes exist.
     pub fn view(&self) -> ProgressView {
+        let lanes = self.lanes.lock().unwrap().clone();
+        if let [l] = lanes.as_slice() {
+            return ProgressView {
+                item: l.name.clone(),
+                done: l.done.load(Ordering::Relaxed),
+                total: l.total,
+                estimated: l.estimated,
+                elapsed_secs: l.started.elapsed().as_secs_f64(),
+                lanes: Vec::new(),
+            };
+        }
+        let lanes: Vec<LaneView> = lanes.iter().map(|l| l.view()).collect();
+        let elapsed = *self.started.lock().unwrap();
         ProgressView {
-            item: self.item.lock().unwrap().clone(),
+            item: String::new(),
+            done: lanes.iter().map(|l| l.done).sum(),
+            total: match self.expected.load(Ordering::Relaxed) {
+                0 => lanes.iter().map(|l| l.total).sum(),
+                n => n,
+            },
+            estimated: false,
+            elapsed_secs: elapsed.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            lanes,
+        }
+    }
+}
+
+fn new_lane(name: &str, total: u64, estimated: bool) -> Arc<Lane> {
+    Arc::new(Lane {
+        name: name.to_string(),
+        done: AtomicU64::new(0),
+        total,
+        estimated,
+        started: Instant::now(),
+        finished: AtomicBool::new(false),
+    })
+}
+
+impl Lane {
+    fn view(&self) -> LaneView {
+        LaneView {
+            name: self.name.clone(),
             done: self.done.load(Ordering::Relaxed),
-            total: self.total.load(Ordering::Relaxed),
-            estimated: self.estimated.load(Ordering::Relaxed),
-            elapsed_secs: self.started.lock().unwrap().elapsed().as_secs_f64(),
+            total: self.total,
+            finished: self.finished.load(Ordering::Relaxed),
         }
     }
 }
@@ -123,6 +201,9 @@ impl ProgressView {
     /// estimated (`of ~1.2 GiB`: last run's size; past it, no ETA is made up). Empty before
     /// any item has started.
     pub fn line(&self) -> String {
+        if !self.lanes.is_empty() {
+            return self.lanes_line();
+        }
         if self.item.is_empty() {
             return String::new();
         }
@@ -146,6 +227,26 @@ impl ProgressView {
             s.push_str(&format!(", ETA {}", human_duration(eta)));
         }
         s.push(')');
+        s
+    }
+
+    /// Several items at once: the sum, then each item's share (`done` once finished).
+    fn lanes_line(&self) -> String {
+        let running = self.lanes.iter().filter(|l| !l.finished).count();
+        let sum = ProgressView {
+            item: format!("{running} of {} items running", self.lanes.len()),
+            lanes: Vec::new(),
+            ..self.clone()
+        };
+        let mut s = sum.line();
+        for l in &self.lanes {
+            let state = match (l.finished, l.total) {
+                (true, _) => "done".to_string(),
+                (false, 0) => human_bytes(l.done),
+                (false, t) => format!("{:.0}%", (l.done as f64 * 100.0 / t as f64).min(100.0)),
+            };
+            s.push_str(&format!(" · {} {state}", l.name));
+        }
         s
     }
 }
@@ -195,6 +296,7 @@ mod tests {
             total: 100 << 20,
             estimated: false,
             elapsed_secs: 10.0,
+            lanes: Vec::new(),
         };
         assert_eq!(
             v.line(),
@@ -225,5 +327,24 @@ mod tests {
         let v = p.view();
         assert!(v.estimated && v.total == 1 << 30);
         assert!(v.line().contains("of ~1.0 GiB (25%"), "{}", v.line());
+    }
+
+    #[test]
+    fn items_at_once_show_the_sum_and_each_item() {
+        let p = Progress::default();
+        p.expect(300 << 20);
+        let db = p.lane("db", 100 << 20);
+        let files = p.lane("files", 200 << 20);
+        db.add(100 << 20);
+        db.finish();
+        files.add(50 << 20);
+        let v = p.view();
+        assert_eq!((v.done, v.total), (150 << 20, 300 << 20));
+        let line = v.line();
+        assert!(
+            line.starts_with("1 of 2 items running: 150.0 MiB of 300.0 MiB (50%"),
+            "{line}"
+        );
+        assert!(line.ends_with(" · db done · files 25%"), "{line}");
     }
 }

@@ -674,3 +674,95 @@ async fn a_file_cache_that_cannot_be_saved_is_a_warning() {
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     assert!(cache.exists());
 }
+
+/// Three volumes: restored at once (all three start before any ends); a failing item does not
+/// stop the others already running, and one at a time, nothing starts after a failure.
+#[tokio::test]
+async fn items_restore_at_once_and_a_failure_starts_nothing_new() {
+    use backup_core::commands::restore::{ApplyEvent, ApplyEvents, Target};
+    use std::sync::{Arc, Mutex};
+    let t = new_repo().await;
+    let mut sources: Vec<Box<dyn backup_core::source::Source>> = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let src = t.dir.path().join(name);
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("blob"), random_bytes(i as u64, 4 << 20)).unwrap();
+        sources.push(Box::new(VolumeSource::new(
+            *name,
+            &src,
+            VolumeOptions::default(),
+        )));
+    }
+    backup(&t.repo, sources, &BackupOptions::default())
+        .await
+        .unwrap();
+    let snap = t.repo.find_snapshot("latest").await.unwrap();
+    let run = |out: &str, items_at_once: usize, failing_first: bool| {
+        let (t, snap, out) = (&t, &snap, t.dir.path().join(out));
+        async move {
+            let mut p = plan(
+                snap,
+                &RestoreOptions {
+                    to: Some(out.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            if failing_first {
+                p.items[2].target = Target::Command("exit 3".into());
+                p.items.rotate_right(1);
+            }
+            let log: Arc<Mutex<Vec<String>>> = Arc::default();
+            let events = {
+                let log = log.clone();
+                ApplyEvents(Arc::new(move |e| {
+                    log.lock().unwrap().push(match e {
+                        ApplyEvent::Started(i) => format!("start {}", i.name),
+                        ApplyEvent::Restored(i, _) => format!("done {}", i.name),
+                        ApplyEvent::Failed(i, _) => format!("fail {}", i.name),
+                        ApplyEvent::NotStarted(i) => format!("skip {}", i.name),
+                    })
+                }))
+            };
+            let opts = ApplyOptions {
+                items_at_once,
+                events: Some(events),
+                ..Default::default()
+            };
+            let r = apply(&t.repo, snap, &p, &opts).await;
+            let log = log.lock().unwrap().clone();
+            (r, log, out)
+        }
+    };
+
+    let (r, log, out) = run("all", 3, false).await;
+    let report = r.unwrap();
+    let names: Vec<&str> = report.items.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"], "reported in plan order");
+    assert!(
+        log[..3].iter().all(|e| e.starts_with("start")),
+        "all three started before any ended: {log:?}"
+    );
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            fs::read(out.join(name).join("blob")).unwrap(),
+            fs::read(t.dir.path().join(name).join("blob")).unwrap()
+        );
+    }
+
+    let (r, log, out) = run("fail-at-once", 3, true).await;
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("item c"), "the failed item: {e}");
+    assert!(log.contains(&"fail c".to_string()), "{log:?}");
+    assert!(
+        log.contains(&"done a".to_string()) && log.contains(&"done b".to_string()),
+        "items already running finish: {log:?}"
+    );
+    assert!(out.join("a/blob").exists() && out.join("b/blob").exists());
+
+    let (r, log, out) = run("fail-one-by-one", 1, true).await;
+    assert!(r.is_err());
+    assert_eq!(log, ["start c", "fail c", "skip a", "skip b"]);
+    assert!(!out.join("a").exists() && !out.join("b").exists());
+}

@@ -63,6 +63,9 @@ enum Cmd {
         /// Do not ask before replacing occupied targets with --force.
         #[arg(long, short)]
         yes: bool,
+        /// Items restored at once when their targets are independent (1: one after another).
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+        items_at_once: u16,
     },
     /// PostgreSQL WAL archive: `restore_command = 'lifeboat-restore wal fetch %f %p'`.
     #[command(subcommand)]
@@ -219,9 +222,10 @@ struct PgFlags {
     /// Drop and recreate the target database's objects (pg_restore --clean --if-exists).
     #[arg(long)]
     clean: bool,
-    /// Parallel pg_restore; spools the dump to a temporary file first.
-    #[arg(long, default_value_t = 1)]
-    jobs: usize,
+    /// Parallel pg_restore (spools the dump to a temporary file first). Default: one per core
+    /// when the dump is over 64 MiB and its spool fits in the temporary directory; 1 streams.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Restore only this table (repeatable; pg_restore --table).
     #[arg(long = "table", value_name = "TABLE")]
     tables: Vec<String>,
@@ -278,7 +282,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (_, p) = sel.plan(&repo, config).await?;
             print_plan(&p, &out)?;
         }
-        Cmd::Run { sel, dry_run, yes } => {
+        Cmd::Run {
+            sel,
+            dry_run,
+            yes,
+            items_at_once,
+        } => {
             let (snap, p) = sel.plan(&repo, config).await?;
             if dry_run || (!out.quiet && !out.json) {
                 print_plan(&p, &out)?;
@@ -295,7 +304,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             {
                 bail!("restore cancelled; nothing was touched");
             }
-            restore(&repo, &snap, &p, &out).await?;
+            restore(&repo, &snap, &p, items_at_once.into(), &out).await?;
         }
         Cmd::Pitr(args) => pitr_cmd(&repo, &cli.global, &resolved, config, &args, &out).await?,
         Cmd::Wal(WalCmd::Fetch(_)) => unreachable!("handled before the repository is opened"),
@@ -632,7 +641,7 @@ impl Selection {
                 url: self.pg.to_postgres.clone(),
                 item_urls: defaults.postgres_urls,
                 clean: self.pg.clean,
-                jobs: self.pg.jobs,
+                jobs: self.pg.jobs.map_or(0, usize::from),
                 tables: self.pg.tables.clone(),
                 schemas: self.pg.schemas.clone(),
                 no_owner: self.pg.no_owner,
@@ -718,61 +727,68 @@ fn confirm(p: &RestorePlan) -> Result<bool> {
     Ok(line.trim() == "yes")
 }
 
-/// The ticker of the item being restored, the names restored so far, the item in flight.
-type Restoring = (Option<Ticker>, Vec<String>, Option<PlannedItem>);
+/// What a restore has done so far, for the messages of a failure or an interruption.
+#[derive(Default)]
+struct Restoring {
+    ticker: Option<Ticker>,
+    restored: Vec<String>,
+    in_flight: Vec<PlannedItem>,
+    failed: usize,
+    not_started: Vec<String>,
+}
 
-async fn restore(repo: &Repository, snap: &Snapshot, p: &RestorePlan, out: &Output) -> Result<()> {
+async fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    p: &RestorePlan,
+    items_at_once: usize,
+    out: &Output,
+) -> Result<()> {
     let progress = Arc::new(Progress::default());
     let show = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let text = !out.quiet && !out.json;
-    let jobs = p.postgres.jobs;
     let state: Arc<std::sync::Mutex<Restoring>> = Arc::default();
     let events = {
-        let (state, progress) = (state.clone(), progress.clone());
+        let state = state.clone();
         ApplyEvents(Arc::new(move |e| {
-            let mut st = state.lock().unwrap();
-            match e {
-                ApplyEvent::Started(item) => {
-                    if jobs > 1 && matches!(item.target, Target::Postgres(_)) && text {
-                        eprintln!(
-                            "note: --jobs {jobs} spools {} of {} to a temporary file in {} before pg_restore runs",
-                            human_bytes(item.size),
-                            item.name,
-                            std::env::temp_dir().display()
-                        );
-                    }
-                    st.0 = show.then(|| spawn_ticker(progress.clone()));
-                    st.2 = Some(item.clone());
-                }
-                ApplyEvent::Restored(item, r) => {
-                    st.0 = None;
-                    st.2 = None;
-                    st.1.push(r.name.clone());
-                    if text {
-                        print_restored(item, r);
-                    }
-                }
-                ApplyEvent::Failed(item) => {
-                    st.0 = None;
-                    st.2 = None;
-                    print_failed(item, &st.1);
-                }
-            }
+            on_event(&mut state.lock().unwrap(), e, text)
         }))
     };
     let opts = ApplyOptions {
         progress: show.then(|| progress.clone()),
         events: Some(events),
+        items_at_once,
         ..Default::default()
     };
-    // On SIGINT/SIGTERM the restore future is dropped: the item in flight removes its partial
-    // copy, and targets are only ever replaced by a finished, verified one.
-    let report = tokio::select! {
-        r = apply(repo, snap, p, &opts) => r?,
+    state.lock().unwrap().ticker = show.then(|| spawn_ticker(progress.clone()));
+    // On SIGINT/SIGTERM the restore future is dropped: every item in flight removes its
+    // partial copy, and targets are only ever replaced by a finished, verified one.
+    let result = tokio::select! {
+        r = apply(repo, snap, p, &opts) => r,
         sig = interrupted() => {
             let mut st = state.lock().unwrap();
-            st.0 = None;
-            bail!("{}", interrupted_message(sig, st.2.as_ref(), &st.1));
+            st.ticker = None;
+            bail!("{}", interrupted_message(sig, &st.in_flight, &st.restored));
+        }
+    };
+    let mut st = state.lock().unwrap();
+    st.ticker = None;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if !st.restored.is_empty() {
+                eprintln!(
+                    "lifeboat-restore: restored and verified: {}",
+                    st.restored.join(", ")
+                );
+            }
+            if !st.not_started.is_empty() {
+                eprintln!(
+                    "lifeboat-restore: not started (after the failure): {}",
+                    st.not_started.join(", ")
+                );
+            }
+            return Err(e.into());
         }
     };
     if out.json {
@@ -784,6 +800,49 @@ async fn restore(repo: &Repository, snap: &Snapshot, p: &RestorePlan, out: &Outp
         );
     }
     Ok(())
+}
+
+fn on_event(st: &mut Restoring, e: ApplyEvent<'_>, text: bool) {
+    match e {
+        ApplyEvent::Started(item) => {
+            if let Some(pg) = item.postgres.as_ref().filter(|pg| pg.jobs > 1)
+                && text
+            {
+                eprintln!(
+                    "note: {}: pg_restore --jobs {} ({}); the dump ({}) is spooled to {} first",
+                    item.name,
+                    pg.jobs,
+                    pg.jobs_reason,
+                    human_bytes(item.size),
+                    std::env::temp_dir().display()
+                );
+            }
+            st.in_flight.push(item.clone());
+        }
+        ApplyEvent::Restored(item, r) => {
+            st.in_flight.retain(|i| i.name != item.name);
+            st.restored.push(r.name.clone());
+            if text {
+                clear_line(st.ticker.is_some());
+                print_restored(item, r);
+            }
+        }
+        ApplyEvent::Failed(item, err) => {
+            st.in_flight.retain(|i| i.name != item.name);
+            st.failed += 1;
+            clear_line(st.ticker.is_some());
+            // The first failure's error ends the run and is printed then; later ones only here.
+            print_failed(item, (st.failed > 1).then_some(err));
+        }
+        ApplyEvent::NotStarted(item) => st.not_started.push(item.name.clone()),
+    }
+}
+
+/// Clears the progress line before a message, so the two do not share a line.
+fn clear_line(ticking: bool) {
+    if ticking {
+        eprint!("\r\x1b[2K");
+    }
 }
 
 fn print_restored(item: &PlannedItem, r: &RestoredItem) {
@@ -807,11 +866,11 @@ fn print_restored(item: &PlannedItem, r: &RestoredItem) {
     }
 }
 
-/// What an interrupted restore left: the item in flight (its partial copy removed, or named if
-/// it could not be) and the items already restored.
-fn interrupted_message(sig: &str, current: Option<&PlannedItem>, done: &[String]) -> String {
+/// What an interrupted restore left: each item in flight (its partial copy removed, or named
+/// if it could not be) and the items already restored.
+fn interrupted_message(sig: &str, in_flight: &[PlannedItem], done: &[String]) -> String {
     let mut msg = format!("interrupted by {sig}");
-    if let Some(item) = current {
+    for item in in_flight {
         let left = match &item.target {
             Target::Directory(p) | Target::File(p) => {
                 let stray = backup_core::sink::partials_of(p);
@@ -842,18 +901,15 @@ fn interrupted_message(sig: &str, current: Option<&PlannedItem>, done: &[String]
     msg
 }
 
-fn print_failed(item: &PlannedItem, done: &[String]) {
-    eprintln!(
-        "lifeboat-restore: item {} FAILED; {}",
-        item.name,
-        if item.partial_on_failure() {
-            format!("{} may have received partial data", item.target)
-        } else {
-            format!("{} was left as it was", item.target)
-        }
-    );
-    if !done.is_empty() {
-        eprintln!("lifeboat-restore: already restored: {}", done.join(", "));
+fn print_failed(item: &PlannedItem, err: Option<&backup_core::Error>) {
+    let what = if item.partial_on_failure() {
+        format!("{} may have received partial data", item.target)
+    } else {
+        format!("{} was left as it was", item.target)
+    };
+    match err {
+        Some(e) => eprintln!("lifeboat-restore: item {} FAILED ({e}); {what}", item.name),
+        None => eprintln!("lifeboat-restore: item {} FAILED; {what}", item.name),
     }
 }
 

@@ -249,7 +249,7 @@ async fn a_failed_item_is_named_with_what_was_restored_before_it() {
         err.contains("item dump FAILED") && err.contains("was left as it was"),
         "{err}"
     );
-    assert!(err.contains("already restored: site"), "{err}");
+    assert!(err.contains("restored and verified: site"), "{err}");
     assert!(out.join("site/index.html").exists());
 }
 

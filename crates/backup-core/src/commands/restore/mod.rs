@@ -29,7 +29,7 @@ use crate::engines::volume::restore::DirectorySink;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::manifest::{DigestKind, Item, ItemKind, Snapshot};
-use crate::progress::Progress;
+use crate::progress::{Lane, Progress};
 use crate::repository::Repository;
 pub use crate::sink::TargetState;
 use crate::sink::{CommandSink, FileSink, Sink, SinkReport, StdoutSink, is_missing_or_empty};
@@ -296,20 +296,25 @@ fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Re
 /// Tuning for applying a restore.
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
-    /// Chunks fetched ahead (default: 2 × cores + 2).
+    /// Chunks fetched ahead, shared by the items restoring at once (default: 2 × cores + 2).
     pub concurrency: usize,
+    /// Items restored at once when their targets are independent (1: one after another).
+    pub items_at_once: usize,
     pub progress: Option<Arc<Progress>>,
     /// Told when each item starts and ends (a binary prints progress and results from it).
     pub events: Option<ApplyEvents>,
 }
 
-/// What [`apply`] reports as it goes.
+/// What [`apply`] reports as it goes. Items restoring at once report in the order they end.
 #[derive(Debug)]
 pub enum ApplyEvent<'a> {
     Started(&'a PlannedItem),
     Restored(&'a PlannedItem, &'a RestoredItem),
-    /// The item failed; `apply` returns the error next. Items before it stay restored.
-    Failed(&'a PlannedItem),
+    /// The item failed and its target was left as it was (unless the target is fed as it
+    /// goes: [`PlannedItem::partial_on_failure`]). `apply` returns the first failure's error.
+    Failed(&'a PlannedItem, &'a Error),
+    /// Not started because another item failed first (items already running finish).
+    NotStarted(&'a PlannedItem),
 }
 
 /// A callback for [`ApplyEvent`]s.
@@ -328,6 +333,9 @@ impl Default for ApplyOptions {
             // Restores hold a plaintext and an object per chunk in flight and have no fsync
             // per chunk to hide: twice the cores plus two keeps both busy (docs/BENCHMARKS.md).
             concurrency: crate::runtime::cores() * 2 + 2,
+            // Targets mostly wait on different things (pg_restore on its server, the disk,
+            // the network); four covers a stack of a database, a cache and two volumes.
+            items_at_once: 4,
             progress: None,
             events: None,
         }
@@ -377,7 +385,9 @@ pub fn preflight(plan: &RestorePlan) -> Result<()> {
     Ok(())
 }
 
-/// Restores every planned item, in order; stops at the first failure.
+/// Restores every planned item: roles first, then items with independent targets at once
+/// (up to `items_at_once`), items that share a target or an output in plan order. After a
+/// failure nothing new starts; items already running finish. Returns the first failure.
 pub async fn apply(
     repo: &Repository,
     snapshot: &Snapshot,
@@ -386,31 +396,124 @@ pub async fn apply(
 ) -> Result<RestoreReport> {
     preflight(plan)?;
     let t0 = std::time::Instant::now();
-    let mut items = Vec::new();
-    let tell = |e: ApplyEvent<'_>| {
-        if let Some(ev) = &opts.events {
-            (ev.0)(e);
-        }
+    if let Some(p) = &opts.progress {
+        p.expect(plan.bytes);
+    }
+    let run = Run {
+        repo,
+        snapshot,
+        plan,
+        opts,
+        failed: Default::default(),
     };
-    for p in &plan.items {
-        tell(ApplyEvent::Started(p));
-        match restore_planned(repo, snapshot, plan, p, opts).await {
-            Ok(r) => {
-                tell(ApplyEvent::Restored(p, &r));
-                items.push(r);
-            }
-            Err(e) => {
-                tell(ApplyEvent::Failed(p));
-                return Err(e);
-            }
+    let mut items = Vec::new();
+    for stage in stages(&plan.items) {
+        let at_once = opts.items_at_once.clamp(1, stage.len().max(1));
+        // The fetch budget is shared, so memory stays within what one item was allowed.
+        let per_item = ApplyOptions {
+            concurrency: (opts.concurrency / at_once).max(2),
+            ..opts.clone()
+        };
+        let mut lanes = futures::stream::iter(stage)
+            .map(|lane| run.lane(lane, &per_item))
+            .buffer_unordered(at_once);
+        while let Some(done) = lanes.next().await {
+            items.extend(done);
         }
     }
+    if let Some(e) = run.failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    // Report in plan order, whatever order the items finished in.
+    items.sort_by_key(|r: &RestoredItem| plan.items.iter().position(|p| p.name == r.name));
     Ok(RestoreReport {
         snapshot: snapshot.id,
         bytes: items.iter().map(|i| i.size).sum(),
         items,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// One [`apply`] in progress: what every lane needs, and the first failure.
+struct Run<'a> {
+    repo: &'a Repository,
+    snapshot: &'a Snapshot,
+    plan: &'a RestorePlan,
+    opts: &'a ApplyOptions,
+    failed: std::sync::Mutex<Option<Error>>,
+}
+
+impl Run<'_> {
+    fn tell(&self, e: ApplyEvent<'_>) {
+        if let Some(ev) = &self.opts.events {
+            (ev.0)(e);
+        }
+    }
+
+    /// Restores a lane's items one after another, until one fails (here or in another lane).
+    async fn lane(&self, lane: Vec<&PlannedItem>, opts: &ApplyOptions) -> Vec<RestoredItem> {
+        let mut restored = Vec::new();
+        for p in lane {
+            if self.failed.lock().unwrap().is_some() {
+                self.tell(ApplyEvent::NotStarted(p));
+                continue;
+            }
+            self.tell(ApplyEvent::Started(p));
+            match restore_planned(self.repo, self.snapshot, self.plan, p, opts).await {
+                Ok(r) => {
+                    self.tell(ApplyEvent::Restored(p, &r));
+                    restored.push(r);
+                }
+                Err(e) => {
+                    self.tell(ApplyEvent::Failed(p, &e));
+                    self.failed.lock().unwrap().get_or_insert(e);
+                }
+            }
+        }
+        restored
+    }
+}
+
+/// The order of a restore: stages run one after another, the lanes of a stage at once, the
+/// items of a lane one after another. Roles come first (restored databases refer to their
+/// owners); standard output and commands share one lane (one terminal, one reader); targets
+/// that are the same or nest share a lane, in plan order.
+fn stages(items: &[PlannedItem]) -> Vec<Vec<Vec<&PlannedItem>>> {
+    let (globals, rest): (Vec<&PlannedItem>, Vec<&PlannedItem>) = items
+        .iter()
+        .partition(|i| matches!(i.target, Target::PostgresGlobals(_)));
+    let mut lanes: Vec<Vec<&PlannedItem>> = Vec::new();
+    for item in rest {
+        match lanes
+            .iter_mut()
+            .find(|lane| lane.iter().any(|o| shares_target(o, item)))
+        {
+            Some(lane) => lane.push(item),
+            None => lanes.push(vec![item]),
+        }
+    }
+    let mut stages = Vec::new();
+    if !globals.is_empty() {
+        stages.push(vec![globals]);
+    }
+    if !lanes.is_empty() {
+        stages.push(lanes);
+    }
+    stages
+}
+
+/// Whether two items must not be restored at the same time.
+fn shares_target(a: &PlannedItem, b: &PlannedItem) -> bool {
+    use Target::*;
+    let nested = |x: &PathBuf, y: &PathBuf| x.starts_with(y) || y.starts_with(x);
+    match (&a.target, &b.target) {
+        (Stdout | Command(_), Stdout | Command(_)) => true,
+        (Directory(x) | File(x) | RedisDir(x), Directory(y) | File(y) | RedisDir(y)) => {
+            nested(x, y)
+        }
+        (Postgres(x), Postgres(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// Restores one planned item to its target.
@@ -434,7 +537,13 @@ pub async fn restore_planned(
         Target::File(p) => Box::new(FileSink::create(&item.name, p, force).await?),
         Target::Command(c) => Box::new(CommandSink::spawn(&item.name, c)?),
         Target::Stdout => Box::new(StdoutSink::new()),
-        Target::Postgres(url) => Box::new(PgRestoreSink::create(item, url, &plan.postgres).await?),
+        Target::Postgres(url) => {
+            let pg = PgRestoreOptions {
+                jobs: planned.postgres.as_ref().map_or(1, |i| i.jobs),
+                ..plan.postgres.clone()
+            };
+            Box::new(PgRestoreSink::create(item, url, &pg).await?)
+        }
         Target::PostgresGlobals(url) => Box::new(GlobalsSink::new(item, url, &plan.postgres.tools)),
         Target::RedisDir(d) => Box::new(RedisDirSink::create(item, d, force).await?),
         Target::RedisScratch => Box::new(RedisScratchSink::create(item, plan.redis.keep).await?),
@@ -457,11 +566,12 @@ pub async fn restore_item(
     mut sink: Box<dyn Sink>,
     opts: &ApplyOptions,
 ) -> Result<SinkReport> {
-    if let Some(p) = &opts.progress {
-        p.start_item(&item.name, item.size);
-    }
-    let streamed = stream_item(repo, snapshot, item, sink.writer(), opts).await;
-    match streamed {
+    let lane = opts
+        .progress
+        .as_ref()
+        .map(|p| p.lane(&item.name, item.size));
+    let streamed = stream_into(repo, snapshot, item, sink.writer(), opts, lane.as_deref()).await;
+    let done = match streamed {
         Ok(()) => sink.commit().await,
         Err(e) => {
             let sink_error = sink.abort().await;
@@ -472,7 +582,11 @@ pub async fn restore_item(
                 (e, _) => Err(e),
             }
         }
+    };
+    if let Some(l) = lane {
+        l.finish();
     }
+    done
 }
 
 /// Fetches, decrypts and verifies an item's chunks in order, writing them to `w`.
@@ -482,6 +596,17 @@ pub async fn stream_item(
     item: &Item,
     w: &mut (dyn AsyncWrite + Send + Unpin),
     opts: &ApplyOptions,
+) -> Result<()> {
+    stream_into(repo, snapshot, item, w, opts, None).await
+}
+
+async fn stream_into(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &Item,
+    w: &mut (dyn AsyncWrite + Send + Unpin),
+    opts: &ApplyOptions,
+    lane: Option<&Lane>,
 ) -> Result<()> {
     // What a chunk-list or chunk-ids digest needs of each chunk is taken on the CPU pool with
     // the decryption, in parallel, rather than here.
@@ -528,8 +653,8 @@ pub async fn stream_item(
                 target: "restore target".into(),
                 detail: format!("write failed: {e}"),
             })?;
-            if let Some(p) = &opts.progress {
-                p.add(chunk.len() as u64);
+            if let Some(l) = lane {
+                l.add(chunk.len() as u64);
             }
             crate::buffer::give(chunk);
         }
@@ -571,5 +696,62 @@ impl<T> std::future::Future for Spawned<T> {
 impl<T> Drop for Spawned<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(name: &str, target: Target) -> PlannedItem {
+        PlannedItem {
+            name: name.into(),
+            kind: ItemKind::Volume,
+            format: "tar".into(),
+            size: 0,
+            chunks: 0,
+            target,
+            target_state: TargetState::Missing,
+            postgres: None,
+        }
+    }
+
+    fn names(stages: Vec<Vec<Vec<&PlannedItem>>>) -> Vec<Vec<Vec<String>>> {
+        stages
+            .into_iter()
+            .map(|s| {
+                s.into_iter()
+                    .map(|l| l.into_iter().map(|i| i.name.clone()).collect())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn independent_targets_run_at_once_and_shared_ones_in_order() {
+        let dir = |p: &str| Target::Directory(PathBuf::from(p));
+        let items = vec![
+            planned("app", Target::Postgres("postgresql:///app".into())),
+            planned("roles", Target::PostgresGlobals("postgresql:///".into())),
+            planned("srv", dir("/srv")),
+            planned("uploads", dir("/srv/uploads")),
+            planned("cache", Target::RedisDir(PathBuf::from("/var/lib/redis"))),
+            planned("logs", Target::Command("cat".into())),
+            planned("etc", dir("/etc/app")),
+            planned("out", Target::Stdout),
+        ];
+        assert_eq!(
+            names(stages(&items)),
+            vec![
+                vec![vec!["roles"]],
+                vec![
+                    vec!["app"],
+                    vec!["srv", "uploads"],
+                    vec!["cache"],
+                    vec!["logs", "out"],
+                    vec!["etc"],
+                ],
+            ]
+        );
     }
 }

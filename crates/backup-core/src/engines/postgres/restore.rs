@@ -2,7 +2,7 @@
 //! or spooled for `--jobs`), then prove the restored row counts equal the recorded facts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,7 @@ use crate::engines::postgres::session::PsqlSession;
 use crate::engines::postgres::{PgTools, TABLES_SQL, conninfo, exact_counts, parse_tables};
 use crate::error::{Error, Result};
 use crate::manifest::Item;
+use crate::progress::human_bytes;
 use crate::sink::TargetState;
 use crate::sink::{Sink, SinkReport};
 
@@ -29,7 +30,8 @@ pub struct PgRestoreOptions {
     pub item_urls: BTreeMap<String, String>,
     /// Drop and recreate the target's objects (`pg_restore --clean --if-exists`).
     pub clean: bool,
-    /// Parallel `pg_restore -j N` through a spooled temporary file (N > 1).
+    /// Parallel `pg_restore -j N` through a spooled temporary file (N > 1); 0 picks one per
+    /// item at plan time ([`PgTargetInfo::jobs`]).
     pub jobs: usize,
     /// Only these tables (`pg_restore --table`).
     pub tables: Vec<String>,
@@ -53,6 +55,10 @@ pub struct PgTargetInfo {
     /// Why the restore cannot work (a dump newer than pg_restore), checked before anything runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incompatible: Option<String>,
+    /// `pg_restore --jobs` for this item (1: streamed, no spool file).
+    pub jobs: usize,
+    /// Why that many: given, or what the default found (cores, spool space, dump size).
+    pub jobs_reason: String,
 }
 
 /// pg_restore's stdin. pg_restore stops reading once it has what it needs (a `--table`
@@ -180,6 +186,7 @@ pub async fn inspect(
     let incompatible = (!is_globals(item) && dump_major > u64::from(restore_major)).then(|| {
         format!("the dump was written by {dump_version}, which {restore_version} cannot read; use pg_restore {dump_major} or newer (bin_dir / --pg-bin-dir)")
     });
+    let jobs = pick_jobs(item, opts.jobs, &std::env::temp_dir());
     let state = match (exists, selected) {
         (false, _) => TargetState::Missing,
         (true, 0) => TargetState::Empty,
@@ -193,8 +200,58 @@ pub async fn inspect(
             user_tables: tables,
             pg_restore_version: restore_version,
             incompatible,
+            jobs: jobs.0,
+            jobs_reason: jobs.1,
         },
     ))
+}
+
+/// Below this a dump is streamed: spooling it costs more than parallel index builds gain.
+const PARALLEL_FROM: u64 = 64 << 20;
+
+/// `pg_restore --jobs` for an item: as given, or one per core of this host when the dump is
+/// big enough to gain and its spool file fits in `spool_dir` with a tenth to spare. The
+/// target's own cores are not known from here; a restore usually runs on (or beside) it.
+pub fn pick_jobs(item: &Item, given: usize, spool_dir: &Path) -> (usize, String) {
+    if given > 0 {
+        return (given, "--jobs".into());
+    }
+    if is_globals(item) {
+        return (1, "roles are one script".into());
+    }
+    let cores = crate::runtime::cores().min(8);
+    if cores < 2 {
+        return (1, "one core here".into());
+    }
+    if item.size < PARALLEL_FROM {
+        return (
+            1,
+            format!("dump under {}: streamed", human_bytes(PARALLEL_FROM)),
+        );
+    }
+    let free = rustix::fs::statvfs(spool_dir)
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        .unwrap_or(0);
+    let need = item.size + item.size / 10;
+    if free < need {
+        return (
+            1,
+            format!(
+                "its spool would not fit in {} ({} free, {} needed): streamed",
+                spool_dir.display(),
+                human_bytes(free),
+                human_bytes(need)
+            ),
+        );
+    }
+    (
+        cores,
+        format!(
+            "default: {cores} cores here, spool fits in {} ({} free)",
+            spool_dir.display(),
+            human_bytes(free)
+        ),
+    )
 }
 
 fn sql_literal(s: &str) -> String {
@@ -701,5 +758,40 @@ mod tests {
     fn restrict_lines_are_removed() {
         let sql = b"\\restrict abc123\nCREATE ROLE app;\n\\unrestrict abc123\n";
         assert_eq!(strip_restrict(sql), b"CREATE ROLE app;\n");
+    }
+
+    fn dump(size: u64) -> Item {
+        Item {
+            name: "app".into(),
+            kind: crate::manifest::ItemKind::Postgres,
+            format: "pg_dump-custom".into(),
+            size,
+            sha256: String::new(),
+            digest: Default::default(),
+            head: None,
+            chunks: Vec::new(),
+            started: chrono::Utc::now(),
+            finished: chrono::Utc::now(),
+            facts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn jobs_default_to_the_cores_when_the_spool_fits() {
+        let tmp = std::env::temp_dir();
+        assert_eq!(pick_jobs(&dump(1 << 30), 3, &tmp).0, 3, "given wins");
+        let (n, why) = pick_jobs(&dump(1 << 20), 0, &tmp);
+        assert_eq!(n, 1, "a small dump is streamed: {why}");
+        let (n, why) = pick_jobs(&dump(u64::MAX / 4), 0, &tmp);
+        assert_eq!(n, 1, "{why}");
+        let cores = crate::runtime::cores().min(8);
+        if cores >= 2 {
+            assert!(why.contains("would not fit"), "{why}");
+            let (n, why) = pick_jobs(&dump(100 << 20), 0, &tmp);
+            assert_eq!(n, cores, "{why}");
+            assert!(why.contains("cores here"), "{why}");
+        } else {
+            assert!(why.contains("one core"), "{why}");
+        }
     }
 }
