@@ -6,8 +6,14 @@
 # time, MB/s (10^6 bytes), CPU % of one core, peak RSS, repository size.
 # Tools that are not installed are left out (and said so). Writes a Markdown report.
 #
-#   bench/run.sh [--datasets pg,redis,tree] [--tools lifeboat,restic,rustic,borg,zstd]
+#   bench/run.sh [--datasets pg,redis,tree,stack] [--tools lifeboat,restic,rustic,borg,zstd]
 #                [--stores local,s3] [--scale 1.0] [--repeat 1] [--out FILE] [--merge EARLIER.tsv]
+#
+# The `stack` dataset is a whole stack restored at once (lifeboat only): a PostgreSQL database
+# (the pg dataset loaded into a server), a Redis server (the RDB) and two volumes (the tree split
+# in two), backed up in one snapshot; then each item restored alone, the stack one item at a
+# time and at once, into a second PostgreSQL server with fsync on, every step until `sync`.
+# Its RTO is the at-once wall time, beside the slowest item alone.
 #
 # --repeat N runs each tool's sequence N times (alternating tools) and reports the median wall
 # time of each step with the range; single runs on these VMs move by 10–20 %.
@@ -30,7 +36,7 @@ while [ $# -gt 0 ]; do
     --repeat) repeat="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --merge) merge="$(realpath "$2")"; shift 2 ;;
-    *) sed -n '2,17p' "$0"; exit 2 ;;
+    *) sed -n '2,23p' "$0"; exit 2 ;;
   esac
 done
 has() { case ",$1," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
@@ -48,10 +54,10 @@ trap cleanup EXIT
 
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-start_postgres() { # dir port  (initdb and postgres refuse to run as root)
+start_postgres() { # dir port [fsync]  (initdb and postgres refuse to run as root)
   mkdir -p "$1"; chown postgres "$1" 2>/dev/null || true
   as_pg "$pg_bin/initdb" -D "$1/db" -A trust -U postgres --no-sync >/dev/null
-  as_pg "$pg_bin/pg_ctl" -D "$1/db" -l "$1/log" -w -o "-p $2 -k $1 -c listen_addresses=127.0.0.1 -c fsync=off -c max_wal_size=4GB" start >/dev/null
+  as_pg "$pg_bin/pg_ctl" -D "$1/db" -l "$1/log" -w -o "-p $2 -k $1 -c listen_addresses=127.0.0.1 -c fsync=${3:-off} -c max_wal_size=4GB" start >/dev/null
 }
 make_pg() {
   [ -f "$data/pg/done" ] && return
@@ -182,6 +188,9 @@ timed() { /usr/bin/time -f "%e %M %P" -o "$work/time" "$@" >"$work/cmd.log" 2>&1
 # Input in the page cache, and no dirty pages of an earlier step (a copied dataset, another
 # tool's repository) being written back while the next step is timed: that cost the first
 # backup after a copy up to 40 % here.
+# After deletions: this disk is mounted with `discard`, and trims still pending slowed the
+# next timed writes (a floor measured right after a deletion came out 4x slower).
+settle() { sync; fstrim / 2>/dev/null || true; sleep 1; }
 warm() { if [ -d "$1" ]; then tar -cf - -C "$1" . > /dev/null; else cat "$1" > /dev/null; fi; sync; }
 size_of() { du -sb "$1" | cut -f1; }
 
@@ -310,7 +319,7 @@ run_dataset() { # dataset store
       sz=""; [ "$store" = local ] && sz=$(size_of "$repo")
       record "$ds\t$store\t$tool\t$step\t$(size_of "$live")\t$t\t$sz"
     done
-    local to="$work/restore"; rm -rf "$to"; mkdir -p "$to"; sync
+    local to="$work/restore"; rm -rf "$to"; mkdir -p "$to"; settle
     # Until the data is durable, for every tool: a restore is done when it survives a crash.
     t=$(timed sh -c "$(restore_cmd "$tool" "$store" "$ds" "$is_dir" "$n" "$to") && sync")
     local got; got=$(restored_path "$tool" "$is_dir" "$live" "$to")
@@ -323,7 +332,7 @@ run_dataset() { # dataset store
   done
   # The disk's floor for the same bytes, in the same run: a plain copy, durable.
   if [ "$store" = local ]; then
-    local to="$work/restore"; rm -rf "$to"; mkdir -p "$to"; warm "$live"
+    local to="$work/restore"; rm -rf "$to"; mkdir -p "$to"; warm "$live"; settle
     if [ "$is_dir" = 1 ]; then t=$(timed sh -c "cp -a $live $to/data && sync")
     else t=$(timed sh -c "cat $live > $to/data && sync"); fi
     record "$ds\t$store\tfloor\trestore\t$(size_of "$live")\t$t\t"
@@ -333,12 +342,92 @@ run_dataset() { # dataset store
   rm -rf "$live"
 }
 
+# ------------------------------------------------------------------ whole stack
+
+# The stack's sources, started once: PostgreSQL with the pg dataset, Redis with the RDB, the
+# tree split into two volumes; and the target PostgreSQL server (fsync on, as in production).
+stack_up() {
+  st="$work/stack"; mkdir -p "$st"; chmod 755 "$work" "$st"
+  src_port=$(free_port); start_postgres "$st/pg-src" "$src_port"
+  psql -q "postgresql://postgres@127.0.0.1:$src_port/postgres" -c "create database bench"
+  "$pg_bin/pg_restore" -j 2 -d "postgresql://postgres@127.0.0.1:$src_port/bench" "$data/pg/dump-0.pgdump"
+  tgt_port=$(free_port); start_postgres "$st/pg-tgt" "$tgt_port" on
+  redis_port=$(free_port); mkdir -p "$st/redis"; cp "$data/redis/dump-0.rdb" "$st/redis/dump.rdb"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$st/redis" --save "" --appendonly no \
+    --daemonize no --logfile "$st/redis/log" &
+  pids+=($!)
+  for _ in $(seq 300); do [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+  mkdir -p "$st/files.orig" "$st/media.orig"
+  cp -a "$data/tree/base/src" "$data/tree/base/logs" "$data/tree/base/db" "$st/files.orig/"
+  cp -a "$data/tree/base/media" "$data/tree/base/backup-copies" "$st/media.orig/"
+}
+stack_down() {
+  as_pg "$pg_bin/pg_ctl" -D "$st/pg-src/db" -m fast stop >/dev/null
+  as_pg "$pg_bin/pg_ctl" -D "$st/pg-tgt/db" -m fast stop >/dev/null
+  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$st"
+}
+# Targets emptied again between restores: the database dropped, the volumes and RDB removed.
+stack_clear() {
+  psql -q "postgresql://postgres@127.0.0.1:$tgt_port/postgres" -c "drop database if exists bench" 2>/dev/null
+  rm -rf "$st/files" "$st/media" "$st/redis-out"; mkdir -p "$st/redis-out"; settle
+}
+run_stack() { # store
+  local store=$1 repo n t step only sz
+  local pg_sz rdb_sz files_sz media_sz
+  pg_sz=$(stat -c %s "$data/pg/dump-0.pgdump"); rdb_sz=$(stat -c %s "$data/redis/dump-0.rdb")
+  files_sz=$(size_of "$st/files.orig"); media_sz=$(size_of "$st/media.orig")
+  [ "$store" = s3 ] && ms_start
+  init_repo lifeboat "$store" stack
+  repo=$(repo_for lifeboat "$store" stack)
+  # The volumes are backed up from the paths they are restored to.
+  mv "$st/files.orig" "$st/files"; mv "$st/media.orig" "$st/media"
+  $(lb_env "$store" stack) "$B" -r "$repo" run -q \
+    --postgres "app=postgresql://postgres@127.0.0.1:$src_port/bench" \
+    --redis "cache=redis://127.0.0.1:$redis_port" --volume "files=$st/files" --volume "media=$st/media"
+  mv "$st/files" "$st/files.orig"; mv "$st/media" "$st/media.orig"
+  local restore="$(lb_env "$store" stack) $R -r $repo run latest -q --to-postgres postgresql://postgres@127.0.0.1:$tgt_port/ --to-redis-dir $st/redis-out"
+  for pass in $(seq "$repeat"); do
+    echo "== stack / $store / pass $pass" >&2
+    for step in "postgres alone" "postgres alone, --jobs 1" "redis alone" "volume files alone" \
+                "volume media alone" "whole stack, one item at a time" "whole stack at once"; do
+      case "$step" in
+        "postgres alone") only="--only app"; sz=$pg_sz ;;
+        "postgres alone, --jobs 1") only="--only app --jobs 1"; sz=$pg_sz ;;
+        "redis alone") only="--only cache"; sz=$rdb_sz ;;
+        "volume files alone") only="--only files"; sz=$files_sz ;;
+        "volume media alone") only="--only media"; sz=$media_sz ;;
+        "whole stack, one item at a time") only="--items-at-once 1"; sz=$((pg_sz + rdb_sz + files_sz + media_sz)) ;;
+        "whole stack at once") only=""; sz=$((pg_sz + rdb_sz + files_sz + media_sz)) ;;
+      esac
+      stack_clear
+      t=$(timed sh -c "$restore $only && sync")
+      record "stack\t$store\tlifeboat\t$step\t$sz\t$t\t"
+    done
+    # The last (at-once) restore, checked: volumes file by file, the RDB byte for byte
+    # against a fresh export (row counts of every table were checked by the restore itself).
+    diff -rq "$st/files.orig" "$st/files" >/dev/null && diff -rq "$st/media.orig" "$st/media" >/dev/null ||
+      { echo "STACK RESTORE DIFFERS ($store)" >&2; exit 1; }
+    $(lb_env "$store" stack) "$R" -r "$repo" export latest cache -o - | cmp -s - "$st/redis-out/dump.rdb" ||
+      { echo "STACK RDB DIFFERS ($store)" >&2; exit 1; }
+  done
+  stack_clear
+  rm -rf "$repo" 2>/dev/null || true
+}
+
 has "$datasets" pg && make_pg
 has "$datasets" redis && make_redis
 has "$datasets" tree && make_tree
+if has "$datasets" stack; then make_pg; make_redis; make_tree; fi
 for ds in ${datasets//,/ }; do
+  [ "$ds" = stack ] && continue
   for store in ${stores//,/ }; do run_dataset "$ds" "$store"; done
 done
+if has "$datasets" stack && has "$available" lifeboat; then
+  stack_up
+  for store in ${stores//,/ }; do run_stack "$store"; done
+  stack_down
+fi
 
 # ------------------------------------------------------------------ report
 {
@@ -357,8 +446,10 @@ import sys, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 bad = [r for r in rows if len(r) != 9]
 assert not bad, bad
-order = {k: i for i, k in enumerate(["pg", "redis", "tree", "local", "s3", "lifeboat", "restic",
-         "rustic", "borg", "zstd", "floor", "first", "unchanged", "changed", "restore", "restore to a pipe"])}
+order = {k: i for i, k in enumerate(["pg", "redis", "tree", "stack", "local", "s3", "lifeboat", "restic",
+         "rustic", "borg", "zstd", "floor", "first", "unchanged", "changed", "restore", "restore to a pipe",
+         "postgres alone", "postgres alone, --jobs 1", "redis alone", "volume files alone",
+         "volume media alone", "whole stack, one item at a time", "whole stack at once"])}
 rows.sort(key=lambda r: (order[r[0]], order[r[1]], order[r[2]], order[r[3]]))
 # Repeated runs (--repeat): the run with the median wall time, and the range.
 runs = collections.OrderedDict()
@@ -371,9 +462,10 @@ for rs in runs.values():
     spread = f"{float(rs[0][5]):.2f}–{float(rs[-1][5]):.2f}" if len(rs) > 1 else ""
     by.setdefault((ds, store), []).append((tool, step, int(size), float(wall), int(rss), cpu, repo, spread))
 many = any(r[-1] for rs in by.values() for r in rs)
-names = {"pg": "PostgreSQL dump", "redis": "Redis RDB", "tree": "directory"}
+names = {"pg": "PostgreSQL dump", "redis": "Redis RDB", "tree": "directory",
+         "stack": "whole stack (PostgreSQL, Redis, two volumes), restore"}
 for (ds, store), rs in by.items():
-    size = rs[0][2]
+    size = max(r[2] for r in rs) if ds == "stack" else rs[0][2]
     print(f"### {names[ds]}, {size / 1e6:.0f} MB, {store} repository\n")
     print("| tool | step | wall s | " + ("range s | " if many else "") +
           "MB/s | CPU % | peak RSS MiB | repo MB | added MB |")
@@ -390,6 +482,14 @@ for (ds, store), rs in by.items():
               f"{size / 1e6 / max(wall, 0.01):.0f} | {cpu} | "
               f"{rss / 1024:.0f} | {repo} | {added} |")
     print()
+    if ds == "stack":
+        wall = {step: w for _, step, _, w, *_ in rs}
+        alone = max((w, step) for step, w in wall.items() if step.endswith(" alone"))
+        whole = wall.get("whole stack at once")
+        if whole:
+            print(f"RTO (whole stack at once): {whole:.2f} s = {whole / alone[0]:.2f}x the slowest "
+                  f"item alone ({alone[1]}, {alone[0]:.2f} s); one item at a time: "
+                  f"{wall.get('whole stack, one item at a time', 0):.2f} s\n")
 PY
 } > "$out"
 cat "$out"

@@ -709,8 +709,14 @@ fn print_plan(p: &RestorePlan, out: &Output) -> Result<()> {
             human_bytes(i.size),
             i.target
         );
-        if let Some(why) = i.postgres.as_ref().and_then(|pg| pg.incompatible.as_ref()) {
-            println!("  {:<20} REFUSED: {why}", "");
+        if let Some(pg) = &i.postgres {
+            match &pg.incompatible {
+                Some(why) => println!("  {:<20} REFUSED: {why}", ""),
+                None => println!(
+                    "  {:<20} pg_restore --jobs {} ({})",
+                    "", pg.jobs, pg.jobs_reason
+                ),
+            }
         }
     }
     Ok(())

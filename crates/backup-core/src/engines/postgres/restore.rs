@@ -186,7 +186,7 @@ pub async fn inspect(
     let incompatible = (!is_globals(item) && dump_major > u64::from(restore_major)).then(|| {
         format!("the dump was written by {dump_version}, which {restore_version} cannot read; use pg_restore {dump_major} or newer (bin_dir / --pg-bin-dir)")
     });
-    let jobs = pick_jobs(item, opts.jobs, &std::env::temp_dir());
+    let jobs = pick_jobs(item, opts.jobs, exists, &std::env::temp_dir());
     let state = match (exists, selected) {
         (false, _) => TargetState::Missing,
         (true, 0) => TargetState::Empty,
@@ -209,15 +209,23 @@ pub async fn inspect(
 /// Below this a dump is streamed: spooling it costs more than parallel index builds gain.
 const PARALLEL_FROM: u64 = 64 << 20;
 
-/// `pg_restore --jobs` for an item: as given, or one per core of this host when the dump is
-/// big enough to gain and its spool file fits in `spool_dir` with a tenth to spare. The
-/// target's own cores are not known from here; a restore usually runs on (or beside) it.
-pub fn pick_jobs(item: &Item, given: usize, spool_dir: &Path) -> (usize, String) {
+/// `pg_restore --jobs` for an item: as given, or one per core of this host when the restore
+/// creates the database (a failure drops it again; parallel pg_restore cannot run in one
+/// transaction, which is what keeps an existing database as it was), the dump is big enough
+/// to gain and its spool file fits in `spool_dir` with a tenth to spare. The target's own
+/// cores are not known from here; a restore usually runs on (or beside) it.
+pub fn pick_jobs(item: &Item, given: usize, db_exists: bool, spool_dir: &Path) -> (usize, String) {
     if given > 0 {
         return (given, "--jobs".into());
     }
     if is_globals(item) {
         return (1, "roles are one script".into());
+    }
+    if db_exists {
+        return (
+            1,
+            "the database exists: one transaction keeps it as it was if the restore fails (--jobs N trades that for speed)".into(),
+        );
     }
     let cores = crate::runtime::cores().min(8);
     if cores < 2 {
@@ -779,15 +787,20 @@ mod tests {
     #[test]
     fn jobs_default_to_the_cores_when_the_spool_fits() {
         let tmp = std::env::temp_dir();
-        assert_eq!(pick_jobs(&dump(1 << 30), 3, &tmp).0, 3, "given wins");
-        let (n, why) = pick_jobs(&dump(1 << 20), 0, &tmp);
+        assert_eq!(pick_jobs(&dump(1 << 30), 3, true, &tmp).0, 3, "given wins");
+        let (n, why) = pick_jobs(&dump(1 << 30), 0, true, &tmp);
+        assert_eq!(
+            n, 1,
+            "an existing database keeps its one transaction: {why}"
+        );
+        let (n, why) = pick_jobs(&dump(1 << 20), 0, false, &tmp);
         assert_eq!(n, 1, "a small dump is streamed: {why}");
-        let (n, why) = pick_jobs(&dump(u64::MAX / 4), 0, &tmp);
+        let (n, why) = pick_jobs(&dump(u64::MAX / 4), 0, false, &tmp);
         assert_eq!(n, 1, "{why}");
         let cores = crate::runtime::cores().min(8);
         if cores >= 2 {
             assert!(why.contains("would not fit"), "{why}");
-            let (n, why) = pick_jobs(&dump(100 << 20), 0, &tmp);
+            let (n, why) = pick_jobs(&dump(100 << 20), 0, false, &tmp);
             assert_eq!(n, cores, "{why}");
             assert!(why.contains("cores here"), "{why}");
         } else {
