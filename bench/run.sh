@@ -389,11 +389,11 @@ run_stack() { # store
   local restore="$(lb_env "$store" stack) $R -r $repo run latest -q --to-postgres postgresql://postgres@127.0.0.1:$tgt_port/ --to-redis-dir $st/redis-out"
   for pass in $(seq "$repeat"); do
     echo "== stack / $store / pass $pass" >&2
-    for step in "postgres alone" "postgres alone, --jobs 1" "redis alone" "volume files alone" \
+    for step in "postgres alone" "postgres alone, --jobs 2" "redis alone" "volume files alone" \
                 "volume media alone" "whole stack, one item at a time" "whole stack at once"; do
       case "$step" in
         "postgres alone") only="--only app"; sz=$pg_sz ;;
-        "postgres alone, --jobs 1") only="--only app --jobs 1"; sz=$pg_sz ;;
+        "postgres alone, --jobs 2") only="--only app --jobs 2"; sz=$pg_sz ;;
         "redis alone") only="--only cache"; sz=$rdb_sz ;;
         "volume files alone") only="--only files"; sz=$files_sz ;;
         "volume media alone") only="--only media"; sz=$media_sz ;;
@@ -448,7 +448,7 @@ bad = [r for r in rows if len(r) != 9]
 assert not bad, bad
 order = {k: i for i, k in enumerate(["pg", "redis", "tree", "stack", "local", "s3", "lifeboat", "restic",
          "rustic", "borg", "zstd", "floor", "first", "unchanged", "changed", "restore", "restore to a pipe",
-         "postgres alone", "postgres alone, --jobs 1", "redis alone", "volume files alone",
+         "postgres alone", "postgres alone, --jobs 2", "redis alone", "volume files alone",
          "volume media alone", "whole stack, one item at a time", "whole stack at once"])}
 rows.sort(key=lambda r: (order[r[0]], order[r[1]], order[r[2]], order[r[3]]))
 # Repeated runs (--repeat): the run with the median wall time, and the range.

@@ -209,11 +209,18 @@ pub async fn inspect(
 /// Below this a dump is streamed: spooling it costs more than parallel index builds gain.
 const PARALLEL_FROM: u64 = 64 << 20;
 
-/// `pg_restore --jobs` for an item: as given, or one per core of this host when the restore
-/// creates the database (a failure drops it again; parallel pg_restore cannot run in one
-/// transaction, which is what keeps an existing database as it was), the dump is big enough
-/// to gain and its spool file fits in `spool_dir` with a tenth to spare. The target's own
-/// cores are not known from here; a restore usually runs on (or beside) it.
+/// Cores from which a restore into a new database defaults to parallel pg_restore. On 2 cores
+/// `-j 2` through a spool file was slower than one streamed transaction (23.3 s against 18.8 s
+/// for a 728 MB dump, docs/BENCHMARKS.md): the spool is written before pg_restore starts, and
+/// the server has no spare core for a second index build.
+const PARALLEL_CORES: usize = 4;
+
+/// `pg_restore --jobs` for an item: as given, or one per core of this host (at most 8) when
+/// there are at least [`PARALLEL_CORES`], the restore creates the database (a failure drops it
+/// again; parallel pg_restore cannot run in one transaction, which is what keeps an existing
+/// database as it was), the dump is big enough to gain and its spool file fits in `spool_dir`
+/// with a tenth to spare. The target's own cores are not known from here; a restore usually
+/// runs on (or beside) it.
 pub fn pick_jobs(item: &Item, given: usize, db_exists: bool, spool_dir: &Path) -> (usize, String) {
     if given > 0 {
         return (given, "--jobs".into());
@@ -228,8 +235,13 @@ pub fn pick_jobs(item: &Item, given: usize, db_exists: bool, spool_dir: &Path) -
         );
     }
     let cores = crate::runtime::cores().min(8);
-    if cores < 2 {
-        return (1, "one core here".into());
+    if cores < PARALLEL_CORES {
+        return (
+            1,
+            format!(
+                "{cores} core(s) here: one streamed transaction is faster (docs/BENCHMARKS.md)"
+            ),
+        );
     }
     if item.size < PARALLEL_FROM {
         return (
@@ -798,13 +810,13 @@ mod tests {
         let (n, why) = pick_jobs(&dump(u64::MAX / 4), 0, false, &tmp);
         assert_eq!(n, 1, "{why}");
         let cores = crate::runtime::cores().min(8);
-        if cores >= 2 {
+        if cores >= PARALLEL_CORES {
             assert!(why.contains("would not fit"), "{why}");
             let (n, why) = pick_jobs(&dump(100 << 20), 0, false, &tmp);
             assert_eq!(n, cores, "{why}");
             assert!(why.contains("cores here"), "{why}");
         } else {
-            assert!(why.contains("one core"), "{why}");
+            assert!(why.contains("streamed transaction is faster"), "{why}");
         }
     }
 }
