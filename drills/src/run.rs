@@ -115,6 +115,9 @@ async fn open_repo(file: &DrillFile) -> Result<Opened> {
             backup: Default::default(),
             sources: Default::default(),
             retention: None,
+            metrics: Default::default(),
+            hooks: Default::default(),
+            source_hooks: Default::default(),
         },
         (None, None) => {
             return Err(Error::Usage(

@@ -9,16 +9,19 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use backup_core::cli::{
-    EXIT_CODES, FilterFlags, GlobalFlags, Output, interrupted, print_snapshots, run_main,
+    EXIT_CODES, FilterFlags, GlobalFlags, Output, exit_code_for, interrupted, print_hooks,
+    print_snapshots, run_main,
 };
 use backup_core::codec::keys::KdfParams;
-use backup_core::commands::backup::{BackupOptions, backup};
+use backup_core::commands::backup::{BackupOptions, BackupReport, backup};
 use backup_core::commands::check::{CheckOptions, check};
 use backup_core::commands::prune::{PruneOptions, prune};
+use backup_core::commands::run_metrics::{RunOutcome, run_metrics};
 use backup_core::config::{
     ConfigFile, ResolvedRepo, RetentionConfig, SourceSelection, select_sources,
 };
 use backup_core::engines::postgres::wal::{self, ClusterId, WalPushOptions};
+use backup_core::hooks::{HookContext, RunHooks};
 use backup_core::lock::RunLock;
 use backup_core::progress::{Progress, human_bytes, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
@@ -205,6 +208,10 @@ struct RunArgs {
     /// process's: after a killed prune, a backup waits until then.
     #[arg(long)]
     stale_after: Option<String>,
+    /// Write the run's Prometheus metrics to FILE (node_exporter textfile; default: the
+    /// config's [metrics] textfile).
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -707,29 +714,120 @@ fn stream_target(
     Ok((b.url.clone(), b.password()?))
 }
 
-/// `run`: back up the selected sources, then apply the config's retention.
+/// `run`: hooks around backing up the selected sources and applying the config's retention,
+/// then the run's metrics.
 async fn run_backup(
     resolved: &ResolvedRepo,
     config: Option<&ConfigFile>,
     args: RunArgs,
     out: &Output,
 ) -> Result<u8> {
-    let sources = select_sources(config, &args.selection()).await?;
+    let t0 = std::time::Instant::now();
+    let result = run_with_hooks(resolved, config, &args, out).await;
+    let textfile = args
+        .prometheus
+        .clone()
+        .or_else(|| config.and_then(|c| c.metrics.textfile.clone()));
+    if let Some(file) = textfile {
+        let (report, exit_code) = match &result {
+            Ok((r, code)) => (r.as_ref(), *code),
+            Err(e) => (None, exit_code_for(&**e)),
+        };
+        let outcome = RunOutcome {
+            repository: &resolved.url,
+            report,
+            exit_code,
+            seconds: t0.elapsed().as_secs_f64(),
+            finished: chrono::Utc::now(),
+        };
+        let previous = std::fs::read_to_string(&file).ok();
+        let text = run_metrics(&outcome, previous.as_deref());
+        // The run's outcome is what matters; a metrics file it could not write is a warning.
+        if let Err(e) = backup_core::metrics::write_textfile(&file, &text) {
+            eprintln!("lifeboat-backup: warning: metrics not written: {e}");
+        }
+    }
+    result.map(|(_, code)| code)
+}
+
+/// The lock, then the hooks around the backup. The lock comes first: a run that finds another
+/// holding it runs no hooks, which would act on that run's sources. Returns the report (when a
+/// snapshot was written) and the exit code; a failed `after` hook is an error.
+async fn run_with_hooks(
+    resolved: &ResolvedRepo,
+    config: Option<&ConfigFile>,
+    args: &RunArgs,
+    out: &Output,
+) -> Result<(Option<BackupReport>, u8)> {
+    let selection = args.selection();
     let repo = resolved.open().await?;
     let _lock = RunLock::for_repository(
         resolved.cache.home().as_deref(),
         &repo.config().id,
         args.wait,
     )?;
+    let mut hooks = run_hooks(config, &selection);
+    let mut ctx = HookContext {
+        action: "run".into(),
+        repository: Some(resolved.url.clone()),
+        ..Default::default()
+    };
+    let before = hooks.before(&ctx).await;
+    print_hooks(&hooks.drain(), out);
+    let result = match before {
+        Ok(()) => backup_and_retention(&repo, config, &selection, args, out).await,
+        Err(e) => Err(e.into()),
+    };
+    match &result {
+        Ok((report, code)) => {
+            ctx.outcome = Some(if *code == 0 { "success" } else { "failure" }.into());
+            ctx.snapshot = report.as_ref().map(|r| r.snapshot.to_string());
+            ctx.exit_code = Some(*code);
+        }
+        Err(e) => {
+            ctx.outcome = Some("failure".into());
+            ctx.error = Some(format!("{e:#}"));
+            ctx.exit_code = Some(exit_code_for(&**e));
+        }
+    }
+    let end = hooks.end(&ctx).await;
+    print_hooks(&hooks.drain(), out);
+    let done = result?;
+    end?;
+    Ok(done)
+}
+
+/// `[hooks]` and the hooks of the configured sources this run backs up.
+fn run_hooks(config: Option<&ConfigFile>, selection: &SourceSelection) -> RunHooks {
+    let Some(cfg) = config else {
+        return RunHooks::default();
+    };
+    let sources = selection
+        .configured(cfg)
+        .into_iter()
+        .filter_map(|n| cfg.source_hooks.get(&n).map(|h| (n, h.clone())))
+        .collect();
+    RunHooks::new(cfg.hooks.clone(), sources)
+}
+
+/// Backs up, renders the report, then applies retention; the snapshot made and the exit code.
+async fn backup_and_retention(
+    repo: &Repository,
+    config: Option<&ConfigFile>,
+    selection: &SourceSelection,
+    args: &RunArgs,
+    out: &Output,
+) -> Result<(Option<BackupReport>, u8)> {
+    let sources = select_sources(config, selection).await?;
     let progress = Arc::new(Progress::default());
     let show_progress = !out.quiet && !out.json && std::io::stderr().is_terminal();
-    let mut opts = backup_options(config, &args)?;
+    let mut opts = backup_options(config, args)?;
     opts.progress = show_progress.then(|| progress.clone());
     let ticker = show_progress.then(|| spawn_ticker(progress.clone()));
     // On SIGINT/SIGTERM the backup future is dropped: sources kill their producers and, as the
     // snapshot is written last, nothing that looks like a good backup is left behind.
     let result = tokio::select! {
-        r = backup(&repo, sources, &opts) => r,
+        r = backup(repo, sources, &opts) => r,
         sig = interrupted() => {
             drop(ticker);
             bail!("interrupted by {sig}; no snapshot was written, stored chunks will be reused by the next run");
@@ -741,16 +839,17 @@ async fn run_backup(
     render::backup(&report, out)?;
     // Retention only after a fully successful backup (a failed run returned above).
     let Some(rc) = config.and_then(|c| c.retention.as_ref()) else {
-        return Ok(0);
+        return Ok((Some(report), 0));
     };
     let quiet = Output {
         json: false,
         quiet: out.quiet || out.json,
     };
     // A damaged older object exits non-zero: the snapshot is good, but someone must look.
-    retention_run(&repo, rc, false, rc.prune.unwrap_or(true), &quiet)
+    let code = retention_run(repo, rc, false, rc.prune.unwrap_or(true), &quiet)
         .await
-        .context("the backup succeeded, but applying the retention policy failed")
+        .context("the backup succeeded, but applying the retention policy failed")?;
+    Ok((Some(report), code))
 }
 
 /// Flags over `[backup]` over the defaults.

@@ -173,6 +173,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A `before` or `after` hook failed (its output was shown as it ran).
+    #[error("{what}")]
+    Hook { what: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -251,6 +255,9 @@ impl Error {
                 "the connection needs a role with REPLICATION (or a superuser), a pg_hba.conf line for the `replication` database, and free max_wal_senders and max_replication_slots; `wal stream` reconnects on its own after a lost connection"
             }
             Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
+            Error::Hook { .. } => {
+                "the hook's output is above; run the command by hand to see why, or remove it from [hooks]"
+            }
             Error::WrongKey { .. } => {
                 "check LIFEBOAT_PASSWORD_FILE / --password-command / --key-file; `lifeboat-backup key list` shows the slots"
             }

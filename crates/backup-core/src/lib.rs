@@ -20,6 +20,7 @@
 //! | [`config`] | the config file's schema, its sources, repository/key precedence (flags, environment, file) |
 //! | [`runtime`], [`buffer`] | the CPU pool (one thread per core) and reusable chunk-sized buffers |
 //! | [`secret`], [`lock`], [`progress`], [`metrics`] | secrets, the run lock, progress, Prometheus textfiles |
+//! | [`hooks`] | commands before, after, on failure and finally of a run, with timeouts |
 //! | [`scratch`] | helpers for throw-away servers on free loopback ports, and the S3 one (engines have theirs) |
 //! | [`error`] | the one error enum, with exit codes and hints |
 //! | `cli` (feature `cli`) | flags, output and error reporting shared by the binaries, the snapshot listing |
@@ -36,6 +37,7 @@ pub mod config;
 pub mod content;
 pub mod engines;
 pub mod error;
+pub mod hooks;
 pub mod id;
 pub mod lock;
 pub mod manifest;

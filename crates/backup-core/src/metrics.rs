@@ -64,9 +64,37 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
 }
 
+/// The value of `name{labels…}` in an earlier textfile, for metrics a failed run carries
+/// over (when the last success was). Labels must match exactly, in the order written.
+pub fn previous_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut m = Metrics::new();
+    m.gauge(name, "", labels, 0.0);
+    let prefix = m.families[name].1[0].trim_end_matches(" 0").to_string() + " ";
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_previous_value_is_found_by_name_and_labels() {
+        let mut m = Metrics::new();
+        m.gauge("x_seconds", "X.", &[("repository", "/r")], 42.0);
+        m.gauge("x_seconds", "X.", &[("repository", "/s")], 7.0);
+        let text = m.render();
+        assert_eq!(
+            previous_value(&text, "x_seconds", &[("repository", "/s")]),
+            Some(7.0)
+        );
+        assert_eq!(
+            previous_value(&text, "x_seconds", &[("repository", "/t")]),
+            None
+        );
+        assert_eq!(previous_value(&text, "x", &[("repository", "/r")]), None);
+    }
 
     #[test]
     fn families_stay_together_and_labels_are_escaped() {

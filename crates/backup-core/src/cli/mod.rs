@@ -224,7 +224,37 @@ pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCo
     if let Some(h) = core.and_then(|c| c.hint()) {
         eprintln!("hint: {h}");
     }
-    ExitCode::from(core.map_or(1, |c| c.exit_code()) as u8)
+    ExitCode::from(exit_code_for(e))
+}
+
+/// The documented exit code for an error: that of the first library error in its chain.
+pub fn exit_code_for(e: &(dyn std::error::Error + 'static)) -> u8 {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(core) = c.downcast_ref::<crate::Error>() {
+            return core.exit_code() as u8;
+        }
+        cur = c.source();
+    }
+    1
+}
+
+/// Prints what hooks did: each hook's result line and its output, indented; output of hooks
+/// that succeeded only when not quiet (failures always: they explain the exit code).
+pub fn print_hooks(reports: &[crate::hooks::HookReport], out: &Output) {
+    for r in reports {
+        if r.ok() && out.quiet {
+            continue;
+        }
+        eprintln!(
+            "{} in {}",
+            r.describe(),
+            crate::progress::human_duration(r.seconds)
+        );
+        for line in r.output.lines() {
+            eprintln!("  | {line}");
+        }
+    }
 }
 
 /// Prints a snapshot listing, the same in every binary: a table (or JSON), and each damaged

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{RetentionConfig, SourceConfig};
 use crate::error::{Error, Result};
+use crate::hooks::HooksConfig;
 
 /// A whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,6 +21,16 @@ pub struct ConfigFile {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Applied by `run` after a fully successful backup, and by `forget`/`prune`.
     pub retention: Option<RetentionConfig>,
+    /// `[metrics]`: where `run` writes its Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// `[hooks]`: commands around every `run`.
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    /// `[sources.NAME.hooks]`, taken out of each source's table before it is parsed (a source's
+    /// type decides its other keys).
+    #[serde(skip)]
+    pub source_hooks: BTreeMap<String, HooksConfig>,
 }
 
 /// `[repository]`: where, and how to unlock it.
@@ -74,6 +85,14 @@ pub struct ObjectLockConfig {
     pub days: u32,
 }
 
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A textfile for node_exporter's textfile collector, replaced whole after every run.
+    pub textfile: Option<PathBuf>,
+}
+
 /// `[backup]`: run settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,10 +113,22 @@ impl ConfigFile {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut value: toml::Value = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        // Hooks are shell commands: `${VAR}` in them is the shell's, expanded when they run
+        // (with LIFEBOAT_SNAPSHOT and the rest set), so they are taken out before expansion.
+        let (run_hooks, source_hooks) = take_hooks(&mut value).map_err(err)?;
         expand_env(&mut value).map_err(err)?;
-        let cfg: ConfigFile = value
+        let mut cfg: ConfigFile = value
             .try_into()
             .map_err(|e: toml::de::Error| err(e.to_string()))?;
+        cfg.hooks = run_hooks;
+        cfg.source_hooks = source_hooks;
+        for (scope, hooks) in std::iter::once(("[hooks]".to_string(), &cfg.hooks)).chain(
+            cfg.source_hooks
+                .iter()
+                .map(|(n, h)| (format!("[sources.{n}.hooks]"), h)),
+        ) {
+            hooks.timeout().map_err(|e| err(format!("{scope}: {e}")))?;
+        }
         for name in cfg.sources.keys() {
             if !crate::manifest::validate_item_name(name) {
                 return Err(err(format!(
@@ -107,6 +138,28 @@ impl ConfigFile {
         }
         Ok(cfg)
     }
+}
+
+/// Removes and parses `[hooks]` and the `hooks` of every `[sources.NAME]` table.
+type Hooks = (HooksConfig, BTreeMap<String, HooksConfig>);
+fn take_hooks(v: &mut toml::Value) -> std::result::Result<Hooks, String> {
+    let parse = |h: toml::Value, scope: &str| {
+        h.try_into::<HooksConfig>()
+            .map_err(|e| format!("{scope}: {e}"))
+    };
+    let run = match v.as_table_mut().and_then(|t| t.remove("hooks")) {
+        Some(h) => parse(h, "[hooks]")?,
+        None => HooksConfig::default(),
+    };
+    let mut sources = BTreeMap::new();
+    if let Some(table) = v.get_mut("sources").and_then(|s| s.as_table_mut()) {
+        for (name, source) in table.iter_mut() {
+            if let Some(h) = source.as_table_mut().and_then(|t| t.remove("hooks")) {
+                sources.insert(name.clone(), parse(h, &format!("[sources.{name}.hooks]"))?);
+            }
+        }
+    }
+    Ok((run, sources))
 }
 
 fn expand_env(v: &mut toml::Value) -> std::result::Result<(), String> {

@@ -10,7 +10,9 @@ mod repo;
 mod retention;
 mod sources;
 
-pub use file::{BackupConfig, ConfigFile, ObjectLockConfig, RepositoryConfig, S3Config};
+pub use file::{
+    BackupConfig, ConfigFile, MetricsConfig, ObjectLockConfig, RepositoryConfig, S3Config,
+};
 pub use repo::{RepoArgs, ResolvedRepo, open_store};
 pub use retention::RetentionConfig;
 pub use sources::{

@@ -465,6 +465,15 @@ pub struct SourceSelection {
 }
 
 impl SourceSelection {
+    /// The config's sources this selection takes (ad-hoc sources are not in the config).
+    pub fn configured(&self, cfg: &ConfigFile) -> Vec<String> {
+        cfg.sources
+            .keys()
+            .filter(|n| self.sources.contains(n) || (self.sources.is_empty() && !self.adhoc()))
+            .cloned()
+            .collect()
+    }
+
     fn adhoc(&self) -> bool {
         !self.volumes.is_empty()
             || !self.commands.is_empty()
@@ -487,10 +496,8 @@ pub async fn select_sources(
                 cfg.sources.keys().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
-        for (name, sc) in &cfg.sources {
-            if sel.sources.contains(name) || (sel.sources.is_empty() && !sel.adhoc()) {
-                sources.extend(sc.build(name).await?);
-            }
+        for name in sel.configured(cfg) {
+            sources.extend(cfg.sources[&name].build(&name).await?);
         }
     } else if !sel.sources.is_empty() {
         return Err(Error::Usage("--source needs --config".into()));
