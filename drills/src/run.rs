@@ -116,6 +116,7 @@ async fn open_repo(file: &DrillFile) -> Result<Opened> {
             sources: Default::default(),
             retention: None,
             metrics: Default::default(),
+            monitor: Default::default(),
             hooks: Default::default(),
             source_hooks: Default::default(),
         },

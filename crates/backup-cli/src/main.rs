@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use backup_core::cli::{
-    EXIT_CODES, FilterFlags, GlobalFlags, Output, exit_code_for, interrupted, print_hooks,
-    print_snapshots, run_main,
+    EXIT_CODES, FilterFlags, GlobalFlags, Output, error_text, exit_code_for, interrupted,
+    print_hooks, print_snapshots, run_main,
 };
 use backup_core::codec::keys::KdfParams;
 use backup_core::commands::backup::{BackupOptions, BackupReport, backup};
@@ -23,6 +23,7 @@ use backup_core::config::{
 use backup_core::engines::postgres::wal::{self, ClusterId, WalPushOptions};
 use backup_core::hooks::{HookContext, RunHooks};
 use backup_core::lock::RunLock;
+use backup_core::notify::{Outcome, RunSummary};
 use backup_core::progress::{Progress, human_bytes, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
 use backup_core::secret::SecretSource;
@@ -723,7 +724,14 @@ async fn run_backup(
     out: &Output,
 ) -> Result<u8> {
     let t0 = std::time::Instant::now();
+    let started = chrono::Utc::now();
+    let monitor = config.map(|c| c.monitor.clone()).unwrap_or_default();
+    warn_all(monitor.started().await);
     let result = run_with_hooks(resolved, config, &args, out).await;
+    if !monitor.is_empty() {
+        let summary = run_summary(resolved, config, &result, started);
+        warn_all(monitor.finished(&summary).await);
+    }
     let textfile = args
         .prometheus
         .clone()
@@ -748,6 +756,76 @@ async fn run_backup(
         }
     }
     result.map(|(_, code)| code)
+}
+
+fn warn_all(warnings: Vec<String>) {
+    for w in warnings {
+        eprintln!("lifeboat-backup: warning: {w}");
+    }
+}
+
+/// What the monitors are told about a finished run.
+fn run_summary(
+    resolved: &ResolvedRepo,
+    config: Option<&ConfigFile>,
+    result: &Result<(Option<BackupReport>, u8)>,
+    started: chrono::DateTime<chrono::Utc>,
+) -> RunSummary {
+    let report = result.as_ref().ok().and_then(|(r, _)| r.as_ref());
+    let (exit_code, error) = match result {
+        Ok((_, code)) => (*code, None),
+        Err(e) => {
+            let (msg, hint) = error_text(&**e);
+            let text = match hint {
+                Some(h) => format!("{msg}\nhint: {h}"),
+                None => msg,
+            };
+            (exit_code_for(&**e), Some(text))
+        }
+    };
+    let mut log = match report {
+        Some(r) => format!(
+            "snapshot {} saved: {} item(s), {} read, {} stored in {}",
+            r.snapshot.short(),
+            r.items.len(),
+            human_bytes(r.size),
+            human_bytes(r.stored_bytes),
+            backup_core::progress::human_duration(r.seconds)
+        ),
+        None => "no snapshot was written".to_string(),
+    };
+    for w in report.map(|r| r.warnings.as_slice()).unwrap_or_default() {
+        log.push_str(&format!("\nwarning: {w}"));
+    }
+    if let Some(e) = &error {
+        log.push_str(&format!("\nerror: {e}"));
+    }
+    RunSummary {
+        action: "run".into(),
+        outcome: if exit_code == 0 {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+        exit_code,
+        repository: resolved.url.clone(),
+        host: config
+            .and_then(|c| c.backup.host.clone())
+            .unwrap_or_else(backup_core::hostname),
+        snapshot: report.map(|r| r.snapshot.to_string()),
+        error,
+        started,
+        finished: chrono::Utc::now(),
+        items: report
+            .map(|r| {
+                r.items
+                    .iter()
+                    .map(|i| serde_json::json!({"name": i.name, "kind": i.kind, "size": i.size, "stored_bytes": i.stored_bytes}))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        log,
+    }
 }
 
 /// The lock, then the hooks around the backup. The lock comes first: a run that finds another

@@ -21,6 +21,7 @@
 //! | [`runtime`], [`buffer`] | the CPU pool (one thread per core) and reusable chunk-sized buffers |
 //! | [`secret`], [`lock`], [`progress`], [`metrics`] | secrets, the run lock, progress, Prometheus textfiles |
 //! | [`hooks`] | commands before, after, on failure and finally of a run, with timeouts |
+//! | [`notify`] | monitoring: Healthchecks-style pings, JSON webhooks, notifier commands |
 //! | [`scratch`] | helpers for throw-away servers on free loopback ports, and the S3 one (engines have theirs) |
 //! | [`error`] | the one error enum, with exit codes and hints |
 //! | `cli` (feature `cli`) | flags, output and error reporting shared by the binaries, the snapshot listing |
@@ -43,6 +44,7 @@ pub mod lock;
 pub mod manifest;
 pub mod markers;
 pub mod metrics;
+pub mod notify;
 pub mod progress;
 pub mod repository;
 pub mod retention;

@@ -208,6 +208,17 @@ pub async fn interrupted() -> &'static str {
 
 /// Prints `prog: error: ...` (with the cause chain) and a `hint:`, and returns the exit code.
 pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let (msg, hint) = error_text(e);
+    eprintln!("{prog}: error: {msg}");
+    if let Some(h) = hint {
+        eprintln!("hint: {h}");
+    }
+    ExitCode::from(exit_code_for(e))
+}
+
+/// An error's message with its cause chain (each cause once), and the hint of the first
+/// library error in it.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> (String, Option<String>) {
     let mut msg = e.to_string();
     let mut core = e.downcast_ref::<crate::Error>();
     let mut cur = e.source();
@@ -220,11 +231,7 @@ pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCo
         core = core.or_else(|| c.downcast_ref::<crate::Error>());
         cur = c.source();
     }
-    eprintln!("{prog}: error: {msg}");
-    if let Some(h) = core.and_then(|c| c.hint()) {
-        eprintln!("hint: {h}");
-    }
-    ExitCode::from(exit_code_for(e))
+    (msg, core.and_then(|c| c.hint()))
 }
 
 /// The documented exit code for an error: that of the first library error in its chain.

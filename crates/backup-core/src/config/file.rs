@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{RetentionConfig, SourceConfig};
 use crate::error::{Error, Result};
 use crate::hooks::HooksConfig;
+use crate::notify::MonitorConfig;
 
 /// A whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +25,9 @@ pub struct ConfigFile {
     /// `[metrics]`: where `run` writes its Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[monitor]`: pings, webhooks and notifier commands for every `run`.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
     /// `[hooks]`: commands around every `run`.
     #[serde(default)]
     pub hooks: HooksConfig,
@@ -122,6 +126,7 @@ impl ConfigFile {
             .map_err(|e: toml::de::Error| err(e.to_string()))?;
         cfg.hooks = run_hooks;
         cfg.source_hooks = source_hooks;
+        cfg.monitor.timeout().map_err(|e| err(e.to_string()))?;
         for (scope, hooks) in std::iter::once(("[hooks]".to_string(), &cfg.hooks)).chain(
             cfg.source_hooks
                 .iter()
