@@ -119,6 +119,7 @@ async fn open_repo(file: &DrillFile) -> Result<Opened> {
             monitor: Default::default(),
             hooks: Default::default(),
             source_hooks: Default::default(),
+            source_anomaly: Default::default(),
         },
         (None, None) => {
             return Err(Error::Usage(

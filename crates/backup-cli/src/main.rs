@@ -945,6 +945,9 @@ fn backup_options(config: Option<&ConfigFile>, args: &RunArgs) -> Result<BackupO
             .concurrency
             .unwrap_or_else(backup_core::commands::backup::default_concurrency),
         stale_after: stale_after_for_run(args.stale_after.as_deref(), config)?,
+        anomaly: config
+            .map(|c| c.source_anomaly.clone().into_iter().collect())
+            .unwrap_or_default(),
         ..Default::default()
     })
 }

@@ -173,6 +173,13 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A source's data does not look like last time's and its rule says fail (see `anomaly`).
+    #[error("no snapshot was written: {detail}")]
+    Anomaly {
+        sources: Vec<String>,
+        detail: String,
+    },
+
     /// A `before` or `after` hook failed (its output was shown as it ran).
     #[error("{what}")]
     Hook { what: String },
@@ -255,6 +262,9 @@ impl Error {
                 "the connection needs a role with REPLICATION (or a superuser), a pg_hba.conf line for the `replication` database, and free max_wal_senders and max_replication_slots; `wal stream` reconnects on its own after a lost connection"
             }
             Error::RepositoryExists { .. } => "use the existing repository, or choose another path",
+            Error::Anomaly { .. } => {
+                "if the change is expected (a table emptied on purpose, a volume moved), set on_anomaly = \"warn\" for the source for one run; otherwise look at the source: an empty mount point, a replica that is not the primary, a flushed cache"
+            }
             Error::Hook { .. } => {
                 "the hook's output is above; run the command by hand to see why, or remove it from [hooks]"
             }

@@ -16,6 +16,7 @@
 //! | [`markers`] | the run and GC marker objects through which backups and GC see each other |
 //! | [`sink`] | the `Sink` contract every restore target implements; file, stdout and command sinks |
 //! | [`commands`] | what the binaries run: `backup`, `restore` (plan, apply, sinks), `check`, `gc` (`gc::plan`: what may be deleted, decided without I/O), `prune` |
+//! | [`anomaly`] | whether an item looks like the same source's last one (rows, keys, files, size) |
 //! | [`retention`] | which snapshots a policy keeps |
 //! | [`config`] | the config file's schema, its sources, repository/key precedence (flags, environment, file) |
 //! | [`runtime`], [`buffer`] | the CPU pool (one thread per core) and reusable chunk-sized buffers |
@@ -28,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anomaly;
 pub mod buffer;
 pub mod chunk;
 #[cfg(feature = "cli")]

@@ -14,6 +14,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::anomaly::{self, AnomalyRules, OnAnomaly};
 use crate::chunk::{Chunked, spawn_chunker, spawn_piece_chunker};
 use crate::content::packer::Packer;
 use crate::content::writer::{Stored, store_chunk};
@@ -50,6 +51,8 @@ pub struct BackupOptions {
     pub before_commit: Option<CommitHook>,
     /// Markers older than this are a dead process's (see [`crate::commands::gc`]).
     pub stale_after: std::time::Duration,
+    /// Anomaly rules by source name (others: warn, no minimums); see [`crate::anomaly`].
+    pub anomaly: HashMap<String, AnomalyRules>,
 }
 
 /// An async callback; see [`BackupOptions::before_commit`].
@@ -72,6 +75,7 @@ impl Default for BackupOptions {
             progress: None,
             before_commit: None,
             stale_after: crate::markers::STALE_AFTER,
+            anomaly: HashMap::new(),
         }
     }
 }
@@ -166,13 +170,19 @@ pub async fn backup(
     })
 }
 
-/// Each item's size in this host's newest snapshot holding it: the progress line's estimate
-/// of the total (a stream's length, or a volume's, is known only once it has been read).
-fn last_sizes(snapshots: &[Snapshot], host: &str) -> HashMap<String, u64> {
+/// Each item of this host's newest snapshot holding it (without its chunk list): what the
+/// anomaly check compares with, and the progress line's estimate of the total (a stream's
+/// length, or a volume's, is known only once it has been read).
+fn last_items(snapshots: &[Snapshot], host: &str) -> HashMap<String, Item> {
     let mut out = HashMap::new();
     for s in snapshots.iter().filter(|s| s.host == host) {
         for i in &s.items {
-            out.insert(i.name.clone(), i.size);
+            let mut i = Item {
+                chunks: Vec::new(),
+                ..i.clone()
+            };
+            i.facts.remove(anomaly::FACT);
+            out.insert(i.name.clone(), i);
         }
     }
     out
@@ -187,7 +197,7 @@ async fn run_items(
     let snapshots = repo.snapshots().await?;
     let known = Arc::new(Mutex::new(Repository::chunks_of(&snapshots)));
     let host = opts.host.clone().unwrap_or_else(crate::hostname);
-    let last_sizes = last_sizes(&snapshots, &host);
+    let previous = last_items(&snapshots, &host);
     drop(snapshots);
     // Read now, after the GC protocol let this run start: an index read earlier may name
     // packs a GC has deleted since.
@@ -196,14 +206,19 @@ async fn run_items(
     let mut reports = Vec::new();
     let mut reused = HashSet::new();
     let mut caches = Vec::new();
+    let mut anomalies = Anomalies::default();
     for mut src in sources {
-        let estimate = last_sizes.get(src.name()).copied();
-        let done = backup_item(repo, &mut *src, &known, &packer, opts, estimate).await?;
+        let last = previous.get(src.name());
+        let estimate = last.map(|i| i.size);
+        let mut done = backup_item(repo, &mut *src, &known, &packer, opts, estimate).await?;
+        anomalies.check(&mut done.item, last, opts);
         caches.extend(done.cache);
         items.push(done.item);
         reports.push(done.report);
         reused.extend(done.reused);
     }
+    // Every item was read, so every anomaly is named at once; nothing is committed.
+    anomalies.fail_if_any()?;
     if let Some(last) = packer.take() {
         packer.write(last, &**repo.store(), repo.keys()).await?;
     }
@@ -226,7 +241,7 @@ async fn run_items(
     repo.save_snapshot(&snapshot).await?;
     // Only now: a cache naming chunks of a snapshot that was never written would be trusted
     // next time while those chunks may be collected.
-    let mut warnings = Vec::new();
+    let mut warnings = anomalies.warnings;
     for (slot, cache) in caches {
         // An optimisation: failing to write it must not fail the backup, but the operator
         // should know why the next run reads every file again.
@@ -239,6 +254,60 @@ async fn run_items(
         }
     }
     Ok((snapshot, reports, warnings))
+}
+
+/// Anomalies of a run so far: warnings (the snapshot is flagged) and failures (it is not
+/// written).
+#[derive(Default)]
+struct Anomalies {
+    warnings: Vec<String>,
+    failures: Vec<(String, Vec<String>)>,
+}
+
+impl Anomalies {
+    /// Compares `item` with the same source's last item; records what is wrong on the item.
+    fn check(&mut self, item: &mut Item, last: Option<&Item>, opts: &BackupOptions) {
+        // A source's rules hold for every item it makes (`pg.app`, `pg.globals` of `pg`).
+        let rules = opts
+            .anomaly
+            .get(&item.name)
+            .or_else(|| {
+                let (source, _) = item.name.split_once('.')?;
+                opts.anomaly.get(source)
+            })
+            .cloned()
+            .unwrap_or_default();
+        let found = anomaly::check(item, last, &rules);
+        if found.is_empty() {
+            return;
+        }
+        item.facts
+            .insert(anomaly::FACT.into(), serde_json::json!(found));
+        match rules.on_anomaly {
+            OnAnomaly::Warn => self.warnings.push(format!(
+                "source {} does not look like last time: {}; the snapshot is flagged (on_anomaly = \"fail\" stops such a run)",
+                item.name,
+                found.join("; ")
+            )),
+            OnAnomaly::Fail => self.failures.push((item.name.clone(), found)),
+        }
+    }
+
+    fn fail_if_any(&self) -> Result<()> {
+        if self.failures.is_empty() {
+            return Ok(());
+        }
+        let detail = self
+            .failures
+            .iter()
+            .map(|(name, found)| format!("source {name}: {}", found.join("; ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Error::Anomaly {
+            sources: self.failures.iter().map(|(n, _)| n.clone()).collect(),
+            detail,
+        })
+    }
 }
 
 /// One result of the pipeline, in stream order.

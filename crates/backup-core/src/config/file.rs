@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{RetentionConfig, SourceConfig};
+use crate::anomaly::AnomalyRules;
 use crate::error::{Error, Result};
 use crate::hooks::HooksConfig;
 use crate::notify::MonitorConfig;
@@ -35,6 +36,9 @@ pub struct ConfigFile {
     /// type decides its other keys).
     #[serde(skip)]
     pub source_hooks: BTreeMap<String, HooksConfig>,
+    /// `on_anomaly`, `min_files`, `min_bytes` of each `[sources.NAME]`, taken out the same way.
+    #[serde(skip)]
+    pub source_anomaly: BTreeMap<String, AnomalyRules>,
 }
 
 /// `[repository]`: where, and how to unlock it.
@@ -120,12 +124,14 @@ impl ConfigFile {
         // Hooks are shell commands: `${VAR}` in them is the shell's, expanded when they run
         // (with LIFEBOAT_SNAPSHOT and the rest set), so they are taken out before expansion.
         let (run_hooks, source_hooks) = take_hooks(&mut value).map_err(err)?;
+        let source_anomaly = take_anomaly_rules(&mut value).map_err(err)?;
         expand_env(&mut value).map_err(err)?;
         let mut cfg: ConfigFile = value
             .try_into()
             .map_err(|e: toml::de::Error| err(e.to_string()))?;
         cfg.hooks = run_hooks;
         cfg.source_hooks = source_hooks;
+        cfg.source_anomaly = source_anomaly;
         cfg.monitor.timeout().map_err(|e| err(e.to_string()))?;
         for (scope, hooks) in std::iter::once(("[hooks]".to_string(), &cfg.hooks)).chain(
             cfg.source_hooks
@@ -165,6 +171,35 @@ fn take_hooks(v: &mut toml::Value) -> std::result::Result<Hooks, String> {
         }
     }
     Ok((run, sources))
+}
+
+/// Removes and parses the anomaly keys of every `[sources.NAME]` table (they apply to every
+/// source type, whose other keys the type decides).
+fn take_anomaly_rules(
+    v: &mut toml::Value,
+) -> std::result::Result<BTreeMap<String, AnomalyRules>, String> {
+    let mut out = BTreeMap::new();
+    let Some(table) = v.get_mut("sources").and_then(|s| s.as_table_mut()) else {
+        return Ok(out);
+    };
+    for (name, source) in table.iter_mut() {
+        let Some(t) = source.as_table_mut() else {
+            continue;
+        };
+        let mut rules = toml::Table::new();
+        for key in ["on_anomaly", "min_files", "min_bytes"] {
+            if let Some(x) = t.remove(key) {
+                rules.insert(key.into(), x);
+            }
+        }
+        if !rules.is_empty() {
+            let r = toml::Value::Table(rules)
+                .try_into::<AnomalyRules>()
+                .map_err(|e| format!("[sources.{name}]: {e}"))?;
+            out.insert(name.clone(), r);
+        }
+    }
+    Ok(out)
 }
 
 fn expand_env(v: &mut toml::Value) -> std::result::Result<(), String> {
