@@ -277,16 +277,21 @@ fn reasons(
         ("yearly", policy.keep_yearly, year),
     ];
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snaps.len()];
+    // A snapshot the anomaly check flagged (an empty mount point backed up "successfully")
+    // takes no keep_* slot: it must not push out the good ones it looks like.
+    let flagged: Vec<bool> = snaps.iter().map(|s| is_flagged(s)).collect();
+    let counted = || (0..snaps.len()).filter(|&i| !flagged[i]);
     if let Some(n) = policy.keep_last {
-        for (i, r) in reasons.iter_mut().enumerate().take(n as usize) {
-            r.push(format!("last {} of {n}", i + 1));
+        for (k, i) in counted().take(n as usize).enumerate() {
+            reasons[i].push(format!("last {} of {n}", k + 1));
         }
     }
     for (name, count, bucket) in rules {
         let Some(n) = count else { continue };
         let mut last = None;
         let mut kept = 0;
-        for (i, s) in snaps.iter().enumerate() {
+        for i in counted() {
+            let s = snaps[i];
             if kept >= n {
                 break;
             }
@@ -298,6 +303,7 @@ fn reasons(
             }
         }
     }
+    keep_flagged(snaps, &flagged, &mut reasons);
     if let Some(w) = policy.keep_pitr {
         for (item, i) in pitr_keepers(snaps, now - w) {
             reasons[i].push(format!(
@@ -320,6 +326,27 @@ fn reasons(
         }
     }
     reasons
+}
+
+/// Whether an item of the snapshot was flagged by the anomaly check.
+fn is_flagged(s: &Snapshot) -> bool {
+    s.items
+        .iter()
+        .any(|i| !crate::anomaly::recorded(i).is_empty())
+}
+
+/// Flagged snapshots stay while they are newer than the oldest snapshot the keep rules keep
+/// (all of them while no good one is kept): evidence for as long as the good ones around it.
+fn keep_flagged(snaps: &[&Snapshot], flagged: &[bool], reasons: &mut [Vec<String>]) {
+    let oldest_kept = (0..snaps.len())
+        .filter(|&i| !flagged[i] && !reasons[i].is_empty())
+        .map(|i| snaps[i].time)
+        .min();
+    for (i, s) in snaps.iter().enumerate() {
+        if flagged[i] && oldest_kept.is_none_or(|t| s.time >= t) {
+            reasons[i].push("flagged by the anomaly check (takes no keep slot)".into());
+        }
+    }
 }
 
 /// Per base backup item: the snapshot whose base backup a restore to `cutoff` starts from
@@ -621,6 +648,40 @@ mod tests {
         assert_eq!(kept(&p), want.map(|(a, b)| (a.to_string(), b.to_string())));
         assert_eq!(p.remove(), [snaps[2].id]);
         assert_eq!(p.groups[0].snapshots[1].reasons, ["remove"]);
+    }
+
+    #[test]
+    fn a_flagged_snapshot_takes_no_keep_slot() {
+        let mut snaps: Vec<Snapshot> = daily().into_iter().skip(56).map(with_base).collect();
+        // The newest two were flagged (an empty mount point two nights running).
+        for s in snaps.iter_mut().rev().take(2) {
+            s.items[0].facts.insert(
+                crate::anomaly::FACT.into(),
+                serde_json::json!(["51 files before, 0 now"]),
+            );
+        }
+        let pol = RetentionPolicy {
+            keep_last: Some(1),
+            ..policy()
+        };
+        let p = plan(&pol, &snaps, &BTreeSet::new(), now()).unwrap();
+        let want = [
+            (
+                "2026-03-01T02:00",
+                "flagged by the anomaly check (takes no keep slot)",
+            ),
+            (
+                "2026-02-28T02:00",
+                "flagged by the anomaly check (takes no keep slot)",
+            ),
+            ("2026-02-27T02:00", "last 1 of 1"),
+        ];
+        assert_eq!(kept(&p), want.map(|(a, b)| (a.to_string(), b.to_string())));
+        assert_eq!(
+            p.remove(),
+            [snaps[0].id],
+            "the good one before is what goes"
+        );
     }
 
     #[test]
