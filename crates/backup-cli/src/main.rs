@@ -72,6 +72,9 @@ enum Cmd {
     /// Manage key slots.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Check a config file, or print an annotated example.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// PostgreSQL WAL archive: `archive_command = 'lifeboat-backup wal push %p'`, and its status.
     #[command(subcommand)]
     Wal(WalCmd),
@@ -230,6 +233,20 @@ impl RunArgs {
 }
 
 #[derive(Subcommand)]
+enum ConfigCmd {
+    /// Parse FILE (unknown keys refused, with line numbers), check every secret file and
+    /// volume path, explain the retention policy; exit 2 naming every problem.
+    Validate {
+        file: PathBuf,
+        /// Also reach the repository (bucket, initialised) and every PostgreSQL and Redis source.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Print an annotated example config (every section, commented).
+    Example,
+}
+
+#[derive(Subcommand)]
 enum WalCmd {
     /// Archive one WAL file (archive_command's %p); exit 0 only once it is durable. Also pushes
     /// segments PostgreSQL has marked ready ahead, so later calls return at once.
@@ -358,6 +375,10 @@ fn main() -> ExitCode {
 
 /// Each subcommand is a library call and its rendering; the exit code is the library's.
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // The config commands take the file as their argument and need no repository.
+    if let Cmd::Config(c) = &cli.cmd {
+        return config_cmd(c, &cli.global.output()).await;
+    }
     let (config, resolved) = cli.global.resolve()?;
     let config = config.as_ref();
     let out = cli.global.output();
@@ -393,6 +414,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             render::check(&report, &out)?;
             report.exit_code()
         }
+        Cmd::Config(_) => unreachable!("handled before the repository is resolved"),
         Cmd::Key(k) => {
             key_cmd(&resolved, k, &out).await?;
             0
@@ -756,6 +778,23 @@ async fn run_backup(
         }
     }
     result.map(|(_, code)| code)
+}
+
+/// The annotated example (the same file the demo runs with).
+const EXAMPLE_CONFIG: &str = include_str!("../../../fixtures/lifeboat.toml");
+
+async fn config_cmd(c: &ConfigCmd, out: &Output) -> Result<ExitCode> {
+    let (file, connect) = match c {
+        ConfigCmd::Example => {
+            print!("{EXAMPLE_CONFIG}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        ConfigCmd::Validate { file, connect } => (file, *connect),
+    };
+    let cfg = ConfigFile::load(file)?;
+    let report = backup_core::config::validate(&cfg, connect).await;
+    render::validation(file, &report, out)?;
+    Ok(ExitCode::from(if report.problems() > 0 { 2 } else { 0 }))
 }
 
 fn warn_all(warnings: Vec<String>) {

@@ -403,3 +403,31 @@ fn stream_line(s: &backup_core::engines::postgres::wal::stream::StreamStatus) ->
         s.store_errors
     )
 }
+
+/// `config validate`: every finding, problems marked, the retention policy in words.
+pub fn validation(
+    file: &std::path::Path,
+    r: &backup_core::config::ValidationReport,
+    out: &Output,
+) -> Result<()> {
+    out.result(&serde_json::to_value(r)?, || {
+        let mut s = String::new();
+        for f in &r.findings {
+            let mark = if f.ok { "ok     " } else { "PROBLEM" };
+            s.push_str(&format!(
+                "{mark} {}: {}\n",
+                f.scope,
+                f.detail.replace('\n', "\n        ")
+            ));
+        }
+        if let Some(ret) = &r.retention {
+            s.push_str(&format!("retention: {ret}\n"));
+        }
+        s.push_str(&match r.problems() {
+            0 => format!("{} is valid", file.display()),
+            n => format!("{}: {n} problem(s)", file.display()),
+        });
+        s
+    });
+    Ok(())
+}

@@ -128,7 +128,7 @@ impl ConfigFile {
         expand_env(&mut value).map_err(err)?;
         let mut cfg: ConfigFile = value
             .try_into()
-            .map_err(|e: toml::de::Error| err(e.to_string()))?;
+            .map_err(|e: toml::de::Error| err(with_line(&e.to_string(), &text)))?;
         cfg.hooks = run_hooks;
         cfg.source_hooks = source_hooks;
         cfg.source_anomaly = source_anomaly;
@@ -148,6 +148,26 @@ impl ConfigFile {
             }
         }
         Ok(cfg)
+    }
+}
+
+/// The parsed value has no positions; an unknown key is found again in the text, so the
+/// message says on which line (the first line that sets a key of that name).
+fn with_line(msg: &str, text: &str) -> String {
+    let key = msg
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| k);
+    let line = key.and_then(|k| {
+        text.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    });
+    match line {
+        Some(n) => format!("line {}: {msg}", n + 1),
+        None => msg.to_string(),
     }
 }
 

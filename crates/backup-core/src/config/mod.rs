@@ -9,6 +9,7 @@ mod file;
 mod repo;
 mod retention;
 mod sources;
+mod validate;
 
 pub use file::{
     BackupConfig, ConfigFile, MetricsConfig, ObjectLockConfig, RepositoryConfig, S3Config,
@@ -19,3 +20,4 @@ pub use sources::{
     Databases, PostgresConfig, RedisConfig, RedisModeConfig, RestoreDefaults, RowCountsConfig,
     SourceConfig, SourceSelection, select_sources, split_named,
 };
+pub use validate::{Finding, ValidationReport, validate};
