@@ -238,6 +238,7 @@ async fn failing_checks_and_budgets_are_named_and_exit_distinctly() {
             .contains("| shop | big orders exist | **FAIL** |")
     );
     let prom = std::fs::read_to_string(s.p("drill.prom")).unwrap();
+    backup_core::scratch::promtool::check_metrics(&prom).unwrap();
     assert!(
         prom.contains("lifeboat_drill_success 0") && prom.contains("check=\"big orders exist\"} 0"),
         "{prom}"
@@ -272,6 +273,7 @@ async fn failing_checks_and_budgets_are_named_and_exit_distinctly() {
         String::from_utf8_lossy(&out.stdout)
     );
     let prom = std::fs::read_to_string(s.p("drill.prom")).unwrap();
+    backup_core::scratch::promtool::check_metrics(&prom).unwrap();
     assert!(
         prom.contains("lifeboat_drill_last_success_timestamp_seconds "),
         "{prom}"
@@ -533,6 +535,7 @@ async fn a_point_in_time_drill_proves_its_markers_and_reports_rpo_and_rto() {
         "{p}"
     );
     let prom = std::fs::read_to_string(s.p("drill.prom")).unwrap();
+    backup_core::scratch::promtool::check_metrics(&prom).unwrap();
     assert!(
         prom.contains("lifeboat_drill_pitr_rto_seconds{item=\"cluster\"}"),
         "{prom}"

@@ -115,3 +115,33 @@ fn unknown_keys_are_refused_with_their_line_and_the_example_validates() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("is valid"), "{}", stdout(&out));
 }
+
+/// The systemd units in deploy/systemd pass `systemd-analyze verify` (warnings count as
+/// failures), with the binary path pointed at this build.
+#[test]
+fn the_shipped_systemd_units_verify() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap().replace(
+            "/usr/local/bin/lifeboat-backup",
+            env!("CARGO_BIN_EXE_lifeboat-backup"),
+        );
+        let dest = dir.path().join(e.file_name());
+        std::fs::write(&dest, text).unwrap();
+        units.push(dest);
+    }
+    assert_eq!(units.len(), 3, "service, timer, WAL streaming template");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze not found (apt-get install systemd)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}

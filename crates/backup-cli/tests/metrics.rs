@@ -43,24 +43,10 @@ impl Env {
 
 /// `promtool check metrics` on the file; a machine without promtool fails the test.
 fn promtool_check(file: &Path) {
-    let text = std::fs::read(file).unwrap();
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: install the Debian package `prometheus` (.ci/run does)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&text).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out),
-        String::from_utf8_lossy(&text)
-    );
+    let text = std::fs::read_to_string(file).unwrap();
+    if let Err(e) = backup_core::scratch::promtool::check_metrics(&text) {
+        panic!("{e}");
+    }
 }
 
 /// The sample `name{labels}` in a textfile.

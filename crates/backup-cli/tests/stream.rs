@@ -358,6 +358,7 @@ async fn a_streamer_killed_again_and_again_mid_load_leaves_no_gap_beside_archive
     assert_eq!(st["stream"]["lag_seconds"], 0.0, "{st}");
     assert!(st["stream"]["pieces"].as_u64().unwrap() > 0, "{st}");
     let metrics = std::fs::read_to_string(&prom).unwrap();
+    backup_core::scratch::promtool::check_metrics(&metrics).unwrap();
     assert!(
         metrics.contains("lifeboat_wal_lag_seconds{cluster=")
             && metrics.contains("lifeboat_wal_stream_status_age_seconds"),

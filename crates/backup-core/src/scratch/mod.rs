@@ -1,6 +1,7 @@
 //! Scratch servers Lifeboat starts itself on free loopback ports: for restore checks, drills
 //! and the integration tests. Each is stopped and its directory removed on drop.
 
+pub mod promtool;
 pub mod s3;
 
 use std::net::TcpListener;

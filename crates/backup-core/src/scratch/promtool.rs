@@ -1,0 +1,37 @@
+//! `promtool check metrics` on a textfile this project wrote (Debian package `prometheus`):
+//! the tests hold every metrics file to what node_exporter and Prometheus accept.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Checks `text` with `promtool check metrics`; the error holds promtool's complaints, or
+/// says how to install it.
+pub fn check_metrics(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "promtool not found ({e}): install the Debian package `prometheus` (.ci/run does)"
+            )
+        })?;
+    let _ = child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes());
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    // promtool prints lint problems and exits 0 for some of them: any output is a problem.
+    if out.status.success() && out.stdout.is_empty() && out.stderr.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics: {}{}\n--- the file:\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
