@@ -212,6 +212,10 @@ struct RunArgs {
     /// process's: after a killed prune, a backup waits until then.
     #[arg(long)]
     stale_after: Option<String>,
+    /// When a source fails, commit the others in a snapshot marked incomplete (exit code 8)
+    /// instead of writing none (default: [backup] partial, else off).
+    #[arg(long)]
+    partial: bool,
     /// Write the run's Prometheus metrics to FILE (node_exporter textfile; default: the
     /// config's [metrics] textfile).
     #[arg(long, value_name = "FILE")]
@@ -954,6 +958,12 @@ async fn backup_and_retention(
     let report =
         result.context("backup failed, no snapshot was written; retention was not applied")?;
     render::backup(&report, out)?;
+    if !report.failed.is_empty() {
+        if config.is_some_and(|c| c.retention.is_some()) {
+            eprintln!("lifeboat-backup: retention was not applied: the snapshot is incomplete");
+        }
+        return Ok((Some(report), backup_core::error::EXIT_INCOMPLETE));
+    }
     // Retention only after a fully successful backup (a failed run returned above).
     let Some(rc) = config.and_then(|c| c.retention.as_ref()) else {
         return Ok((Some(report), 0));
@@ -987,6 +997,7 @@ fn backup_options(config: Option<&ConfigFile>, args: &RunArgs) -> Result<BackupO
         anomaly: config
             .map(|c| c.source_anomaly.clone().into_iter().collect())
             .unwrap_or_default(),
+        partial: args.partial || bc.partial.unwrap_or(false),
         ..Default::default()
     })
 }

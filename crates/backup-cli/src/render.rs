@@ -16,6 +16,14 @@ pub fn backup(report: &BackupReport, out: &Output) -> Result<()> {
     for w in &report.warnings {
         eprintln!("lifeboat-backup: warning: {w}");
     }
+    for f in &report.failed {
+        eprintln!(
+            "lifeboat-backup: source {} FAILED and is not in snapshot {}: {}",
+            f.source,
+            report.snapshot.short(),
+            f.error
+        );
+    }
     out.result(&serde_json::to_value(report)?, || {
         let mut s = format!(
             "snapshot {} saved: {} item(s), {} in {} ({} new chunks, {} stored)",

@@ -1,5 +1,7 @@
 //! `[hooks]` and `[sources.NAME.hooks]` around `lifeboat-backup run`: order, environment,
-//! failures before and after, timeouts.
+//! failures before and after, timeouts; and `run --partial`.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -221,4 +223,70 @@ fn a_bad_hook_timeout_is_a_config_error_naming_the_section() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `run --partial`: the healthy source is committed in a snapshot marked incomplete, exit 8,
+/// retention not applied; `latest` passes the incomplete snapshot over unless the items asked
+/// for are in it.
+#[test]
+fn a_partial_run_commits_the_healthy_sources_in_an_incomplete_snapshot() {
+    let e = Env::new("echo no database >&2; exit 3", "");
+    let cfg = std::fs::read_to_string(e.p("lifeboat.toml")).unwrap();
+    std::fs::write(
+        e.p("lifeboat.toml"),
+        format!("{cfg}\n[retention]\nkeep_last = 1\n"),
+    )
+    .unwrap();
+    let all_or_nothing = e.run(&["run"]);
+    assert_eq!(
+        all_or_nothing.status.code(),
+        Some(1),
+        "{}",
+        stderr(&all_or_nothing)
+    );
+    assert!(e.snapshot_ids().is_empty(), "the default writes nothing");
+
+    let out = e.run(&["run", "--partial", "--json"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(8), "{err}");
+    assert!(
+        err.contains("source db FAILED and is not in snapshot"),
+        "{err}"
+    );
+    assert!(err.contains("retention was not applied"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed"][0]["source"], "db");
+    assert_eq!(report["items"].as_array().unwrap().len(), 1);
+    let restore = |args: &[&str]| {
+        Command::new(
+            env!("CARGO_MANIFEST_DIR").to_string() + "/../../target/debug/lifeboat-restore",
+        )
+        .arg("--config")
+        .arg(e.p("lifeboat.toml"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LIFEBOAT_CACHE_DIR", e.p("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+    };
+    let shown = restore(&["show", report["snapshot"].as_str().unwrap(), "--json"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let s: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(s["incomplete"][0]["source"], "db", "{s}");
+    let latest_all = restore(&["plan", "latest", "--to", e.p("out").to_str().unwrap()]);
+    assert!(
+        !latest_all.status.success(),
+        "latest of every source is not the incomplete one"
+    );
+    let latest_www = restore(&[
+        "plan",
+        "latest",
+        "--only",
+        "www",
+        "--to",
+        e.p("out").to_str().unwrap(),
+    ]);
+    assert!(latest_www.status.success(), "{}", stderr(&latest_www));
 }

@@ -205,6 +205,9 @@ impl From<crate::id::BadId> for Error {
 /// damaged objects GC would not touch): the same code an integrity error exits with.
 pub const EXIT_INTEGRITY: u8 = 6;
 
+/// Exit code of a `run --partial` that wrote a snapshot without the sources that failed.
+pub const EXIT_INCOMPLETE: u8 = 8;
+
 impl Error {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

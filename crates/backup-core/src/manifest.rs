@@ -100,6 +100,25 @@ pub struct Snapshot {
     /// Lifeboat version that wrote it.
     pub program: String,
     pub items: Vec<Item>,
+    /// Sources that failed in a run that committed the others (`run --partial`): the
+    /// snapshot is incomplete, `latest` passes it over unless items are named, and it takes
+    /// no retention slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<FailedSource>,
+}
+
+/// A source a partial run could not back up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedSource {
+    pub source: String,
+    pub error: String,
+}
+
+impl Snapshot {
+    /// Some source of its run failed (its other items are complete and verified).
+    pub fn is_incomplete(&self) -> bool {
+        !self.incomplete.is_empty()
+    }
 }
 
 impl Item {

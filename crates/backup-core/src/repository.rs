@@ -691,7 +691,12 @@ impl Repository {
         }
         let snaps = self.snapshots().await?;
         let of_host: Vec<&Snapshot> = snaps.iter().filter(|s| filter.selects(s)).collect();
-        if let Some(s) = of_host.iter().rev().find(|s| filter.holds_items(s)) {
+        // An incomplete snapshot stands for `latest` only when the items asked for are in it.
+        if let Some(s) = of_host
+            .iter()
+            .rev()
+            .find(|s| filter.holds_items(s) && (!s.is_incomplete() || !filter.items.is_empty()))
+        {
             return Ok((*s).clone());
         }
         // Name what the newest candidate does have: the usual cause is a typo.

@@ -279,8 +279,8 @@ fn reasons(
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snaps.len()];
     // A snapshot the anomaly check flagged (an empty mount point backed up "successfully")
     // takes no keep_* slot: it must not push out the good ones it looks like.
-    let flagged: Vec<bool> = snaps.iter().map(|s| is_flagged(s)).collect();
-    let counted = || (0..snaps.len()).filter(|&i| !flagged[i]);
+    let flagged: Vec<Option<&str>> = snaps.iter().map(|s| is_flagged(s)).collect();
+    let counted = || (0..snaps.len()).filter(|&i| flagged[i].is_none());
     if let Some(n) = policy.keep_last {
         for (k, i) in counted().take(n as usize).enumerate() {
             reasons[i].push(format!("last {} of {n}", k + 1));
@@ -328,23 +328,30 @@ fn reasons(
     reasons
 }
 
-/// Whether an item of the snapshot was flagged by the anomaly check.
-fn is_flagged(s: &Snapshot) -> bool {
+/// Why a snapshot takes no keep slot: an item flagged by the anomaly check, or a source that
+/// failed in a partial run.
+fn is_flagged(s: &Snapshot) -> Option<&'static str> {
+    if s.is_incomplete() {
+        return Some("incomplete (takes no keep slot)");
+    }
     s.items
         .iter()
         .any(|i| !crate::anomaly::recorded(i).is_empty())
+        .then_some("flagged by the anomaly check (takes no keep slot)")
 }
 
 /// Flagged snapshots stay while they are newer than the oldest snapshot the keep rules keep
 /// (all of them while no good one is kept): evidence for as long as the good ones around it.
-fn keep_flagged(snaps: &[&Snapshot], flagged: &[bool], reasons: &mut [Vec<String>]) {
+fn keep_flagged(snaps: &[&Snapshot], flagged: &[Option<&str>], reasons: &mut [Vec<String>]) {
     let oldest_kept = (0..snaps.len())
-        .filter(|&i| !flagged[i] && !reasons[i].is_empty())
+        .filter(|&i| flagged[i].is_none() && !reasons[i].is_empty())
         .map(|i| snaps[i].time)
         .min();
     for (i, s) in snaps.iter().enumerate() {
-        if flagged[i] && oldest_kept.is_none_or(|t| s.time >= t) {
-            reasons[i].push("flagged by the anomaly check (takes no keep slot)".into());
+        if let Some(why) = flagged[i]
+            && oldest_kept.is_none_or(|t| s.time >= t)
+        {
+            reasons[i].push(why.into());
         }
     }
 }
@@ -402,6 +409,7 @@ mod tests {
             tags: tags.iter().map(|s| s.to_string()).collect(),
             program: "test".into(),
             items: Vec::new(),
+            incomplete: Vec::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::content::packer::Packer;
 use crate::content::writer::{Stored, store_chunk};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
-use crate::manifest::{DigestKind, Item, ItemKind, Snapshot, validate_item_name};
+use crate::manifest::{DigestKind, FailedSource, Item, ItemKind, Snapshot, validate_item_name};
 use crate::markers::RunMarker;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -53,6 +53,9 @@ pub struct BackupOptions {
     pub stale_after: std::time::Duration,
     /// Anomaly rules by source name (others: warn, no minimums); see [`crate::anomaly`].
     pub anomaly: HashMap<String, AnomalyRules>,
+    /// A failing source does not fail the run: the others are committed in a snapshot marked
+    /// incomplete ([`Snapshot::incomplete`]). Off: all or nothing.
+    pub partial: bool,
 }
 
 /// An async callback; see [`BackupOptions::before_commit`].
@@ -76,6 +79,7 @@ impl Default for BackupOptions {
             before_commit: None,
             stale_after: crate::markers::STALE_AFTER,
             anomaly: HashMap::new(),
+            partial: false,
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct BackupReport {
     /// What went wrong without failing the run (a volume's file cache not saved).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Sources that failed in a partial run: the snapshot is incomplete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedSource>,
 }
 
 /// Backs up every source into one snapshot, all or nothing.
@@ -159,6 +166,7 @@ pub async fn backup(
     marker.finish().await;
     let (snapshot, reports, warnings) = result?;
     Ok(BackupReport {
+        failed: snapshot.incomplete.clone(),
         snapshot: snapshot.id,
         size: reports.iter().map(|r| r.size).sum(),
         chunks_new: reports.iter().map(|r| r.chunks_new).sum(),
@@ -207,10 +215,23 @@ async fn run_items(
     let mut reused = HashSet::new();
     let mut caches = Vec::new();
     let mut anomalies = Anomalies::default();
+    let (mut failed, mut first_error) = (Vec::new(), None);
     for mut src in sources {
         let last = previous.get(src.name());
         let estimate = last.map(|i| i.size);
-        let mut done = backup_item(repo, &mut *src, &known, &packer, opts, estimate).await?;
+        let mut done = match backup_item(repo, &mut *src, &known, &packer, opts, estimate).await {
+            Ok(done) => done,
+            // What it stored is unreferenced: reused next time or collected.
+            Err(e) if opts.partial => {
+                failed.push(FailedSource {
+                    source: src.name().to_string(),
+                    error: e.to_string(),
+                });
+                first_error.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         anomalies.check(&mut done.item, last, opts);
         caches.extend(done.cache);
         items.push(done.item);
@@ -219,6 +240,9 @@ async fn run_items(
     }
     // Every item was read, so every anomaly is named at once; nothing is committed.
     anomalies.fail_if_any()?;
+    if let (true, Some(e)) = (items.is_empty(), first_error) {
+        return Err(e);
+    }
     if let Some(last) = packer.take() {
         packer.write(last, &**repo.store(), repo.keys()).await?;
     }
@@ -237,6 +261,7 @@ async fn run_items(
         tags: opts.tags.clone(),
         program: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
         items,
+        incomplete: failed,
     };
     repo.save_snapshot(&snapshot).await?;
     // Only now: a cache naming chunks of a snapshot that was never written would be trusted

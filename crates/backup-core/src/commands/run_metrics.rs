@@ -12,7 +12,7 @@ use crate::metrics::{Metrics, previous_value};
 pub struct RunOutcome<'a> {
     pub repository: &'a str,
     /// The backup's report, when it wrote a snapshot (an `after` hook or retention may still
-    /// have failed the exit code).
+    /// have failed the exit code, and a partial run's snapshot may be incomplete).
     pub report: Option<&'a BackupReport>,
     pub exit_code: u8,
     pub seconds: f64,
@@ -44,9 +44,10 @@ pub fn run_metrics(o: &RunOutcome<'_>, previous: Option<&str>) -> String {
         &repo,
         o.seconds,
     );
+    // An incomplete snapshot (`run --partial`) is not a success: a source is missing from it.
     let last_success = match o.report {
-        Some(_) => Some(o.finished.timestamp() as f64),
-        None => previous.and_then(|p| previous_value(p, LAST_SUCCESS, &repo)),
+        Some(r) if r.failed.is_empty() => Some(o.finished.timestamp() as f64),
+        _ => previous.and_then(|p| previous_value(p, LAST_SUCCESS, &repo)),
     };
     if let Some(t) = last_success {
         m.gauge(LAST_SUCCESS, "When a run last wrote a snapshot.", &repo, t);

@@ -110,6 +110,8 @@ pub struct BackupConfig {
     pub tags: Vec<String>,
     pub compression_level: Option<i32>,
     pub concurrency: Option<usize>,
+    /// Commit the healthy sources when some fail (an incomplete snapshot, exit code 8).
+    pub partial: Option<bool>,
 }
 
 impl ConfigFile {
