@@ -21,6 +21,10 @@ pub struct DirectorySink {
     // Dropped before `tmp`: closing the writer ends the extraction that `tmp` waits for.
     writer: Option<tokio::io::DuplexStream>,
     task: Option<tokio::task::JoinHandle<Result<UntarStats>>>,
+    /// The temporary directory, opened before anything is written into it: the `syncfs`
+    /// through it reports every writeback error since (one opened at the end would miss those
+    /// of the early writebacks).
+    sync_dir: Option<std::fs::File>,
     tmp: Partial,
     leftovers: Leftovers,
 }
@@ -45,6 +49,7 @@ impl DirectorySink {
         tokio::fs::create_dir(tmp.path())
             .await
             .map_err(|e| sink_err(item, target, e))?;
+        let sync_dir = std::fs::File::open(tmp.path()).map_err(|e| sink_err(item, target, e))?;
         let (w, r) = tokio::io::duplex(1 << 20);
         // Large reads across the bridge: each read of it is a wake-up of the async side.
         let bridge = std::io::BufReader::with_capacity(1 << 20, SyncIoBridge::new(r));
@@ -63,6 +68,7 @@ impl DirectorySink {
             force,
             writer: Some(w),
             task: Some(task),
+            sync_dir: Some(sync_dir),
             tmp,
             leftovers,
         })
@@ -101,9 +107,11 @@ impl Sink for DirectorySink {
             self.tmp.path().to_path_buf(),
             self.force,
         );
-        let placed = tokio::task::spawn_blocking(move || place_dir(&item, &target, &tmp, force))
-            .await
-            .map_err(|e| Error::io("placing restored directory", std::io::Error::other(e)))?;
+        let sync_dir = self.sync_dir.take();
+        let placed =
+            tokio::task::spawn_blocking(move || place_dir(&item, &target, &tmp, force, sync_dir))
+                .await
+                .map_err(|e| Error::io("placing restored directory", std::io::Error::other(e)))?;
         placed?;
         self.tmp.placed();
         Ok(SinkReport {
@@ -126,13 +134,22 @@ impl Sink for DirectorySink {
 ///
 /// One `syncfs` of the target's filesystem instead of an fsync per file: the same guarantee
 /// for every file and directory written, in one call that lets the disk order the writes.
-fn place_dir(item: &str, target: &Path, tmp: &Path, force: bool) -> Result<()> {
+fn place_dir(
+    item: &str,
+    target: &Path,
+    tmp: &Path,
+    force: bool,
+    sync_dir: Option<std::fs::File>,
+) -> Result<()> {
     let fail = |what: &str, e: std::io::Error| {
         let _ = std::fs::remove_dir_all(tmp);
         sink_err(item, target, format!("{what}: {e}"))
     };
-    let synced =
-        std::fs::File::open(tmp).and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from));
+    let synced = match sync_dir {
+        Some(d) => Ok(d),
+        None => std::fs::File::open(tmp),
+    }
+    .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from));
     synced.map_err(|e| fail("syncing the restored files", e))?;
     rename_into_place(target, tmp, force, &fail)?;
     let parent = target
