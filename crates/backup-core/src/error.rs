@@ -201,6 +201,22 @@ impl From<crate::id::BadId> for Error {
     }
 }
 
+/// An error and its causes on one line, each cause once (a wrapper often repeats its source's
+/// text in its own).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = c.source();
+    }
+    msg
+}
+
 /// Exit code of a command that ran but found damaged or missing data (`check` problems,
 /// damaged objects GC would not touch): the same code an integrity error exits with.
 pub const EXIT_INTEGRITY: u8 = 6;

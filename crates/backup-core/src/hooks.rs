@@ -43,15 +43,7 @@ impl HooksConfig {
     pub fn timeout(&self) -> Result<Duration> {
         match &self.timeout {
             None => Ok(DEFAULT_TIMEOUT),
-            Some(t) => crate::retention::parse_duration(t)
-                .ok()
-                .and_then(|d| d.to_std().ok())
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    Error::Usage(format!(
-                        "hook timeout {t:?} is not a duration: write e.g. \"30s\" or \"5m\""
-                    ))
-                }),
+            Some(t) => crate::retention::parse_timeout(t, "hook timeout"),
         }
     }
 

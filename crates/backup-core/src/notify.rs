@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// What a notification may carry of the run's output (Healthchecks keeps 10 000 bytes).
 const BODY_TAIL: usize = 10_000;
@@ -99,15 +99,7 @@ impl MonitorConfig {
     pub fn timeout(&self) -> Result<Duration> {
         match &self.timeout {
             None => Ok(Duration::from_secs(10)),
-            Some(t) => crate::retention::parse_duration(t)
-                .ok()
-                .and_then(|d| d.to_std().ok())
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    Error::Usage(format!(
-                        "[monitor] timeout {t:?} is not a duration: write e.g. \"10s\""
-                    ))
-                }),
+            Some(t) => crate::retention::parse_timeout(t, "[monitor] timeout"),
         }
     }
 
@@ -180,7 +172,7 @@ impl MonitorConfig {
                 "no answer within {}",
                 crate::progress::human_duration(timeout.as_secs_f64())
             ))),
-            Ok(Err(e)) => Err(fail(error_chain(&e))),
+            Ok(Err(e)) => Err(fail(crate::error::chain(&e))),
             Ok(Ok(r)) if r.status().is_success() => Ok(()),
             Ok(Ok(r)) => Err(fail(format!("HTTP {}", r.status()))),
         }
@@ -249,20 +241,6 @@ fn client() -> std::result::Result<HttpClient, String> {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(https),
     )
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !msg.contains(&s) {
-            msg.push_str(": ");
-            msg.push_str(&s);
-        }
-        cur = c.source();
-    }
-    msg
 }
 
 /// The URL without a path: Healthchecks and chat webhooks carry their secret in it.

@@ -71,6 +71,19 @@ impl RetentionPolicy {
 
 /// Parses `30d`, `48h`, `2w`, `1y` (365 days), `6mo` (30-day months), `90min` (or `90m`),
 /// `45s`, and sums like `1d12h`.
+/// A positive timeout such as "30s" or "5m"; the error names `what`.
+pub fn parse_timeout(s: &str, what: &str) -> Result<std::time::Duration> {
+    parse_duration(s)
+        .ok()
+        .and_then(|d| d.to_std().ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{what} {s:?} is not a duration: write e.g. \"30s\" or \"5m\""
+            ))
+        })
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let err = || {
         Error::Usage(format!(

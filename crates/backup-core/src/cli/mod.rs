@@ -219,19 +219,13 @@ pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCo
 /// An error's message with its cause chain (each cause once), and the hint of the first
 /// library error in it.
 pub fn error_text(e: &(dyn std::error::Error + 'static)) -> (String, Option<String>) {
-    let mut msg = e.to_string();
-    let mut core = e.downcast_ref::<crate::Error>();
-    let mut cur = e.source();
+    let mut core = None;
+    let mut cur = Some(e);
     while let Some(c) = cur {
-        let s = c.to_string();
-        if !msg.contains(&s) {
-            msg.push_str(": ");
-            msg.push_str(&s);
-        }
         core = core.or_else(|| c.downcast_ref::<crate::Error>());
         cur = c.source();
     }
-    (msg, core.and_then(|c| c.hint()))
+    (crate::error::chain(e), core.and_then(|c| c.hint()))
 }
 
 /// The documented exit code for an error: that of the first library error in its chain.

@@ -240,7 +240,7 @@ pub fn pick_jobs(item: &Item, given: usize, db_exists: bool, spool_dir: &Path) -
         return (
             1,
             format!(
-                "{cores} core(s) here: one streamed transaction is faster (docs/BENCHMARKS.md)"
+                "{cores} core(s) here: parallel pg_restore gained nothing on 2 cores (docs/BENCHMARKS.md); streamed in one transaction"
             ),
         );
     }

@@ -349,17 +349,18 @@ fn check_parents(dst: &Path, rel: &Path) -> std::result::Result<(), String> {
 /// An error and its causes on one line: the tar crate says "failed to unpack `x`" and keeps
 /// the reason (no space left on device, permission denied) as its source.
 fn with_causes(e: &io::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|inner| inner as _);
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !msg.contains(&s) {
-            msg.push_str(": ");
-            msg.push_str(&s);
+    match e.get_ref() {
+        Some(inner) => {
+            let mut msg = e.to_string();
+            let rest = crate::error::chain(inner);
+            if !msg.contains(&rest) {
+                msg.push_str(": ");
+                msg.push_str(&rest);
+            }
+            msg
         }
-        cur = c.source();
+        None => e.to_string(),
     }
-    msg
 }
 
 #[cfg(test)]
