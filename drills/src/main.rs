@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use backup_core::cli::restore_command::{FetchArgs, restore_command};
-use backup_core::cli::{EXIT_CODES, GlobalFlags, interrupted, run_main};
-use clap::{Parser, Subcommand};
+use backup_core::cli::{DocCmd, EXIT_CODES, GlobalFlags, interrupted, run_main};
+use clap::{CommandFactory, Parser, Subcommand};
 use drills::{DrillFile, DrillOptions, DrillReport, run_drill};
 
 #[global_allocator]
@@ -35,6 +35,8 @@ enum Cmd {
     Run { file: PathBuf },
     /// Back up fixture PostgreSQL, Redis and a volume into a temporary repository, then drill it.
     Demo,
+    #[command(flatten)]
+    Doc(DocCmd),
 }
 
 /// `lifeboat-drill wal-fetch`: the restore_command of the clusters a point-in-time drill
@@ -61,6 +63,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let opts = DrillOptions { keep: cli.keep };
     let (file, _demo) = match cli.cmd {
+        Cmd::Doc(d) => {
+            d.print(Cli::command())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Run { file } => (DrillFile::load(&file)?, None),
         Cmd::Demo => {
             let d = drills::demo::setup().await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use backup_core::cli::{
-    EXIT_CODES, FilterFlags, GlobalFlags, Output, error_text, exit_code_for, interrupted,
+    DocCmd, EXIT_CODES, FilterFlags, GlobalFlags, Output, error_text, exit_code_for, interrupted,
     print_hooks, print_snapshots, run_main,
 };
 use backup_core::codec::keys::KdfParams;
@@ -27,7 +27,7 @@ use backup_core::notify::{Outcome, RunSummary};
 use backup_core::progress::{Progress, human_bytes, spawn_ticker};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
 use backup_core::secret::SecretSource;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Back up PostgreSQL, Redis, volumes and command output into an encrypted, deduplicated repository.
 #[derive(Parser)]
@@ -75,6 +75,8 @@ enum Cmd {
     /// Check a config file, or print an annotated example.
     #[command(subcommand)]
     Config(ConfigCmd),
+    #[command(flatten)]
+    Doc(DocCmd),
     /// PostgreSQL WAL archive: `archive_command = 'lifeboat-backup wal push %p'`, and its status.
     #[command(subcommand)]
     Wal(WalCmd),
@@ -383,6 +385,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Cmd::Config(c) = &cli.cmd {
         return config_cmd(c, &cli.global.output()).await;
     }
+    if let Cmd::Doc(d) = &cli.cmd {
+        d.print(Cli::command())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (config, resolved) = cli.global.resolve()?;
     let config = config.as_ref();
     let out = cli.global.output();
@@ -418,7 +424,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             render::check(&report, &out)?;
             report.exit_code()
         }
-        Cmd::Config(_) => unreachable!("handled before the repository is resolved"),
+        Cmd::Config(_) | Cmd::Doc(_) => unreachable!("handled before the repository is resolved"),
         Cmd::Key(k) => {
             key_cmd(&resolved, k, &out).await?;
             0

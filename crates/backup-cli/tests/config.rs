@@ -145,3 +145,42 @@ fn the_shipped_systemd_units_verify() {
         stderr(&out)
     );
 }
+
+/// `completions SHELL` gives a script the shell accepts, naming the subcommands; `man` a page
+/// groff renders without a warning. The same helper serves lifeboat-restore and lifeboat-drill.
+#[test]
+fn completions_and_the_man_page() {
+    let bash = backup(&["completions", "bash"], &[]);
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let script = stdout(&bash);
+    assert!(
+        script.contains("validate") && script.contains("completions"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.bash"), &script).unwrap();
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(dir.path().join("c.bash"))
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let man = backup(&["man"], &[]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let page = stdout(&man);
+    assert!(page.contains(".TH lifeboat-backup 1"), "{page}");
+    for sub in ["run", "snapshots", "prune", "config", "wal"] {
+        assert!(page.contains(sub), "the page names {sub}");
+    }
+    std::fs::write(dir.path().join("lifeboat-backup.1"), &page).unwrap();
+    let rendered = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(dir.path().join("lifeboat-backup.1"))
+        .output()
+        .expect("groff not found (apt-get install groff-base)");
+    assert!(
+        rendered.status.success() && rendered.stderr.is_empty(),
+        "{}",
+        stderr(&rendered)
+    );
+}

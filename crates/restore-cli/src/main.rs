@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use backup_core::cli::restore_command::{FetchArgs, restore_command};
 use backup_core::cli::{
-    EXIT_CODES, FilterFlags, GlobalFlags, Output, interrupted, print_snapshots, run_main,
+    DocCmd, EXIT_CODES, FilterFlags, GlobalFlags, Output, interrupted, print_snapshots, run_main,
 };
 use backup_core::commands::restore::{
     ApplyEvent, ApplyEvents, ApplyOptions, PlannedItem, RestoreOptions, RestorePlan, RestoredItem,
@@ -25,7 +25,7 @@ use backup_core::repository::Repository;
 use backup_core::secret::SecretSource;
 use backup_core::sink::{FileSink, Sink, StdoutSink};
 use chrono::Utc;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Restore Lifeboat snapshots: see what you have, plan, restore and verify every byte.
 #[derive(Parser)]
@@ -73,6 +73,8 @@ enum Cmd {
     /// Point-in-time recovery: unpack the base backup a target needs into a data directory,
     /// with the settings that replay the WAL archive to the target (default: its end).
     Pitr(PitrArgs),
+    #[command(flatten)]
+    Doc(DocCmd),
     /// Write one item's raw stream (a tar for volumes) to a file or `-` for stdout.
     Export {
         /// Snapshot id (prefix) or `latest` (this host's newest holding ITEM).
@@ -261,6 +263,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Cmd::Wal(WalCmd::Fetch(args)) = &cli.cmd {
         return Ok(restore_command("lifeboat-restore", &cli.global, args).await);
     }
+    if let Cmd::Doc(d) = &cli.cmd {
+        d.print(Cli::command())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (config, resolved) = cli.global.resolve()?;
     let config = config.as_ref();
     let out = cli.global.output();
@@ -307,7 +313,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             restore(&repo, &snap, &p, items_at_once.into(), &out).await?;
         }
         Cmd::Pitr(args) => pitr_cmd(&repo, &cli.global, &resolved, config, &args, &out).await?,
-        Cmd::Wal(WalCmd::Fetch(_)) => unreachable!("handled before the repository is opened"),
+        Cmd::Wal(WalCmd::Fetch(_)) | Cmd::Doc(_) => {
+            unreachable!("handled before the repository is opened")
+        }
         Cmd::Export {
             snapshot,
             item,

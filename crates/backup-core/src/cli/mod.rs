@@ -206,6 +206,31 @@ pub async fn interrupted() -> &'static str {
     }
 }
 
+/// `completions SHELL` and `man`: the same two commands on every binary.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DocCmd {
+    /// Print a shell completion script: `lifeboat-backup completions bash >
+    /// /etc/bash_completion.d/lifeboat-backup` (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `lifeboat-backup man > /usr/local/share/man/man1/lifeboat-backup.1`.
+    Man,
+}
+
+impl DocCmd {
+    /// Writes what was asked for to standard output.
+    pub fn print(&self, mut cmd: clap::Command) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        match self {
+            DocCmd::Completions { shell } => {
+                let name = cmd.get_name().to_string();
+                clap_complete::generate(*shell, &mut cmd, name, &mut out);
+                Ok(())
+            }
+            DocCmd::Man => clap_mangen::Man::new(cmd).render(&mut out),
+        }
+    }
+}
+
 /// Prints `prog: error: ...` (with the cause chain) and a `hint:`, and returns the exit code.
 pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
     let (msg, hint) = error_text(e);
