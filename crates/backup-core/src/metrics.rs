@@ -41,7 +41,14 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (name, (help, samples)) in &self.families {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            // `_total` is the counters' suffix (promtool refuses it on anything else): a count
+            // that only grows, reset when its process restarts.
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for s in samples {
                 out.push_str(s);
                 out.push('\n');
@@ -105,7 +112,7 @@ mod tests {
         assert_eq!(
             m.render(),
             "# HELP a_seconds A.\n# TYPE a_seconds gauge\na_seconds 2.5\n\
-             # HELP b_total B.\n# TYPE b_total gauge\nb_total{x=\"1\"} 1\nb_total{x=\"say \\\"hi\\\"\\n\"} 3\n"
+             # HELP b_total B.\n# TYPE b_total counter\nb_total{x=\"1\"} 1\nb_total{x=\"say \\\"hi\\\"\\n\"} 3\n"
         );
     }
 }
