@@ -183,14 +183,27 @@ pub async fn backup(
 /// length, or a volume's, is known only once it has been read).
 fn last_items(snapshots: &[Snapshot], host: &str) -> HashMap<String, Item> {
     let mut out = HashMap::new();
-    for s in snapshots.iter().filter(|s| s.host == host) {
+    // Newest first, each name once, without its chunk list: a copy of every item of every
+    // snapshot would be a copy of every chunk id in the repository.
+    for s in snapshots.iter().rev().filter(|s| s.host == host) {
         for i in &s.items {
-            let mut i = Item {
-                chunks: Vec::new(),
-                ..i.clone()
-            };
-            i.facts.remove(anomaly::FACT);
-            out.insert(i.name.clone(), i);
+            out.entry(i.name.clone()).or_insert_with(|| {
+                let mut facts = i.facts.clone();
+                facts.remove(anomaly::FACT);
+                Item {
+                    name: i.name.clone(),
+                    kind: i.kind,
+                    format: i.format.clone(),
+                    size: i.size,
+                    sha256: i.sha256.clone(),
+                    digest: i.digest,
+                    head: None,
+                    chunks: Vec::new(),
+                    started: i.started,
+                    finished: i.finished,
+                    facts,
+                }
+            });
         }
     }
     out
