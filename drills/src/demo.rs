@@ -158,6 +158,8 @@ pub async fn setup() -> Result<Demo> {
             })
             .into_iter()
             .collect(),
+        hooks: Default::default(),
+        monitor: Default::default(),
         reports: Reports::default(),
     };
     eprintln!("demo: drilling the snapshot\n");

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use backup_core::config::RepositoryConfig;
 use backup_core::error::{Error, Result};
+use backup_core::hooks::HooksConfig;
+use backup_core::notify::MonitorConfig;
 use serde::Deserialize;
 
 /// A drill file.
@@ -37,6 +39,14 @@ pub struct DrillFile {
     pub pitr: Vec<PitrDrill>,
     #[serde(default)]
     pub reports: Reports,
+    /// `[hooks]`: commands before, after, on failure and finally of the drill (as a backup
+    /// config's; `LIFEBOAT_ACTION=drill`).
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    /// `[monitor]`: pings, webhooks and notifier commands for the drill (a drill usually has a
+    /// check of its own, apart from the nightly run's).
+    #[serde(default)]
+    pub monitor: MonitorConfig,
 }
 
 /// `[[pitr]]`: restore a base backup item to a point in time into a scratch cluster the drill
@@ -166,9 +176,24 @@ pub struct Reports {
     pub json: Option<PathBuf>,
     pub markdown: Option<PathBuf>,
     pub prometheus: Option<PathBuf>,
+    /// A Prometheus Pushgateway (`http://host:9091`): the same metrics, pushed under job
+    /// `lifeboat_drill`.
+    pub pushgateway: Option<String>,
 }
 
 impl DrillFile {
+    /// The repository's URL as hooks, monitors and metrics name it (the config file's path
+    /// when that config cannot be read: the drill itself will say why).
+    pub fn repository_url(&self) -> String {
+        match (&self.config, &self.repository) {
+            (Some(path), _) => backup_core::config::ConfigFile::load(path)
+                .map(|c| c.repository.url)
+                .unwrap_or_else(|_| path.display().to_string()),
+            (None, Some(r)) => r.url.clone(),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Reads a drill file.
     pub fn load(path: &Path) -> Result<DrillFile> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {

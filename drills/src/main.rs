@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use backup_core::cli::restore_command::{FetchArgs, restore_command};
-use backup_core::cli::{DocCmd, EXIT_CODES, GlobalFlags, interrupted, run_main};
+use backup_core::cli::{
+    DocCmd, EXIT_CODES, GlobalFlags, Output, error_text, exit_code_for, interrupted, print_hooks,
+    run_main,
+};
+use backup_core::hooks::RunHooks;
+use backup_core::supervise::{Action, Ending, Supervisor};
 use clap::{CommandFactory, Parser, Subcommand};
 use drills::{DrillFile, DrillOptions, DrillReport, run_drill};
 
@@ -73,20 +78,99 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             (d.file.clone(), Some(d))
         }
     };
-    let report = tokio::select! {
-        r = run_drill(&file, &opts) => r?,
+    let mut sup = Supervisor::new(
+        Action::Drill,
+        &file.repository_url(),
+        backup_core::hostname(),
+        RunHooks::new(file.hooks.clone(), Vec::new()),
+        file.monitor.clone(),
+        file.reports.pushgateway.clone(),
+    );
+    let out = Output {
+        json: cli.json,
+        quiet: false,
+    };
+    sup.start().await;
+    let before = sup.before().await;
+    print_hooks(&sup.drain_hooks(), &out);
+    let result = match before {
+        Ok(()) => drill(&file, &opts).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Ok(report) = &result {
+        print_report(report, cli.json)?;
+    }
+    let ending = ending(&result);
+    let end = sup.end(&ending).await;
+    print_hooks(&sup.drain_hooks(), &out);
+    let metrics = match &result {
+        Ok(r) => r.prometheus(),
+        Err(_) => drills::report::prometheus_not_run(),
+    };
+    for w in sup.finish(&ending, &metrics).await {
+        eprintln!("lifeboat-drill: warning: {w}");
+    }
+    let report = result?;
+    end?;
+    Ok(ExitCode::from(exit_code(&report)))
+}
+
+/// The drill, stopped by SIGINT or SIGTERM (which removes its scratch servers).
+async fn drill(file: &DrillFile, opts: &DrillOptions) -> Result<DrillReport> {
+    tokio::select! {
+        r = run_drill(file, opts) => Ok(r?),
         sig = interrupted() => {
             anyhow::bail!("interrupted by {sig}; scratch servers and directories were removed");
         }
-    };
-    print_report(&report, cli.json)?;
-    Ok(ExitCode::from(if report.success() {
+    }
+}
+
+fn exit_code(report: &DrillReport) -> u8 {
+    if report.success() {
         0
     } else if !report.checks_passed {
         8
     } else {
         9
-    }))
+    }
+}
+
+/// How the drill reads to its hooks and monitors.
+fn ending(result: &Result<DrillReport>) -> Ending {
+    match result {
+        Ok(r) => {
+            let failed: Vec<String> = r
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| format!("{} {}: {}", c.item, c.name, c.detail))
+                .collect();
+            let code = exit_code(r);
+            Ending {
+                exit_code: code,
+                error: (code != 0).then(|| match failed.is_empty() {
+                    true => "a budget (RPO/RTO) was exceeded".to_string(),
+                    false => format!("failed checks: {}", failed.join("; ")),
+                }),
+                snapshot: Some(r.snapshot.clone()),
+                log: r.markdown(),
+                ..Default::default()
+            }
+        }
+        Err(e) => {
+            let (msg, hint) = error_text(&**e);
+            let text = match hint {
+                Some(h) => format!("{msg}\nhint: {h}"),
+                None => msg,
+            };
+            Ending {
+                exit_code: exit_code_for(&**e),
+                log: format!("error: {text}"),
+                error: Some(text),
+                ..Default::default()
+            }
+        }
+    }
 }
 
 fn print_report(report: &DrillReport, json: bool) -> Result<()> {

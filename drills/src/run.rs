@@ -118,6 +118,7 @@ async fn open_repo(file: &DrillFile) -> Result<Opened> {
             metrics: Default::default(),
             monitor: Default::default(),
             hooks: Default::default(),
+            action_hooks: Default::default(),
             source_hooks: Default::default(),
             source_anomaly: Default::default(),
         },

@@ -540,6 +540,11 @@ async fn a_point_in_time_drill_proves_its_markers_and_reports_rpo_and_rto() {
         prom.contains("lifeboat_drill_pitr_rto_seconds{item=\"cluster\"}"),
         "{prom}"
     );
+    let missing = backup_core::scratch::promtool::deployed_names_missing("lifeboat_drill_", &prom);
+    assert!(
+        missing.is_empty(),
+        "deploy/ queries {missing:?}, not in\n{prom}"
+    );
     assert_clean(tmp.path());
 
     // The same drill with an RTO budget nobody can meet: the checks pass, the budget fails.
@@ -548,5 +553,106 @@ async fn a_point_in_time_drill_proves_its_markers_and_reports_rpo_and_rto() {
     let md = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(9), "{md}");
     assert!(md.contains("EXCEEDED"), "{md}");
+    assert_clean(tmp.path());
+}
+
+/// A drill file's `[hooks]` and `[monitor]` run around the drill as around a backup, and its
+/// metrics reach a real Pushgateway; a failed drill keeps its last success time there.
+#[tokio::test]
+async fn a_drill_runs_its_hooks_tells_its_monitor_and_pushes_its_metrics() {
+    let pgw = backup_core::scratch::pushgateway::ScratchPushgateway::start()
+        .expect("a scratch Pushgateway");
+    let s = setup(false).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, notified) = (s.p("hooks.log"), s.p("notified.json"));
+    let file = |extra: &str| {
+        s.drill_file(&format!(
+            "pushgateway = \"{}\"\n{extra}\n[hooks]\nbefore = [\"echo before $LIFEBOAT_ACTION >> {log}\"]\nfinally = [\"echo finally $LIFEBOAT_OUTCOME $LIFEBOAT_EXIT_CODE >> {log}\"]\n\n[[monitor.command]]\ncommand = \"cat > {notified}\"\n",
+            pgw.url(),
+            log = log.display(),
+            notified = notified.display()
+        ))
+    };
+    let told = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&notified).unwrap()).unwrap()
+    };
+    let series = |name: &str| {
+        let want = format!(
+            "{name}{{instance=\"{}\",job=\"lifeboat_drill\"}} ",
+            backup_core::hostname()
+        );
+        let text = pgw.scrape().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&want))
+            .unwrap_or_else(|| panic!("no {want} in\n{text}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+
+    let out = drill(&["run", file("").to_str().unwrap()], tmp.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = told();
+    assert_eq!(
+        (n["action"].as_str(), n["outcome"].as_str()),
+        (Some("drill"), Some("success"))
+    );
+    assert_eq!(n["snapshot"], s.report()["snapshot"]);
+    assert_eq!(series("lifeboat_drill_success"), 1.0);
+    let success = series("lifeboat_drill_last_success_timestamp_seconds");
+
+    // A budget exceeded: exit 9, the monitor told why, the last success stays pushed.
+    let budget = file("\n[budgets]\nmax_restore_time = \"0s\"\n");
+    let out = drill(&["run", budget.to_str().unwrap()], tmp.path());
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = told();
+    assert_eq!(
+        (n["outcome"].as_str(), n["exit_code"].as_u64()),
+        (Some("failure"), Some(9))
+    );
+    assert!(n["error"].as_str().unwrap().contains("budget"), "{n}");
+    assert_eq!(series("lifeboat_drill_success"), 0.0);
+    assert_eq!(
+        series("lifeboat_drill_last_success_timestamp_seconds"),
+        success
+    );
+
+    // A failing `before` hook: no drill at all, and the monitor hears of it.
+    std::fs::remove_file(s.p("report.json")).unwrap();
+    let refused = file("").to_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&refused).unwrap();
+    std::fs::write(
+        &refused,
+        text.replace("before = [\"echo", "before = [\"false\", \"echo"),
+    )
+    .unwrap();
+    let out = drill(&["run", &refused], tmp.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("before hook `false` failed"), "{err}");
+    assert!(!s.p("report.json").exists(), "the drill did not run");
+    assert_eq!(told()["outcome"], "failure");
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "before drill",
+            "finally success 0",
+            "before drill",
+            "finally failure 9",
+            "finally failure 1",
+        ]
+    );
     assert_clean(tmp.path());
 }

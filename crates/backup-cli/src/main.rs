@@ -2,7 +2,6 @@
 
 mod render;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,18 +14,17 @@ use backup_core::cli::{
 use backup_core::codec::keys::KdfParams;
 use backup_core::commands::backup::{BackupOptions, BackupReport, backup};
 use backup_core::commands::check::{CheckOptions, check};
-use backup_core::commands::prune::{PruneOptions, prune};
-use backup_core::commands::run_metrics::{RunOutcome, run_metrics};
+use backup_core::commands::prune::{PruneOptions, PruneReport, prune};
 use backup_core::config::{
     ConfigFile, ResolvedRepo, RetentionConfig, SourceSelection, select_sources,
 };
 use backup_core::engines::postgres::wal::{self, ClusterId, WalPushOptions};
-use backup_core::hooks::{HookContext, RunHooks};
+use backup_core::hooks::{HooksConfig, RunHooks};
 use backup_core::lock::RunLock;
-use backup_core::notify::{Outcome, RunSummary};
-use backup_core::progress::{Progress, human_bytes, spawn_ticker};
+use backup_core::progress::{Progress, human_bytes};
 use backup_core::repository::{ChunkerParams, InitOptions, Repository};
 use backup_core::secret::SecretSource;
+use backup_core::supervise::{Action, Ending, Supervised, Supervisor, action_metrics};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Back up PostgreSQL, Redis, volumes and command output into an encrypted, deduplicated repository.
@@ -68,6 +66,8 @@ enum Cmd {
         /// Also download, decrypt and verify every copy of every chunk (slow: reads the whole repository).
         #[arg(long)]
         read_data: bool,
+        #[command(flatten)]
+        action: ActionFlags,
     },
     /// Manage key slots.
     #[command(subcommand)]
@@ -109,6 +109,8 @@ enum Cmd {
         /// 1m) as a dead process's: after a killed run, prune defers until then.
         #[arg(long)]
         stale_after: Option<String>,
+        #[command(flatten)]
+        action: ActionFlags,
     },
     /// Never let a retention policy remove this snapshot.
     Protect { snapshot: String },
@@ -220,6 +222,45 @@ struct RunArgs {
     partial: bool,
     /// Write the run's Prometheus metrics to FILE (node_exporter textfile; default: the
     /// config's [metrics] textfile).
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<PathBuf>,
+    #[command(flatten)]
+    hooks: HookFlags,
+}
+
+/// Hook commands given on the command line: run after the config's of the same phase.
+#[derive(Args, Default, Clone)]
+struct HookFlags {
+    /// Shell command to run before the action (repeatable); its failure stops the action.
+    #[arg(long = "hook-before", value_name = "CMD")]
+    before: Vec<String>,
+    /// Shell command to run after the action succeeded (repeatable); its failure fails the exit code.
+    #[arg(long = "hook-after", value_name = "CMD")]
+    after: Vec<String>,
+    /// Shell command to run after the action failed (repeatable).
+    #[arg(long = "hook-on-failure", value_name = "CMD")]
+    on_failure: Vec<String>,
+    /// Shell command to run after the action, however it ended (repeatable).
+    #[arg(long = "hook-finally", value_name = "CMD")]
+    finally: Vec<String>,
+}
+
+impl HookFlags {
+    fn add_to(&self, h: &mut HooksConfig) {
+        h.before.extend(self.before.iter().cloned());
+        h.after.extend(self.after.iter().cloned());
+        h.on_failure.extend(self.on_failure.iter().cloned());
+        h.finally.extend(self.finally.iter().cloned());
+    }
+}
+
+/// Hooks and metrics flags of `prune` and `check`.
+#[derive(Args, Default, Clone)]
+struct ActionFlags {
+    #[command(flatten)]
+    hooks: HookFlags,
+    /// Write the action's Prometheus metrics to FILE (default: beside the config's [metrics]
+    /// textfile, as NAME-prune.prom / NAME-check.prom).
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
 }
@@ -414,15 +455,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             0
         }
-        Cmd::Check { read_data } => {
-            let repo = resolved.open().await?;
-            let opts = CheckOptions {
-                read_data,
-                ..Default::default()
+        Cmd::Check { read_data, action } => {
+            let work = async {
+                let repo = resolved.open().await?;
+                let opts = CheckOptions {
+                    read_data,
+                    ..Default::default()
+                };
+                let report = check(&repo, &opts).await?;
+                render::check(&report, &out)?;
+                let code = report.exit_code();
+                Ok((report, code))
             };
-            let report = check(&repo, &opts).await?;
-            render::check(&report, &out)?;
-            report.exit_code()
+            supervised_action(&resolved, config, &action, &out, work).await?
         }
         Cmd::Config(_) | Cmd::Doc(_) => unreachable!("handled before the repository is resolved"),
         Cmd::Key(k) => {
@@ -470,7 +515,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let repo = resolved.open().await?;
             if snapshots.is_empty() {
                 let rc = policy_from(&keep, config)?;
-                retention_run(&repo, &rc, dry_run, false, &out).await?
+                retention_run(&repo, &rc, dry_run, false, &out).await?.1
             } else {
                 forget_ids(&repo, &snapshots, dry_run, &out).await?;
                 0
@@ -482,8 +527,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             grace,
             max_unused,
             stale_after,
+            action,
         } => {
-            let repo = resolved.open().await?;
             let mut rc = keep
                 .to_config()
                 .or_else(|| config.and_then(|c| c.retention.clone()))
@@ -491,7 +536,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             rc.grace = grace.or(rc.grace);
             rc.max_unused = max_unused.or(rc.max_unused);
             rc.stale_after = stale_after.or(rc.stale_after);
-            retention_run(&repo, &rc, dry_run, true, &out).await?
+            let work = async {
+                let repo = resolved.open().await?;
+                retention_run(&repo, &rc, dry_run, true, &out).await
+            };
+            supervised_action(&resolved, config, &action, &out, work).await?
         }
         Cmd::Protect { snapshot } => {
             protect(&resolved, &snapshot, true, &out).await?;
@@ -748,45 +797,151 @@ fn stream_target(
 }
 
 /// `run`: hooks around backing up the selected sources and applying the config's retention,
-/// then the run's metrics.
+/// then the monitors and the run's metrics.
 async fn run_backup(
     resolved: &ResolvedRepo,
     config: Option<&ConfigFile>,
     args: RunArgs,
     out: &Output,
 ) -> Result<u8> {
-    let t0 = std::time::Instant::now();
-    let started = chrono::Utc::now();
-    let monitor = config.map(|c| c.monitor.clone()).unwrap_or_default();
-    warn_all(monitor.started().await);
-    let result = run_with_hooks(resolved, config, &args, out).await;
-    if !monitor.is_empty() {
-        let summary = run_summary(resolved, config, &result, started);
-        warn_all(monitor.finished(&summary).await);
+    let selection = args.selection();
+    let mut hooks = config.map(|c| c.hooks.clone()).unwrap_or_default();
+    args.hooks.add_to(&mut hooks);
+    let hooks = RunHooks::new(hooks, source_hooks(config, &selection));
+    let mut sup = supervisor(Action::Run, resolved, config, hooks);
+    sup.start().await;
+    let result = async {
+        let repo = resolved.open().await?;
+        // The lock before the hooks: a run that finds another holding it runs no hooks,
+        // which would act on that run's sources.
+        let _lock = RunLock::for_repository(
+            resolved.cache.home().as_deref(),
+            &repo.config().id,
+            args.wait,
+        )?;
+        let work = backup_and_retention(&repo, config, &selection, &args, out);
+        supervised(&mut sup, out, work).await
     }
+    .await;
     let textfile = args
         .prometheus
         .clone()
-        .or_else(|| config.and_then(|c| c.metrics.textfile.clone()));
-    if let Some(file) = textfile {
-        let (report, exit_code) = match &result {
-            Ok((r, code)) => (r.as_ref(), *code),
-            Err(e) => (None, exit_code_for(&**e)),
-        };
-        let outcome = RunOutcome {
-            repository: &resolved.url,
-            report,
-            exit_code,
-            seconds: t0.elapsed().as_secs_f64(),
-            finished: chrono::Utc::now(),
-        };
-        let previous = std::fs::read_to_string(&file).ok();
-        let text = run_metrics(&outcome, previous.as_deref());
-        // The run's outcome is what matters; a metrics file it could not write is a warning.
-        if let Err(e) = backup_core::metrics::write_textfile(&file, &text) {
-            eprintln!("lifeboat-backup: warning: metrics not written: {e}");
+        .or_else(|| config.and_then(|c| c.metrics.textfile_for(Action::Run)));
+    finish(sup, resolved, textfile, &result).await;
+    result.map(|(_, code)| code)
+}
+
+/// The hooks, monitors and Pushgateway of `action` from the config.
+fn supervisor(
+    action: Action,
+    resolved: &ResolvedRepo,
+    config: Option<&ConfigFile>,
+    hooks: RunHooks,
+) -> Supervisor {
+    Supervisor::new(
+        action,
+        &resolved.url,
+        config
+            .and_then(|c| c.backup.host.clone())
+            .unwrap_or_else(backup_core::hostname),
+        hooks,
+        config.map(|c| c.monitor.clone()).unwrap_or_default(),
+        config.and_then(|c| c.metrics.pushgateway.clone()),
+    )
+}
+
+/// The `before` hooks, the work, the closing hooks (printed as they ran). The work's result,
+/// else the first error: a failed `after` hook fails an action whose work succeeded.
+async fn supervised<T: Supervised>(
+    sup: &mut Supervisor,
+    out: &Output,
+    work: impl std::future::Future<Output = Result<(T, u8)>>,
+) -> Result<(T, u8)> {
+    let before = sup.before().await;
+    print_hooks(&sup.drain_hooks(), out);
+    let result = match before {
+        Ok(()) => work.await,
+        Err(e) => Err(e.into()),
+    };
+    let end = sup.end(&ending(&result)).await;
+    print_hooks(&sup.drain_hooks(), out);
+    let done = result?;
+    end?;
+    Ok(done)
+}
+
+/// How an action's result reads to hooks and monitors.
+fn ending<T: Supervised>(result: &Result<(T, u8)>) -> Ending {
+    match result {
+        Ok((report, code)) => report.ending(*code),
+        Err(e) => {
+            let (msg, hint) = error_text(&**e);
+            let text = match hint {
+                Some(h) => format!("{msg}\nhint: {h}"),
+                None => msg,
+            };
+            Ending {
+                exit_code: exit_code_for(&**e),
+                log: format!("error: {text}"),
+                error: Some(text),
+                ..Default::default()
+            }
         }
     }
+}
+
+/// After an action: its metrics to the textfile (if any) and the Pushgateway, the monitors
+/// told. The action's outcome is what matters: what fails here is a warning.
+async fn finish<T: Supervised>(
+    mut sup: Supervisor,
+    resolved: &ResolvedRepo,
+    textfile: Option<PathBuf>,
+    result: &Result<(T, u8)>,
+) {
+    let (report, exit_code) = match result {
+        Ok((r, code)) => (Some(r), *code),
+        Err(e) => (None, exit_code_for(&**e)),
+    };
+    let previous = textfile
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok());
+    let text = action_metrics(
+        &resolved.url,
+        report,
+        exit_code,
+        sup.seconds(),
+        previous.as_deref(),
+    );
+    if let Some(file) = textfile
+        && let Err(e) = backup_core::metrics::write_textfile(&file, &text)
+    {
+        eprintln!("lifeboat-backup: warning: metrics not written: {e}");
+    }
+    warn_all(sup.finish(&ending(result), &text).await);
+}
+
+/// `prune` and `check` under their `[hooks.ACTION]`, the flags' hooks, the monitors and
+/// metrics. Returns the exit code.
+async fn supervised_action<T: Supervised>(
+    resolved: &ResolvedRepo,
+    config: Option<&ConfigFile>,
+    flags: &ActionFlags,
+    out: &Output,
+    work: impl std::future::Future<Output = Result<(T, u8)>>,
+) -> Result<u8> {
+    let action = T::ACTION;
+    let mut hooks = config
+        .and_then(|c| c.action_hooks.get(&action.to_string()).cloned())
+        .unwrap_or_default();
+    flags.hooks.add_to(&mut hooks);
+    let mut sup = supervisor(action, resolved, config, RunHooks::new(hooks, Vec::new()));
+    sup.start().await;
+    let result = supervised(&mut sup, out, work).await;
+    let textfile = flags
+        .prometheus
+        .clone()
+        .or_else(|| config.and_then(|c| c.metrics.textfile_for(action)));
+    finish(sup, resolved, textfile, &result).await;
     result.map(|(_, code)| code)
 }
 
@@ -813,128 +968,19 @@ fn warn_all(warnings: Vec<String>) {
     }
 }
 
-/// What the monitors are told about a finished run.
-fn run_summary(
-    resolved: &ResolvedRepo,
+/// The hooks of the configured sources this run backs up.
+fn source_hooks(
     config: Option<&ConfigFile>,
-    result: &Result<(Option<BackupReport>, u8)>,
-    started: chrono::DateTime<chrono::Utc>,
-) -> RunSummary {
-    let report = result.as_ref().ok().and_then(|(r, _)| r.as_ref());
-    let (exit_code, error) = match result {
-        Ok((_, code)) => (*code, None),
-        Err(e) => {
-            let (msg, hint) = error_text(&**e);
-            let text = match hint {
-                Some(h) => format!("{msg}\nhint: {h}"),
-                None => msg,
-            };
-            (exit_code_for(&**e), Some(text))
-        }
-    };
-    let mut log = match report {
-        Some(r) => format!(
-            "snapshot {} saved: {} item(s), {} read, {} stored in {}",
-            r.snapshot.short(),
-            r.items.len(),
-            human_bytes(r.size),
-            human_bytes(r.stored_bytes),
-            backup_core::progress::human_duration(r.seconds)
-        ),
-        None => "no snapshot was written".to_string(),
-    };
-    for w in report.map(|r| r.warnings.as_slice()).unwrap_or_default() {
-        log.push_str(&format!("\nwarning: {w}"));
-    }
-    if let Some(e) = &error {
-        log.push_str(&format!("\nerror: {e}"));
-    }
-    RunSummary {
-        action: "run".into(),
-        outcome: if exit_code == 0 {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        },
-        exit_code,
-        repository: resolved.url.clone(),
-        host: config
-            .and_then(|c| c.backup.host.clone())
-            .unwrap_or_else(backup_core::hostname),
-        snapshot: report.map(|r| r.snapshot.to_string()),
-        error,
-        started,
-        finished: chrono::Utc::now(),
-        items: report
-            .map(|r| {
-                r.items
-                    .iter()
-                    .map(|i| serde_json::json!({"name": i.name, "kind": i.kind, "size": i.size, "stored_bytes": i.stored_bytes}))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        log,
-    }
-}
-
-/// The lock, then the hooks around the backup. The lock comes first: a run that finds another
-/// holding it runs no hooks, which would act on that run's sources. Returns the report (when a
-/// snapshot was written) and the exit code; a failed `after` hook is an error.
-async fn run_with_hooks(
-    resolved: &ResolvedRepo,
-    config: Option<&ConfigFile>,
-    args: &RunArgs,
-    out: &Output,
-) -> Result<(Option<BackupReport>, u8)> {
-    let selection = args.selection();
-    let repo = resolved.open().await?;
-    let _lock = RunLock::for_repository(
-        resolved.cache.home().as_deref(),
-        &repo.config().id,
-        args.wait,
-    )?;
-    let mut hooks = run_hooks(config, &selection);
-    let mut ctx = HookContext {
-        action: "run".into(),
-        repository: Some(resolved.url.clone()),
-        ..Default::default()
-    };
-    let before = hooks.before(&ctx).await;
-    print_hooks(&hooks.drain(), out);
-    let result = match before {
-        Ok(()) => backup_and_retention(&repo, config, &selection, args, out).await,
-        Err(e) => Err(e.into()),
-    };
-    match &result {
-        Ok((report, code)) => {
-            ctx.outcome = Some(if *code == 0 { "success" } else { "failure" }.into());
-            ctx.snapshot = report.as_ref().map(|r| r.snapshot.to_string());
-            ctx.exit_code = Some(*code);
-        }
-        Err(e) => {
-            ctx.outcome = Some("failure".into());
-            ctx.error = Some(format!("{e:#}"));
-            ctx.exit_code = Some(exit_code_for(&**e));
-        }
-    }
-    let end = hooks.end(&ctx).await;
-    print_hooks(&hooks.drain(), out);
-    let done = result?;
-    end?;
-    Ok(done)
-}
-
-/// `[hooks]` and the hooks of the configured sources this run backs up.
-fn run_hooks(config: Option<&ConfigFile>, selection: &SourceSelection) -> RunHooks {
+    selection: &SourceSelection,
+) -> Vec<(String, HooksConfig)> {
     let Some(cfg) = config else {
-        return RunHooks::default();
+        return Vec::new();
     };
-    let sources = selection
+    selection
         .configured(cfg)
         .into_iter()
         .filter_map(|n| cfg.source_hooks.get(&n).map(|h| (n, h.clone())))
-        .collect();
-    RunHooks::new(cfg.hooks.clone(), sources)
+        .collect()
 }
 
 /// Backs up, renders the report, then applies retention; the snapshot made and the exit code.
@@ -944,13 +990,12 @@ async fn backup_and_retention(
     selection: &SourceSelection,
     args: &RunArgs,
     out: &Output,
-) -> Result<(Option<BackupReport>, u8)> {
+) -> Result<(BackupReport, u8)> {
     let sources = select_sources(config, selection).await?;
     let progress = Arc::new(Progress::default());
-    let show_progress = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let mut opts = backup_options(config, args)?;
-    opts.progress = show_progress.then(|| progress.clone());
-    let ticker = show_progress.then(|| spawn_ticker(progress.clone()));
+    let ticker = out.progress(&progress);
+    opts.progress = ticker.is_some().then(|| progress.clone());
     // On SIGINT/SIGTERM the backup future is dropped: sources kill their producers and, as the
     // snapshot is written last, nothing that looks like a good backup is left behind.
     let result = tokio::select! {
@@ -968,21 +1013,21 @@ async fn backup_and_retention(
         if config.is_some_and(|c| c.retention.is_some()) {
             eprintln!("lifeboat-backup: retention was not applied: the snapshot is incomplete");
         }
-        return Ok((Some(report), backup_core::error::EXIT_INCOMPLETE));
+        return Ok((report, backup_core::error::EXIT_INCOMPLETE));
     }
     // Retention only after a fully successful backup (a failed run returned above).
     let Some(rc) = config.and_then(|c| c.retention.as_ref()) else {
-        return Ok((Some(report), 0));
+        return Ok((report, 0));
     };
     let quiet = Output {
         json: false,
         quiet: out.quiet || out.json,
     };
     // A damaged older object exits non-zero: the snapshot is good, but someone must look.
-    let code = retention_run(repo, rc, false, rc.prune.unwrap_or(true), &quiet)
+    let (_, code) = retention_run(repo, rc, false, rc.prune.unwrap_or(true), &quiet)
         .await
         .context("the backup succeeded, but applying the retention policy failed")?;
-    Ok((Some(report), code))
+    Ok((report, code))
 }
 
 /// Flags over `[backup]` over the defaults.
@@ -1032,14 +1077,14 @@ fn policy_from(keep: &KeepFlags, config: Option<&ConfigFile>) -> Result<Retentio
 }
 
 /// Applies a retention config (plan, forget unless dry run, then GC when `gc`); returns the
-/// exit code.
+/// report and the exit code.
 async fn retention_run(
     repo: &Repository,
     rc: &RetentionConfig,
     dry_run: bool,
     gc: bool,
     out: &Output,
-) -> Result<u8> {
+) -> Result<(PruneReport, u8)> {
     let opts = PruneOptions {
         policy: Some(rc.policy()?),
         gc: if gc { Some(rc.gc_options()?) } else { None },
@@ -1047,7 +1092,8 @@ async fn retention_run(
     };
     let report = prune(repo, &opts).await?;
     render::prune(&report, out)?;
-    Ok(report.exit_code())
+    let code = report.exit_code();
+    Ok((report, code))
 }
 
 async fn key_cmd(resolved: &ResolvedRepo, k: KeyCmd, out: &Output) -> Result<()> {

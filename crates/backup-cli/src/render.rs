@@ -24,7 +24,7 @@ pub fn backup(report: &BackupReport, out: &Output) -> Result<()> {
             f.error
         );
     }
-    out.result(&serde_json::to_value(report)?, || {
+    out.summary(serde_json::to_value(report)?, || {
         let mut s = format!(
             "snapshot {} saved: {} item(s), {} in {} ({} new chunks, {} stored)",
             report.snapshot.short(),
@@ -128,9 +128,7 @@ pub fn prune(report: &PruneReport, out: &Output) -> Result<()> {
         }
         json["wal"] = serde_json::to_value(w)?;
     }
-    if out.json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
-    }
+    out.summary(json, String::new);
     for d in &report.damaged {
         eprintln!("damaged: {d}");
     }

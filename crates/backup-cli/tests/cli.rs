@@ -102,7 +102,7 @@ fn adhoc_run_prints_json_and_lists_snapshots() {
         "adhoc",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::summary(&out);
     assert_eq!(report["items"].as_array().unwrap().len(), 2);
     assert_eq!(report["items"][1]["size"], 6, "`echo hello` is 6 bytes");
     let snaps = e.snapshots();
@@ -361,7 +361,7 @@ fn killed_backup_leaves_no_snapshot_and_the_next_run_reuses_chunks() {
     let ok = format!("dump=cat {}", data.display());
     let out = e.run(&["run", "--json", "--command", &ok]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = common::summary(&out);
     let total = r["items"][0]["chunks"].as_u64().unwrap();
     let new = r["chunks_new"].as_u64().unwrap();
     assert!(
@@ -766,4 +766,64 @@ fn a_missing_bucket_is_named_as_such_on_list_and_init() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// `--json` on run, prune and restore: stdout is JSON lines — status events while an item
+/// runs, then one summary line; an error that ends the process is one JSON line on stderr.
+#[test]
+fn json_lines_status_while_running_then_a_summary_and_errors_as_json() {
+    let e = Env::new();
+    let slow = "slow=head -c 300000 /dev/urandom; sleep 2.5; head -c 300000 /dev/urandom";
+    let out = e.run(&["run", "--json", "--command", slow]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("{err}: {l}")))
+        .collect();
+    let (summary, status) = lines.split_last().unwrap();
+    assert_eq!(summary["message_type"], "summary");
+    assert_eq!(summary["items"][0]["size"], 600000);
+    assert!(status.len() >= 2, "a status line a second: {lines:?}");
+    let mut before = 0;
+    for s in status {
+        assert_eq!(s["message_type"], "status", "{s}");
+        assert_eq!(s["items"][0]["name"], "slow", "{s}");
+        let done = s["bytes_done"].as_u64().unwrap();
+        assert!(
+            done >= before && s["seconds_elapsed"].as_f64().unwrap() > 0.0,
+            "{s}"
+        );
+        before = done;
+    }
+
+    let pruned = e.run(&["--json", "prune", "--keep-last", "1"]);
+    assert!(pruned.status.success(), "{}", stderr(&pruned));
+    let p = common::summary(&pruned);
+    assert_eq!(p["gc"]["chunks_deleted"], 0, "{p}");
+
+    let to = e.p("restored");
+    let restored = Command::new(common::restore_bin())
+        .args(["--json", "run", "latest", "--to", to.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LIFEBOAT_REPOSITORY", e.p("repo"))
+        .env("LIFEBOAT_PASSWORD_FILE", e.p("pw"))
+        .env("LIFEBOAT_CACHE_DIR", e.p("cache"))
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let r = common::summary(&restored);
+    assert_eq!(r["items"][0]["name"], "slow", "{r}");
+    assert_eq!(std::fs::metadata(to.join("slow")).unwrap().len(), 600000);
+
+    let failed = e.run(&["run", "--json", "--command", "broken=exit 3"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    let last: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
+    assert_eq!(last["message_type"], "exit_error", "{err}");
+    assert_eq!(last["code"], 1);
+    assert!(
+        last["message"].as_str().unwrap().contains("broken"),
+        "{last}"
+    );
 }

@@ -254,7 +254,7 @@ fn a_partial_run_commits_the_healthy_sources_in_an_incomplete_snapshot() {
         "{err}"
     );
     assert!(err.contains("retention was not applied"), "{err}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::summary(&out);
     assert_eq!(report["failed"][0]["source"], "db");
     assert_eq!(report["items"].as_array().unwrap().len(), 1);
     let restore = |args: &[&str]| {

@@ -151,7 +151,7 @@ fn a_successful_run_pings_start_and_success_and_calls_the_webhook() {
     .unwrap();
     let out = e.run(&["run", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::summary(&out);
     let snapshot = report["snapshot"].as_str().unwrap();
     let reqs = l.requests();
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();

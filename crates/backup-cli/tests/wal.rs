@@ -416,6 +416,11 @@ async fn s3_down_while_archiving_loses_nothing_and_the_backlog_shows_how_far_beh
     assert!(up["backlog"]["ready"].as_u64().unwrap() >= 3, "{up}");
     let text = std::fs::read_to_string(&prom).unwrap();
     backup_core::scratch::promtool::check_metrics(&text).unwrap();
+    let missing = backup_core::scratch::promtool::deployed_names_missing("lifeboat_wal_", &text);
+    assert!(
+        missing.is_empty(),
+        "deploy/ queries {missing:?}, not in\n{text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("lifeboat_wal_backlog_segments{")

@@ -23,6 +23,7 @@
 //! | [`secret`], [`lock`], [`progress`], [`metrics`] | secrets, the run lock, progress, Prometheus textfiles |
 //! | [`hooks`] | commands before, after, on failure and finally of a run, with timeouts |
 //! | [`notify`] | monitoring: Healthchecks-style pings, JSON webhooks, notifier commands |
+//! | [`supervise`] | one order of hooks, monitors and Pushgateway around run, prune, check and drills |
 //! | [`scratch`] | helpers for throw-away servers on free loopback ports, and the S3 one (engines have theirs) |
 //! | [`error`] | the one error enum, with exit codes and hints |
 //! | `cli` (feature `cli`) | flags, output and error reporting shared by the binaries, the snapshot listing |
@@ -56,6 +57,7 @@ pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod supervise;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, SnapshotId};

@@ -152,30 +152,16 @@ impl MonitorConfig {
         headers: &BTreeMap<String, String>,
     ) -> std::result::Result<(), String> {
         let timeout = self.timeout().map_err(|e| e.to_string())?;
-        let shown = redact(url);
-        let fail = |why: String| format!("notifying {shown} failed: {why}");
-        let mut req = hyper::Request::post(url)
-            .header(
-                "user-agent",
-                concat!("lifeboat/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("content-type", content_type);
-        for (k, v) in headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| fail(e.to_string()))?;
-        let client = client().map_err(&fail)?;
-        match tokio::time::timeout(timeout, client.request(req)).await {
-            Err(_) => Err(fail(format!(
-                "no answer within {}",
-                crate::progress::human_duration(timeout.as_secs_f64())
-            ))),
-            Ok(Err(e)) => Err(fail(crate::error::chain(&e))),
-            Ok(Ok(r)) if r.status().is_success() => Ok(()),
-            Ok(Ok(r)) => Err(fail(format!("HTTP {}", r.status()))),
-        }
+        let req = Request {
+            method: hyper::Method::POST,
+            url,
+            body,
+            content_type,
+            headers,
+        };
+        send(req, timeout)
+            .await
+            .map_err(|why| format!("notifying {} failed: {why}", redact(url)))
     }
 
     async fn run_command(&self, cmd: &str, json: &[u8]) -> std::result::Result<(), String> {
@@ -223,6 +209,57 @@ impl WebhookConfig {
     }
 }
 
+/// One HTTP request to a monitor or a Pushgateway.
+pub(crate) struct Request<'a> {
+    pub method: hyper::Method,
+    pub url: &'a str,
+    pub body: Vec<u8>,
+    pub content_type: &'a str,
+    pub headers: &'a BTreeMap<String, String>,
+}
+
+/// Sends `req`; an error says why, without the URL (the caller names what it was sending to).
+pub(crate) async fn send(req: Request<'_>, timeout: Duration) -> std::result::Result<(), String> {
+    let mut r = hyper::Request::builder()
+        .method(req.method)
+        .uri(req.url)
+        .header(
+            "user-agent",
+            concat!("lifeboat/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("content-type", req.content_type);
+    for (k, v) in req.headers {
+        r = r.header(k.as_str(), v.as_str());
+    }
+    let r = r
+        .body(Full::new(Bytes::from(req.body)))
+        .map_err(|e| e.to_string())?;
+    let client = client()?;
+    match tokio::time::timeout(timeout, client.request(r)).await {
+        Err(_) => Err(format!(
+            "no answer within {}",
+            crate::progress::human_duration(timeout.as_secs_f64())
+        )),
+        Ok(Err(e)) => Err(crate::error::chain(&e)),
+        Ok(Ok(r)) if r.status().is_success() => Ok(()),
+        Ok(Ok(r)) => {
+            // Pushgateway and most webhooks say in the body what they did not like.
+            let status = r.status();
+            let body =
+                tokio::time::timeout(timeout, http_body_util::BodyExt::collect(r.into_body()))
+                    .await
+                    .ok()
+                    .and_then(|b| b.ok())
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+                    .unwrap_or_default();
+            Err(match body.is_empty() {
+                true => format!("HTTP {status}"),
+                false => format!("HTTP {status}: {}", tail(&body, 300)),
+            })
+        }
+    }
+}
+
 type HttpClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
@@ -244,7 +281,7 @@ fn client() -> std::result::Result<HttpClient, String> {
 }
 
 /// The URL without a path: Healthchecks and chat webhooks carry their secret in it.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url.find("://").map(|i| i + 3) {
         Some(i) => match url[i..].find('/') {
             Some(j) => format!("{}/…", &url[..i + j]),

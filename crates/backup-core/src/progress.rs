@@ -264,17 +264,74 @@ pub fn spawn_ticker(p: std::sync::Arc<Progress>) -> Ticker {
             }
         }
     });
-    Ticker(handle)
+    Ticker {
+        task: handle,
+        clear_line: true,
+    }
 }
 
-/// A running progress display; clears its line when dropped.
+/// Prints a JSON status line on stdout every second while an item runs (restic's
+/// `message_type: status`; `percent_done` from 0 to 1 when the total is known).
+pub fn spawn_json_status(p: std::sync::Arc<Progress>) -> Ticker {
+    let handle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let v = p.view();
+            if v.item.is_empty() && v.lanes.is_empty() {
+                continue;
+            }
+            println!("{}", serde_json::to_string(&v.status()).expect("json"));
+        }
+    });
+    Ticker {
+        task: handle,
+        clear_line: false,
+    }
+}
+
+impl ProgressView {
+    /// The JSON status event of this reading.
+    pub fn status(&self) -> serde_json::Value {
+        let (done, total) = (self.done, self.total);
+        let mut v = serde_json::json!({
+            "message_type": "status",
+            "seconds_elapsed": self.elapsed_secs,
+            "bytes_done": done,
+            "total_bytes": total,
+            "total_estimated": self.estimated,
+        });
+        if total > 0 {
+            v["percent_done"] = (done as f64 / total as f64).min(1.0).into();
+        }
+        if let Some(eta) = self.eta_secs() {
+            v["seconds_remaining"] = eta.into();
+        }
+        v["items"] = if self.lanes.is_empty() {
+            serde_json::json!([{"name": self.item, "bytes_done": done, "total_bytes": total, "done": false}])
+        } else {
+            self.lanes
+                .iter()
+                .map(|l| serde_json::json!({"name": l.name, "bytes_done": l.done, "total_bytes": l.total, "done": l.finished}))
+                .collect()
+        };
+        v
+    }
+}
+
+/// A running progress display; the terminal one clears its line when dropped.
 #[derive(Debug)]
-pub struct Ticker(tokio::task::JoinHandle<()>);
+pub struct Ticker {
+    task: tokio::task::JoinHandle<()>,
+    clear_line: bool,
+}
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.0.abort();
-        eprint!("\r\x1b[2K");
+        self.task.abort();
+        if self.clear_line {
+            eprint!("\r\x1b[2K");
+        }
     }
 }
 

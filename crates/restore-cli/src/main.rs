@@ -759,7 +759,6 @@ async fn restore(
     out: &Output,
 ) -> Result<()> {
     let progress = Arc::new(Progress::default());
-    let show = !out.quiet && !out.json && std::io::stderr().is_terminal();
     let text = !out.quiet && !out.json;
     let state: Arc<std::sync::Mutex<Restoring>> = Arc::default();
     let events = {
@@ -768,13 +767,14 @@ async fn restore(
             on_event(&mut state.lock().unwrap(), e, text)
         }))
     };
+    let ticker = out.progress(&progress);
     let opts = ApplyOptions {
-        progress: show.then(|| progress.clone()),
+        progress: ticker.is_some().then(|| progress.clone()),
         events: Some(events),
         items_at_once,
         ..Default::default()
     };
-    state.lock().unwrap().ticker = show.then(|| spawn_ticker(progress.clone()));
+    state.lock().unwrap().ticker = ticker;
     // On SIGINT/SIGTERM the restore future is dropped: every item in flight removes its
     // partial copy, and targets are only ever replaced by a finished, verified one.
     let result = tokio::select! {
@@ -805,14 +805,10 @@ async fn restore(
             return Err(e.into());
         }
     };
-    if out.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"snapshot": snap.id, "items": report.items})
-            )?
-        );
-    }
+    out.summary(
+        serde_json::json!({"snapshot": snap.id, "items": report.items}),
+        String::new,
+    );
     Ok(())
 }
 

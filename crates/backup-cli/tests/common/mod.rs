@@ -40,10 +40,23 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The JSON a successful command printed.
+/// The JSON a successful command printed (for run, prune and restore, the summary line that
+/// ends their JSON lines).
 pub fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap()
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|_| summary(o))
+}
+
+/// The last of a long command's JSON lines: its summary, whatever its exit code.
+pub fn summary(o: &Output) -> serde_json::Value {
+    let text = stdout(o);
+    let last = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output; stderr: {}", stderr(o)));
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["message_type"], "summary", "{text}");
+    v
 }
 
 /// `lifeboat-restore`, built next to this crate's binary by `cargo test --workspace`.

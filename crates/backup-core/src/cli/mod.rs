@@ -6,6 +6,8 @@ pub mod restore_command;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::progress::Ticker;
+
 use clap::Args;
 
 use crate::config::RepoArgs;
@@ -95,6 +97,8 @@ pub struct GlobalFlags {
 impl GlobalFlags {
     /// The output mode these flags ask for.
     pub fn output(&self) -> Output {
+        // An error that ends the process is reported in the output's form too.
+        JSON_ERRORS.store(self.json, std::sync::atomic::Ordering::Relaxed);
         Output {
             json: self.json,
             quiet: self.quiet,
@@ -163,7 +167,37 @@ pub struct Output {
     pub quiet: bool,
 }
 
+/// Set by `--json`: the error that ends the process goes to stderr as one JSON line.
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Output {
+    /// The closing summary of a long command (run, prune, restore). With `--json`, stdout is
+    /// JSON lines in restic's shape: `{"message_type":"status",…}` while it runs, then this
+    /// one line, `{"message_type":"summary",…}`; else the human text unless quiet.
+    pub fn summary(&self, json: serde_json::Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", json_line("summary", json));
+        } else if !self.quiet {
+            // Commands that said everything on the way have no closing text.
+            let text = human();
+            if !text.is_empty() {
+                println!("{text}");
+            }
+        }
+    }
+
+    /// The progress display a long command shows: JSON status lines on stdout with `--json`,
+    /// a redrawn line on a terminal's stderr, else none.
+    pub fn progress(&self, p: &std::sync::Arc<crate::progress::Progress>) -> Option<Ticker> {
+        if self.json {
+            Some(crate::progress::spawn_json_status(p.clone()))
+        } else if !self.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Some(crate::progress::spawn_ticker(p.clone()))
+        } else {
+            None
+        }
+    }
+
     /// Prints a result: JSON when asked, else the human text unless quiet.
     pub fn result(&self, json: &serde_json::Value, human: impl FnOnce() -> String) {
         if self.json {
@@ -231,9 +265,23 @@ impl DocCmd {
     }
 }
 
+/// `value` (an object) as one JSON line with `message_type` set.
+pub fn json_line(message_type: &str, mut value: serde_json::Value) -> String {
+    if let Some(o) = value.as_object_mut() {
+        o.insert("message_type".into(), message_type.into());
+    }
+    serde_json::to_string(&value).expect("json")
+}
+
 /// Prints `prog: error: ...` (with the cause chain) and a `hint:`, and returns the exit code.
+/// With `--json`: one line `{"message_type":"exit_error","code":…,"message":…,"hint":…}`.
 pub fn report_error(prog: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
     let (msg, hint) = error_text(e);
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        let v = serde_json::json!({"code": exit_code_for(e), "message": msg, "hint": hint});
+        eprintln!("{}", json_line("exit_error", v));
+        return ExitCode::from(exit_code_for(e));
+    }
     eprintln!("{prog}: error: {msg}");
     if let Some(h) = hint {
         eprintln!("hint: {h}");

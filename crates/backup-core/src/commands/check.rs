@@ -44,6 +44,8 @@ pub struct Problem {
 /// Result of a check.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
+    /// Every chunk was downloaded and verified (`--read-data`).
+    pub read_data: bool,
     pub snapshots: usize,
     pub items: usize,
     /// Distinct chunks named by snapshots.
@@ -63,6 +65,45 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
+    /// Adds what this check found to its metrics (`lifeboat_check_last_*{repository}`).
+    pub fn metrics(&self, m: &mut crate::metrics::Metrics, repository: &str) {
+        let figures = [
+            (
+                "problems",
+                "Problems the last check found.",
+                self.problems.len() as f64,
+            ),
+            (
+                "snapshots",
+                "Snapshots the last check read.",
+                self.snapshots as f64,
+            ),
+            (
+                "chunks",
+                "Distinct chunks the snapshots name.",
+                self.chunks as f64,
+            ),
+            (
+                "bytes_read",
+                "Bytes the last check downloaded and verified.",
+                self.bytes_read as f64,
+            ),
+            (
+                "read_data",
+                "1 if the last check read every chunk (--read-data).",
+                f64::from(u8::from(self.read_data)),
+            ),
+        ];
+        for (name, help, v) in figures {
+            m.gauge(
+                &format!("lifeboat_check_last_{name}"),
+                help,
+                &[("repository", repository)],
+                v,
+            );
+        }
+    }
+
     /// No problems found.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
@@ -154,6 +195,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         message,
     }));
     Ok(CheckReport {
+        read_data: opts.read_data,
         snapshots: snapshots.len(),
         items,
         chunks: users.len(),

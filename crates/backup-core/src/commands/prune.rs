@@ -47,6 +47,51 @@ impl PruneReport {
         )
     }
 
+    /// Adds what this prune did to its metrics (`lifeboat_prune_last_*{repository}`).
+    pub fn metrics(&self, m: &mut crate::metrics::Metrics, repository: &str) {
+        let forgotten = self.forget.as_ref().map_or(0, |f| f.forgotten.len());
+        let kept = self.plan.as_ref().map_or(0, |p| {
+            p.groups
+                .iter()
+                .flat_map(|g| &g.snapshots)
+                .filter(|d| d.keep)
+                .count()
+        });
+        let freed = self.gc.as_ref().map_or(0, |g| {
+            g.bytes_deleted + g.pack_bytes_deleted + g.repack_bytes_freed
+        }) + self.wal.as_ref().map_or(0, |w| w.removed_bytes);
+        let figures = [
+            (
+                "snapshots_forgotten",
+                "Snapshots the last prune forgot.",
+                forgotten as f64,
+            ),
+            (
+                "snapshots_kept",
+                "Snapshots the last prune's policy kept.",
+                kept as f64,
+            ),
+            (
+                "freed_bytes",
+                "Stored bytes the last prune deleted (chunks, packs, repacking, WAL).",
+                freed as f64,
+            ),
+            (
+                "damaged_objects",
+                "Objects the last prune could not read (nothing deleted on their account).",
+                self.damaged.len() as f64,
+            ),
+        ];
+        for (name, help, v) in figures {
+            m.gauge(
+                &format!("lifeboat_prune_last_{name}"),
+                help,
+                &[("repository", repository)],
+                v,
+            );
+        }
+    }
+
     /// Process exit code: 0, or [`crate::error::EXIT_INTEGRITY`] when something is damaged
     /// (the run did what it could; a person must look at the rest).
     pub fn exit_code(&self) -> u8 {

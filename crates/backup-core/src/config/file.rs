@@ -32,6 +32,9 @@ pub struct ConfigFile {
     /// `[hooks]`: commands around every `run`.
     #[serde(default)]
     pub hooks: HooksConfig,
+    /// `[hooks.prune]`, `[hooks.check]`: commands around those actions, by action name.
+    #[serde(skip)]
+    pub action_hooks: BTreeMap<String, HooksConfig>,
     /// `[sources.NAME.hooks]`, taken out of each source's table before it is parsed (a source's
     /// type decides its other keys).
     #[serde(skip)]
@@ -97,8 +100,29 @@ pub struct ObjectLockConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// A textfile for node_exporter's textfile collector, replaced whole after every run.
+    /// A textfile for node_exporter's textfile collector, replaced whole after every run;
+    /// `prune` and `check` write theirs beside it (`NAME-prune.prom`, `NAME-check.prom`).
     pub textfile: Option<PathBuf>,
+    /// A Prometheus Pushgateway (`http://host:9091`): every run, prune and check pushes its
+    /// metrics under job `lifeboat_backup`, `lifeboat_prune`, `lifeboat_check`.
+    pub pushgateway: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The textfile of `action`: `textfile` itself for `run`, a sibling named after the
+    /// action for the others (one file per action: each replaces its file whole).
+    pub fn textfile_for(&self, action: crate::supervise::Action) -> Option<PathBuf> {
+        let file = self.textfile.as_ref()?;
+        if action == crate::supervise::Action::Run {
+            return Some(file.clone());
+        }
+        let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+        let name = match file.extension() {
+            Some(ext) => format!("{stem}-{action}.{}", ext.to_string_lossy()),
+            None => format!("{stem}-{action}"),
+        };
+        Some(file.with_file_name(name))
+    }
 }
 
 /// `[backup]`: run settings.
@@ -125,21 +149,27 @@ impl ConfigFile {
         let mut value: toml::Value = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         // Hooks are shell commands: `${VAR}` in them is the shell's, expanded when they run
         // (with LIFEBOAT_SNAPSHOT and the rest set), so they are taken out before expansion.
-        let (run_hooks, source_hooks) = take_hooks(&mut value).map_err(err)?;
+        let (run_hooks, action_hooks, source_hooks) = take_hooks(&mut value).map_err(err)?;
         let source_anomaly = take_anomaly_rules(&mut value).map_err(err)?;
         expand_env(&mut value).map_err(err)?;
         let mut cfg: ConfigFile = value
             .try_into()
             .map_err(|e: toml::de::Error| err(with_line(&e.to_string(), &text)))?;
         cfg.hooks = run_hooks;
+        cfg.action_hooks = action_hooks;
         cfg.source_hooks = source_hooks;
         cfg.source_anomaly = source_anomaly;
         cfg.monitor.timeout().map_err(|e| err(e.to_string()))?;
-        for (scope, hooks) in std::iter::once(("[hooks]".to_string(), &cfg.hooks)).chain(
-            cfg.source_hooks
-                .iter()
-                .map(|(n, h)| (format!("[sources.{n}.hooks]"), h)),
-        ) {
+        let scoped = cfg
+            .action_hooks
+            .iter()
+            .map(|(a, h)| (format!("[hooks.{a}]"), h))
+            .chain(
+                cfg.source_hooks
+                    .iter()
+                    .map(|(n, h)| (format!("[sources.{n}.hooks]"), h)),
+            );
+        for (scope, hooks) in std::iter::once(("[hooks]".to_string(), &cfg.hooks)).chain(scoped) {
             hooks.timeout().map_err(|e| err(format!("{scope}: {e}")))?;
         }
         for name in cfg.sources.keys() {
@@ -173,15 +203,28 @@ fn with_line(msg: &str, text: &str) -> String {
     }
 }
 
-/// Removes and parses `[hooks]` and the `hooks` of every `[sources.NAME]` table.
-type Hooks = (HooksConfig, BTreeMap<String, HooksConfig>);
+/// Removes and parses `[hooks]` (with `[hooks.prune]` and `[hooks.check]`) and the `hooks`
+/// of every `[sources.NAME]` table.
+type Hooks = (
+    HooksConfig,
+    BTreeMap<String, HooksConfig>,
+    BTreeMap<String, HooksConfig>,
+);
 fn take_hooks(v: &mut toml::Value) -> std::result::Result<Hooks, String> {
     let parse = |h: toml::Value, scope: &str| {
         h.try_into::<HooksConfig>()
             .map_err(|e| format!("{scope}: {e}"))
     };
+    let mut actions = BTreeMap::new();
     let run = match v.as_table_mut().and_then(|t| t.remove("hooks")) {
-        Some(h) => parse(h, "[hooks]")?,
+        Some(mut h) => {
+            for action in ["prune", "check"] {
+                if let Some(a) = h.as_table_mut().and_then(|t| t.remove(action)) {
+                    actions.insert(action.to_string(), parse(a, &format!("[hooks.{action}]"))?);
+                }
+            }
+            parse(h, "[hooks]")?
+        }
         None => HooksConfig::default(),
     };
     let mut sources = BTreeMap::new();
@@ -192,7 +235,7 @@ fn take_hooks(v: &mut toml::Value) -> std::result::Result<Hooks, String> {
             }
         }
     }
-    Ok((run, sources))
+    Ok((run, actions, sources))
 }
 
 /// Removes and parses the anomaly keys of every `[sources.NAME]` table (they apply to every

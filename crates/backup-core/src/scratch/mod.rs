@@ -2,6 +2,7 @@
 //! and the integration tests. Each is stopped and its directory removed on drop.
 
 pub mod promtool;
+pub mod pushgateway;
 pub mod s3;
 
 use std::net::TcpListener;

@@ -35,3 +35,40 @@ pub fn check_metrics(text: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// Names starting with `prefix` that the shipped dashboard and alert rules (`deploy/`) query
+/// and `text` (a metrics file Lifeboat wrote) lacks: a renamed metric would leave a panel
+/// empty and an alert silent.
+pub fn deployed_names_missing(prefix: &str, text: &str) -> Vec<String> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut names = std::collections::BTreeSet::new();
+    for f in [
+        "grafana/lifeboat-dashboard.json",
+        "prometheus/lifeboat-alerts.yml",
+    ] {
+        let src = std::fs::read_to_string(deploy.join(f)).unwrap_or_default();
+        let mut rest = src.as_str();
+        while let Some(i) = rest.find(prefix) {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            names.insert(name);
+        }
+    }
+    assert!(
+        !names.is_empty(),
+        "no {prefix}* metric in {}",
+        deploy.display()
+    );
+    names
+        .into_iter()
+        .filter(|n| {
+            !text.lines().any(|l| {
+                l.strip_prefix(n.as_str())
+                    .is_some_and(|r| r.starts_with(['{', ' ']))
+            })
+        })
+        .collect()
+}
