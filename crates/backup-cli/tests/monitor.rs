@@ -2,6 +2,8 @@
 //! (start, success, fail) with the run's output as body, JSON webhooks with headers from
 //! files, notifier commands; a monitor that cannot be reached does not fail the run.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
