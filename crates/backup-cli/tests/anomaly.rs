@@ -66,7 +66,8 @@ fn a_truncated_table_and_an_emptied_volume_warn_or_fail_naming_both_counts() {
     for i in 0..51 {
         std::fs::remove_file(files.join(format!("f{i}"))).unwrap();
     }
-    let warned = e.run(&["run"]);
+    let prom = e.p("lifeboat.prom");
+    let warned = e.run(&["run", "--prometheus", prom.to_str().unwrap()]);
     let err = stderr(&warned);
     assert!(warned.status.success(), "warn is the default: {err}");
     assert!(
@@ -84,6 +85,19 @@ fn a_truncated_table_and_an_emptied_volume_warn_or_fail_naming_both_counts() {
         "{err}"
     );
     assert_eq!(snapshot_count(&e), 2, "warn commits the snapshot");
+    // The metrics count each source's findings (0 when alike), for the alert rules.
+    let text = std::fs::read_to_string(&prom).unwrap();
+    backup_core::scratch::promtool::check_metrics(&text).unwrap();
+    let anomalies = |source: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("lifeboat_backup_source_anomalies{")
+                    && l.contains(&format!("source=\"{source}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no anomalies series for {source}:\n{text}"))
+    };
+    assert_eq!((anomalies("app"), anomalies("files")), (1.0, 1.0), "{text}");
     let show = json(&e.restore(&["show", "latest", "--json"]));
     let flagged: Vec<String> = show["items"]
         .as_array()

@@ -105,6 +105,8 @@ pub struct ItemReport {
     /// Bytes written to the store by this run (after compression and encryption).
     pub stored_bytes: u64,
     pub seconds: f64,
+    /// How the item differs from the same source's last one (empty: it looks alike).
+    pub anomalies: Vec<String>,
 }
 
 /// What a backup run did.
@@ -245,7 +247,7 @@ async fn run_items(
             }
             Err(e) => return Err(e),
         };
-        anomalies.check(&mut done.item, last, opts);
+        done.report.anomalies = anomalies.check(&mut done.item, last, opts);
         caches.extend(done.cache);
         items.push(done.item);
         reports.push(done.report);
@@ -303,8 +305,9 @@ struct Anomalies {
 }
 
 impl Anomalies {
-    /// Compares `item` with the same source's last item; records what is wrong on the item.
-    fn check(&mut self, item: &mut Item, last: Option<&Item>, opts: &BackupOptions) {
+    /// Compares `item` with the same source's last item; records what is wrong on the item
+    /// and returns it.
+    fn check(&mut self, item: &mut Item, last: Option<&Item>, opts: &BackupOptions) -> Vec<String> {
         // A source's rules hold for every item it makes (`pg.app`, `pg.globals` of `pg`).
         let rules = opts
             .anomaly
@@ -317,7 +320,7 @@ impl Anomalies {
             .unwrap_or_default();
         let found = anomaly::check(item, last, &rules);
         if found.is_empty() {
-            return;
+            return found;
         }
         item.facts
             .insert(anomaly::FACT.into(), serde_json::json!(found));
@@ -327,8 +330,9 @@ impl Anomalies {
                 item.name,
                 found.join("; ")
             )),
-            OnAnomaly::Fail => self.failures.push((item.name.clone(), found)),
+            OnAnomaly::Fail => self.failures.push((item.name.clone(), found.clone())),
         }
+        found
     }
 
     fn fail_if_any(&self) -> Result<()> {
@@ -580,6 +584,7 @@ async fn backup_item(
         chunks_new: tally.chunks_new,
         stored_bytes: tally.stored_bytes,
         seconds: t0.elapsed().as_secs_f64(),
+        anomalies: Vec::new(),
     };
     Ok(ItemOutcome {
         item,

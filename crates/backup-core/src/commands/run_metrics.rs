@@ -69,6 +69,12 @@ fn report_metrics(m: &mut Metrics, repository: &str, r: &BackupReport) {
             i.stored_bytes as f64,
         );
         m.gauge(
+            "lifeboat_backup_source_anomalies",
+            "How many ways the source's item differs from its last one (rows, keys, files, size); 0: alike.",
+            &labels,
+            i.anomalies.len() as f64,
+        );
+        m.gauge(
             "lifeboat_backup_source_duration_seconds",
             "Time the last run took for the source.",
             &labels,
