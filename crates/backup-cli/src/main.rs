@@ -1009,15 +1009,23 @@ async fn backup_and_retention(
     let report =
         result.context("backup failed, no snapshot was written; retention was not applied")?;
     render::backup(&report, out)?;
+    let unreadable = report.lacks_data() && report.failed.is_empty();
     if !report.failed.is_empty() {
         if config.is_some_and(|c| c.retention.is_some()) {
             eprintln!("lifeboat-backup: retention was not applied: the snapshot is incomplete");
         }
         return Ok((report, backup_core::error::EXIT_INCOMPLETE));
     }
-    // Retention only after a fully successful backup (a failed run returned above).
+    // Files that could not be read: the snapshot stands and retention runs (a file that stays
+    // unreadable must not stop it for ever), but the exit code says that data is missing.
+    let lacking = if unreadable {
+        backup_core::error::EXIT_INCOMPLETE
+    } else {
+        0
+    };
+    // Retention only after a backup with every source (a partial run returned above).
     let Some(rc) = config.and_then(|c| c.retention.as_ref()) else {
-        return Ok((report, 0));
+        return Ok((report, lacking));
     };
     let quiet = Output {
         json: false,
@@ -1027,7 +1035,7 @@ async fn backup_and_retention(
     let (_, code) = retention_run(repo, rc, false, rc.prune.unwrap_or(true), &quiet)
         .await
         .context("the backup succeeded, but applying the retention policy failed")?;
-    Ok((report, code))
+    Ok((report, if code != 0 { code } else { lacking }))
 }
 
 /// Flags over `[backup]` over the defaults.

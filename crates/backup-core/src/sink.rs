@@ -265,6 +265,13 @@ pub struct UntarStats {
     pub hardlinks: u64,
     pub bytes: u64,
     pub skipped: u64,
+    /// FIFOs and device nodes made.
+    pub specials: u64,
+    /// What could not be restored as it was (attributes refused, device nodes without root):
+    /// the first ones, and how many in all.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub warnings_total: u64,
 }
 
 /// State of a target before the restore.

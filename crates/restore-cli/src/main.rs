@@ -871,6 +871,15 @@ fn print_restored(item: &PlannedItem, r: &RestoredItem) {
     if let Some(note) = &r.sink.note {
         println!("  next: {}", note.replace('\n', "\n  "));
     }
+    if let Some(u) = r.sink.untar.as_ref().filter(|u| u.warnings_total > 0) {
+        for w in &u.warnings {
+            eprintln!("  warning: {w}");
+        }
+        let more = u.warnings_total - u.warnings.len() as u64;
+        if more > 0 {
+            eprintln!("  warning: … and {more} more (the JSON report lists the first ones)");
+        }
+    }
     if let Some(l) = r.sink.leftovers.as_ref().and_then(|l| l.describe()) {
         println!("  note: {l}");
     }

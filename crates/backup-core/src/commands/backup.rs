@@ -20,7 +20,9 @@ use crate::content::packer::Packer;
 use crate::content::writer::{Stored, store_chunk};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
-use crate::manifest::{DigestKind, FailedSource, Item, ItemKind, Snapshot, validate_item_name};
+use crate::manifest::{
+    DigestKind, Facts, FailedSource, Item, ItemKind, Snapshot, validate_item_name,
+};
 use crate::markers::RunMarker;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -107,6 +109,8 @@ pub struct ItemReport {
     pub seconds: f64,
     /// How the item differs from the same source's last one (empty: it looks alike).
     pub anomalies: Vec<String>,
+    /// Entries that could not be read and are not in the item (path: why).
+    pub unreadable: Vec<String>,
 }
 
 /// What a backup run did.
@@ -126,6 +130,15 @@ pub struct BackupReport {
     /// Sources that failed in a partial run: the snapshot is incomplete.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedSource>,
+}
+
+impl BackupReport {
+    /// Something meant to be backed up is not in the snapshot: a source failed (`--partial`)
+    /// or files could not be read. The run exits [`crate::error::EXIT_INCOMPLETE`] (restic's
+    /// 3), and the snapshot stands.
+    pub fn lacks_data(&self) -> bool {
+        !self.failed.is_empty() || self.items.iter().any(|i| !i.unreadable.is_empty())
+    }
 }
 
 /// Backs up every source into one snapshot, all or nothing.
@@ -230,6 +243,7 @@ async fn run_items(
     let mut reused = HashSet::new();
     let mut caches = Vec::new();
     let mut anomalies = Anomalies::default();
+    let mut noted = Vec::new();
     let (mut failed, mut first_error) = (Vec::new(), None);
     for mut src in sources {
         let last = previous.get(src.name());
@@ -248,6 +262,8 @@ async fn run_items(
             Err(e) => return Err(e),
         };
         done.report.anomalies = anomalies.check(&mut done.item, last, opts);
+        done.report.unreadable = strings(&done.item.facts, "unreadable");
+        noted.extend(item_warnings(&done.item.name, &done.item.facts));
         caches.extend(done.cache);
         items.push(done.item);
         reports.push(done.report);
@@ -282,6 +298,7 @@ async fn run_items(
     // Only now: a cache naming chunks of a snapshot that was never written would be trusted
     // next time while those chunks may be collected.
     let mut warnings = anomalies.warnings;
+    warnings.extend(noted);
     for (slot, cache) in caches {
         // An optimisation: failing to write it must not fail the backup, but the operator
         // should know why the next run reads every file again.
@@ -294,6 +311,45 @@ async fn run_items(
         }
     }
     Ok((snapshot, reports, warnings))
+}
+
+/// The strings of a list fact (`warnings`, `unreadable`), which any engine may record.
+fn strings(facts: &Facts, key: &str) -> Vec<String> {
+    facts
+        .get(key)
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What an item's engine asked the run to say: its warnings, and what it could not read.
+fn item_warnings(item: &str, facts: &Facts) -> Vec<String> {
+    const SHOWN: usize = 10;
+    let mut out: Vec<String> = strings(facts, "warnings")
+        .into_iter()
+        .map(|w| format!("source {item}: {w}"))
+        .collect();
+    let unreadable = strings(facts, "unreadable");
+    if !unreadable.is_empty() {
+        let more = unreadable.len().saturating_sub(SHOWN);
+        out.push(format!(
+            "source {item}: {} entr{} could not be read and {} not in the snapshot: {}{}",
+            unreadable.len(),
+            if unreadable.len() == 1 { "y" } else { "ies" },
+            if unreadable.len() == 1 { "is" } else { "are" },
+            unreadable[..unreadable.len().min(SHOWN)].join("; "),
+            if more > 0 {
+                format!("; and {more} more (`lifeboat-restore show` lists them)")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    out
 }
 
 /// Anomalies of a run so far: warnings (the snapshot is flagged) and failures (it is not
@@ -585,6 +641,7 @@ async fn backup_item(
         stored_bytes: tally.stored_bytes,
         seconds: t0.elapsed().as_secs_f64(),
         anomalies: Vec::new(),
+        unreadable: Vec::new(),
     };
     Ok(ItemOutcome {
         item,

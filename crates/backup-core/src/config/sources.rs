@@ -12,7 +12,7 @@ use crate::engines::postgres::{
     DEFAULT_LOCK_TIMEOUT, PgTools, PostgresSource, RowCounts, conninfo, globals_source,
 };
 use crate::engines::redis::{RedisMode, RedisOptions, RedisSource};
-use crate::engines::volume::{VolumeOptions, VolumeSource};
+use crate::engines::volume::{Unreadable, VolumeOptions, VolumeSource};
 use crate::error::{Error, Result};
 use crate::manifest::Snapshot;
 use crate::source::Source;
@@ -28,6 +28,10 @@ pub enum SourceConfig {
         exclude: Vec<String>,
         #[serde(default = "yes")]
         one_file_system: bool,
+        /// A file or directory that cannot be read: `"skip"` (default: left out, named, the
+        /// run exits 8 with the snapshot kept) or `"fail"` (the item fails).
+        #[serde(default)]
+        unreadable: Unreadable,
     },
     Command {
         command: String,
@@ -357,12 +361,14 @@ impl SourceConfig {
                 path,
                 exclude,
                 one_file_system,
+                unreadable,
             } => Box::new(VolumeSource::new(
                 name,
                 path,
                 VolumeOptions {
                     exclude: exclude.clone(),
                     one_file_system: *one_file_system,
+                    unreadable: *unreadable,
                 },
             )),
             SourceConfig::Command {

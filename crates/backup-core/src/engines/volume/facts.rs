@@ -69,6 +69,27 @@ pub struct VolumeFacts {
         skip_serializing_if = "Option::is_none"
     )]
     pub special_skipped: Option<u64>,
+    /// FIFOs and device nodes stored (restored as such; device nodes only by root).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub special_files: Option<u64>,
+    /// Entries that could not be read and are not in the item (path: why).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unreadable: Option<Vec<String>>,
+    /// What the walk warned about (sockets skipped, attributes not read).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub warnings: Option<Vec<String>>,
     #[serde(
         default,
         deserialize_with = "lenient",

@@ -1,6 +1,7 @@
 //! Volumes: a directory as a deterministic tar stream (unchanged files sent as the chunks the
 //! file cache remembers), exclude globs, and the safe untar a restore writes through.
 
+pub mod attrs;
 pub mod facts;
 pub mod glob;
 pub mod restore;

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::attrs::AttrReader;
 use super::facts::VolumeFacts;
 use crate::engines::volume::glob::Excludes;
 use crate::error::{Error, Result};
@@ -33,6 +34,8 @@ pub struct VolumeOptions {
     /// Do not descend into other filesystems mounted below the root (the mount point itself is
     /// kept as an empty directory), like `tar --one-file-system`.
     pub one_file_system: bool,
+    /// What a file or directory that cannot be read does to the item.
+    pub unreadable: Unreadable,
 }
 
 impl Default for VolumeOptions {
@@ -40,8 +43,21 @@ impl Default for VolumeOptions {
         VolumeOptions {
             exclude: Vec::new(),
             one_file_system: true,
+            unreadable: Unreadable::Skip,
         }
     }
+}
+
+/// What an entry the walk cannot read (permission denied, a name too long) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unreadable {
+    /// Left out of the item and named; the run exits 8 and the snapshot stands (restic's
+    /// exit 3): one unreadable file does not cost the night's backup.
+    #[default]
+    Skip,
+    /// The item fails (and with it the run, unless `--partial`).
+    Fail,
 }
 
 /// Backs up a directory tree as a tar stream produced on a blocking thread.
@@ -148,10 +164,16 @@ struct Stats {
     excluded: u64,
     vanished: u64,
     special_skipped: u64,
+    /// FIFOs and device nodes, stored as tar entries of their type.
+    specials: u64,
     other_fs_skipped: u64,
     reused_files: u64,
     reused_bytes: u64,
     changed: Vec<String>,
+    /// Entries that could not be read (path: why): not in the snapshot.
+    unreadable: Vec<String>,
+    /// What the run should tell the operator (sockets skipped, attributes not read).
+    warnings: Vec<String>,
 }
 
 /// A file whose ctime is this close to the walk's start is not cached: a write in the same
@@ -171,6 +193,7 @@ struct Walker<'a> {
     racy_after_ns: i64,
     excludes: Excludes,
     links: HashMap<(u64, u64), PathBuf>,
+    attrs: AttrReader,
     st: Stats,
 }
 
@@ -203,6 +226,7 @@ impl<'a> Walker<'a> {
             racy_after_ns: now_ns - RACY_NS,
             excludes: Excludes::new(&opts.exclude),
             links: HashMap::new(),
+            attrs: AttrReader::default(),
             st: Stats::default(),
         }
     }
@@ -211,7 +235,7 @@ impl<'a> Walker<'a> {
         let md =
             fs::symlink_metadata(self.root).map_err(|e| format!("{}: {e}", self.root.display()))?;
         self.dev = md.dev();
-        self.append_dir(Path::new("."), &md)?;
+        self.append_dir(self.root, Path::new("."), &md)?;
         self.walk(self.root.to_path_buf(), PathBuf::new())?;
         self.tar
             .finish()
@@ -233,12 +257,32 @@ impl<'a> Walker<'a> {
             excluded: Some(s.excluded),
             vanished: Some(s.vanished),
             special_skipped: Some(s.special_skipped),
+            special_files: Some(s.specials),
+            unreadable: (!s.unreadable.is_empty()).then(|| s.unreadable.clone()),
+            warnings: Some(self.warnings()).filter(|w| !w.is_empty()),
             other_filesystems_skipped: Some(s.other_fs_skipped),
             files_from_cache: cached.then_some(s.reused_files),
             bytes_from_cache: cached.then_some(s.reused_bytes),
             changed_during_backup: (!s.changed.is_empty()).then(|| s.changed.clone()),
         }
         .to_facts()
+    }
+
+    /// Everything the operator should hear of: files that changed or vanished while the
+    /// volume was read, sockets, attributes not read.
+    fn warnings(&self) -> Vec<String> {
+        let s = &self.st;
+        let mut w = s.warnings.clone();
+        w.extend(s.changed.iter().map(|c| {
+            format!("{c}: changed while it was read; the snapshot holds the bytes read (its size as at the start, zeros where it shrank)")
+        }));
+        if s.vanished > 0 {
+            w.push(format!(
+                "{} entries vanished while the volume was read (not in the snapshot)",
+                s.vanished
+            ));
+        }
+        w
     }
 
     fn walk(&mut self, dir: PathBuf, rel: PathBuf) -> Result<(), String> {
@@ -252,7 +296,8 @@ impl<'a> Walker<'a> {
                 self.st.vanished += 1;
                 return Ok(());
             }
-            Err(e) => return Err(ioerr(&dir, e)),
+            // Restored as an empty directory, and named.
+            Err(e) => return self.unreadable(&rel, &e),
         };
         // Byte order of names: deterministic across runs and machines, so unchanged trees dedup.
         names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
@@ -272,11 +317,14 @@ impl<'a> Walker<'a> {
                     self.st.vanished += 1;
                     continue;
                 }
-                Err(e) => return Err(ioerr(&path, e)),
+                Err(e) => {
+                    self.unreadable(&r, &e)?;
+                    continue;
+                }
             };
             let ft = md.file_type();
             if ft.is_dir() {
-                self.append_dir(&r, &md)?;
+                self.append_dir(&path, &r, &md)?;
                 if self.opts.one_file_system && md.dev() != self.dev {
                     self.st.other_fs_skipped += 1;
                     continue;
@@ -289,8 +337,12 @@ impl<'a> Walker<'a> {
                         self.st.vanished += 1;
                         continue;
                     }
-                    Err(e) => return Err(ioerr(&path, e)),
+                    Err(e) => {
+                        self.unreadable(&r, &e)?;
+                        continue;
+                    }
                 };
+                self.pax(&path, &r, &md)?;
                 let mut h = header(&md);
                 h.set_size(0);
                 self.tar
@@ -299,15 +351,83 @@ impl<'a> Walker<'a> {
                 self.st.symlinks += 1;
             } else if ft.is_file() {
                 self.append_file(&path, &r, &md)?;
-            } else {
-                // Sockets, FIFOs and device nodes are not data a restore could use.
+            } else if ft.is_socket() {
+                // A socket is made by the program listening on it; there is nothing to restore.
                 self.st.special_skipped += 1;
+                self.st
+                    .warnings
+                    .push(format!("{}: a socket, not backed up", r.display()));
+            } else {
+                self.append_special(&path, &r, &md)?;
             }
         }
         Ok(())
     }
 
-    fn append_dir(&mut self, rel: &Path, md: &Metadata) -> Result<(), String> {
+    /// A file, directory or symlink that cannot be read is left out and named (the
+    /// operator decides what that means for the run); a volume that cannot be read at all
+    /// is an error of the whole item.
+    fn unreadable(&mut self, rel: &Path, e: &io::Error) -> Result<(), String> {
+        if rel.as_os_str().is_empty() {
+            return Err(format!("{}: {e}", self.root.display()));
+        }
+        if self.opts.unreadable == Unreadable::Fail {
+            return Err(format!(
+                "{}: {e} (unreadable = \"skip\" would leave it out and back up the rest)",
+                rel.display()
+            ));
+        }
+        self.st.unreadable.push(format!("{}: {e}", rel.display()));
+        Ok(())
+    }
+
+    /// The entry's PAX records (sub-second mtime, extended attributes, sparseness); an
+    /// attribute list that cannot be read costs the attributes, not the entry.
+    fn pax(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
+        let records = match self.attrs.records(path, md) {
+            Ok(r) => r,
+            Err(e) => {
+                self.st.warnings.push(format!(
+                    "{}: extended attributes not read: {e}",
+                    rel.display()
+                ));
+                Vec::new()
+            }
+        };
+        self.tar
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(|e| format!("{}: {e}", rel.display()))
+    }
+
+    /// A FIFO or a device node: its type and device numbers, no data.
+    fn append_special(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
+        let ft = md.file_type();
+        let mut h = header(md);
+        h.set_size(0);
+        h.set_entry_type(if ft.is_fifo() {
+            tar::EntryType::Fifo
+        } else if ft.is_char_device() {
+            tar::EntryType::Char
+        } else {
+            tar::EntryType::Block
+        });
+        let err = |e: io::Error| format!("{}: {e}", rel.display());
+        if !ft.is_fifo() {
+            h.set_device_major(rustix::fs::major(md.rdev()))
+                .map_err(err)?;
+            h.set_device_minor(rustix::fs::minor(md.rdev()))
+                .map_err(err)?;
+        }
+        self.pax(path, rel, md)?;
+        self.tar
+            .append_data(&mut h, rel, io::empty())
+            .map_err(err)?;
+        self.st.specials += 1;
+        Ok(())
+    }
+
+    fn append_dir(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
+        self.pax(path, rel, md)?;
         let mut h = header(md);
         h.set_size(0);
         self.tar
@@ -319,17 +439,14 @@ impl<'a> Walker<'a> {
 
     fn append_file(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
         let ioerr = |e: io::Error| format!("{}: {e}", path.display());
-        if md.nlink() > 1 {
-            let key = (md.dev(), md.ino());
-            if let Some(first) = self.links.get(&key).cloned() {
-                let mut h = header(md);
-                h.set_entry_type(tar::EntryType::Link);
-                h.set_size(0);
-                self.tar.append_link(&mut h, rel, &first).map_err(ioerr)?;
-                self.st.hardlinks += 1;
-                return Ok(());
-            }
-            self.links.insert(key, rel.to_path_buf());
+        let link_key = (md.nlink() > 1).then(|| (md.dev(), md.ino()));
+        if let Some(first) = link_key.and_then(|k| self.links.get(&k).cloned()) {
+            let mut h = header(md);
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            self.tar.append_link(&mut h, rel, &first).map_err(ioerr)?;
+            self.st.hardlinks += 1;
+            return Ok(());
         }
         let size = md.len();
         let fenced = self.ctx.aligned_min > 0 && size >= self.ctx.aligned_min;
@@ -346,15 +463,20 @@ impl<'a> Walker<'a> {
                     self.st.vanished += 1;
                     return Ok(());
                 }
-                Err(e) => return Err(ioerr(e)),
+                Err(e) => return self.unreadable(rel, &e),
             }
         };
+        // Only a file in the archive may be the target of later hard links.
+        if let Some(k) = link_key {
+            self.links.insert(k, rel.to_path_buf());
+        }
         let reused = stored.is_some();
         // A large file's header stays with the group before it: a cut there would make a chunk
         // of one header.
         if !fenced && self.ctx.group_min > 0 && self.tar.get_ref().since_cut >= self.ctx.group_min {
             self.tar.get_mut().cut().map_err(ioerr)?;
         }
+        self.pax(path, rel, md)?;
         if fenced {
             // Racy files are fenced (same chunks either way) but not remembered.
             let key = key.filter(|k| k.ctime_ns < self.racy_after_ns);

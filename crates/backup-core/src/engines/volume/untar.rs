@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, fchown, lchown};
 use std::path::{Component, Path, PathBuf};
 
+use super::attrs::Attrs;
 use crate::error::{Error, Result};
 
 pub use crate::sink::UntarStats;
@@ -18,16 +19,21 @@ pub use crate::sink::UntarStats;
 /// What a regular file gets once its data is written.
 struct FileMeta {
     mode: u32,
-    mtime: u64,
+    mtime: filetime::FileTime,
     owner: Option<(u32, u32)>,
+    attrs: Attrs,
 }
 
 struct DirAttrs {
     path: PathBuf,
     mode: u32,
-    mtime: u64,
+    mtime: filetime::FileTime,
     owner: Option<(u64, u64)>,
+    attrs: Attrs,
 }
+
+/// Warnings kept in full; past this many only counted.
+const WARNINGS_SHOWN: usize = 20;
 
 /// Extracts `reader` into `dst` (an existing, empty directory), then drains the reader.
 pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
@@ -141,6 +147,7 @@ impl Extract<'_> {
 
     /// Writes one entry, refusing anything that would land outside `dst` or replace an entry.
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let pax = Attrs::of(&mut entry).map_err(|e| self.io_err("entry attributes", e))?;
         let raw = entry
             .path()
             .map_err(|e| self.io_err("entry name", e))?
@@ -151,14 +158,16 @@ impl Extract<'_> {
         let is_root = self.is_root;
         let h = entry.header();
         let ty = h.entry_type();
+        let mtime = pax.mtime_or(h.mtime().unwrap_or(0));
         let attrs = |path: PathBuf| DirAttrs {
             path,
             mode: h.mode().unwrap_or(0o755),
-            mtime: h.mtime().unwrap_or(0),
+            mtime,
             owner: match (is_root, h.uid(), h.gid()) {
                 (true, Ok(u), Ok(g)) => Some((u, g)),
                 _ => None,
             },
+            attrs: pax.clone(),
         };
         if rel.as_os_str().is_empty() {
             // The volume root itself: its attributes go on the target directory.
@@ -189,11 +198,12 @@ impl Extract<'_> {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let meta = FileMeta {
                     mode: h.mode().unwrap_or(0o644) & 0o7777,
-                    mtime: h.mtime().unwrap_or(0),
+                    mtime,
                     owner: match (is_root, h.uid(), h.gid()) {
                         (true, Ok(u), Ok(g)) => Some((u as u32, g as u32)),
                         _ => None,
                     },
+                    attrs: pax,
                 };
                 self.st.bytes += h.size().unwrap_or(0);
                 match self.write_file(&mut entry, &target, &meta) {
@@ -206,7 +216,44 @@ impl Extract<'_> {
             }
             tar::EntryType::Symlink => {
                 entry.unpack(&target).map_err(|e| self.io_err(&shown, e))?;
+                self.finish_path(&target, &shown, &pax, mtime);
                 self.st.symlinks += 1;
+            }
+            tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => {
+                let (mode, owner) = (h.mode().unwrap_or(0o644) & 0o7777, (h.uid(), h.gid()));
+                let dev = rustix::fs::makedev(
+                    h.device_major().ok().flatten().unwrap_or(0),
+                    h.device_minor().ok().flatten().unwrap_or(0),
+                );
+                let kind = match ty {
+                    tar::EntryType::Fifo => rustix::fs::FileType::Fifo,
+                    tar::EntryType::Char => rustix::fs::FileType::CharacterDevice,
+                    _ => rustix::fs::FileType::BlockDevice,
+                };
+                match rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &target,
+                    kind,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    dev,
+                ) {
+                    Ok(()) => {}
+                    // Device nodes need root; a FIFO never does.
+                    Err(e) if e == rustix::io::Errno::PERM && !self.is_root => {
+                        self.warn(format!("{shown}: a device node, not made (needs root)"));
+                        self.st.skipped += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(self.io_err(&shown, e.into())),
+                }
+                if let (true, Ok(u), Ok(g)) = (self.is_root, owner.0, owner.1) {
+                    lchown(&target, Some(u as u32), Some(g as u32))
+                        .map_err(|e| self.io_err(&shown, e))?;
+                }
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(|e| self.io_err(&shown, e))?;
+                self.finish_path(&target, &shown, &pax, mtime);
+                self.st.specials += 1;
             }
             tar::EntryType::Link => {
                 let link = entry
@@ -216,11 +263,29 @@ impl Extract<'_> {
                     .into_owned();
                 self.hard_link(&shown, &link, &target)?;
             }
-            // GNU/PAX metadata entries are consumed by the tar reader; anything else
-            // (devices, FIFOs) is not restorable data.
+            // GNU/PAX metadata entries are consumed by the tar reader; anything else is not
+            // restorable data.
             _ => self.st.skipped += 1,
         }
         Ok(())
+    }
+
+    /// Extended attributes and the mtime of an entry set by path (a symlink, a FIFO, a device
+    /// node), not following it. What cannot be set is a warning.
+    fn finish_path(&mut self, target: &Path, shown: &str, pax: &Attrs, mtime: filetime::FileTime) {
+        for f in pax.set_on_path(target) {
+            self.warn(format!("{shown}: attribute {f}"));
+        }
+        if let Err(e) = filetime::set_symlink_file_times(target, mtime, mtime) {
+            self.warn(format!("{shown}: mtime not set: {e}"));
+        }
+    }
+
+    fn warn(&mut self, w: String) {
+        if self.st.warnings.len() < WARNINGS_SHOWN {
+            self.st.warnings.push(w);
+        }
+        self.st.warnings_total += 1;
     }
 
     /// Creates the missing parents of `rel`, after checking that none of the existing ones
@@ -255,20 +320,34 @@ impl Extract<'_> {
             .create_new(true)
             .mode(0o600)
             .open(target)?;
+        let mut at = 0u64;
         loop {
             let n = entry.read(&mut self.buf)?;
             if n == 0 {
                 break;
             }
-            f.write_all(&self.buf[..n])?;
+            if meta.attrs.sparse {
+                write_sparse(&mut f, &self.buf[..n], at)?;
+            } else {
+                f.write_all(&self.buf[..n])?;
+            }
+            at += n as u64;
             self.writeback.wrote(n as u64);
+        }
+        if meta.attrs.sparse {
+            // A hole at the end is length without data.
+            f.set_len(at)?;
         }
         if let Some((u, g)) = meta.owner {
             fchown(&f, Some(u), Some(g))?;
         }
         f.set_permissions(fs::Permissions::from_mode(meta.mode))?;
-        let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
-        filetime::set_file_handle_times(&f, None, Some(t))
+        // After the mode: an ACL's mask is the group bits of the mode, and chmod rewrites it.
+        for failed in meta.attrs.set_on_file(&f) {
+            let rel = target.strip_prefix(self.dst).unwrap_or(target);
+            self.warn(format!("{}: attribute {failed}", rel.display()));
+        }
+        filetime::set_file_handle_times(&f, None, Some(meta.mtime))
     }
 
     /// A hard link, only to an earlier regular file of the same archive.
@@ -292,19 +371,47 @@ impl Extract<'_> {
     }
 
     /// Deepest first, so setting a parent's mtime is not undone by work in a child.
-    fn set_dir_attrs(&self) -> Result<()> {
-        for d in self.dirs.iter().rev() {
-            let err = |e| self.io_err(&d.path.display().to_string(), e);
+    fn set_dir_attrs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for d in dirs.iter().rev() {
+            let shown = d.path.display().to_string();
             if let Some((u, g)) = d.owner {
-                lchown(&d.path, Some(u as u32), Some(g as u32)).map_err(err)?;
+                lchown(&d.path, Some(u as u32), Some(g as u32))
+                    .map_err(|e| self.io_err(&shown, e))?;
             }
             fs::set_permissions(&d.path, fs::Permissions::from_mode(d.mode & 0o7777))
-                .map_err(err)?;
-            let t = filetime::FileTime::from_unix_time(d.mtime as i64, 0);
-            filetime::set_file_mtime(&d.path, t).map_err(err)?;
+                .map_err(|e| self.io_err(&shown, e))?;
+            for failed in d.attrs.set_on_path(&d.path) {
+                let rel = d.path.strip_prefix(self.dst).unwrap_or(&d.path);
+                self.warn(format!("{}: attribute {failed}", rel.display()));
+            }
+            filetime::set_file_mtime(&d.path, d.mtime).map_err(|e| self.io_err(&shown, e))?;
         }
         Ok(())
     }
+}
+
+/// Block size of the holes a sparse file's restore leaves.
+const HOLE: usize = 4096;
+
+/// Writes `data` at `at`, seeking over whole zero blocks instead of writing them.
+fn write_sparse(f: &mut fs::File, data: &[u8], at: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(at))?;
+    let mut i = 0;
+    while i < data.len() {
+        // Blocks aligned to the file's offsets: a hole is whole filesystem blocks.
+        let to_boundary = HOLE - ((at as usize + i) % HOLE);
+        let end = (i + to_boundary).min(data.len());
+        let block = &data[i..end];
+        if block.iter().all(|b| *b == 0) {
+            f.seek(SeekFrom::Current(block.len() as i64))?;
+        } else {
+            f.write_all(block)?;
+        }
+        i = end;
+    }
+    Ok(())
 }
 
 /// The entry path as a plain relative path, or why it is refused.
