@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use backup_core::cli::restore_command::{FetchArgs, restore_command};
 use backup_core::cli::{
-    DocCmd, EXIT_CODES, GlobalFlags, Output, error_text, exit_code_for, interrupted, print_hooks,
-    run_main,
+    DocCmd, EXIT_CODES, GlobalFlags, Output, failed_ending, interrupted, print_hooks, run_main,
 };
 use backup_core::hooks::RunHooks;
 use backup_core::supervise::{Action, Ending, Supervisor};
@@ -157,19 +156,7 @@ fn ending(result: &Result<DrillReport>) -> Ending {
                 ..Default::default()
             }
         }
-        Err(e) => {
-            let (msg, hint) = error_text(&**e);
-            let text = match hint {
-                Some(h) => format!("{msg}\nhint: {h}"),
-                None => msg,
-            };
-            Ending {
-                exit_code: exit_code_for(&**e),
-                log: format!("error: {text}"),
-                error: Some(text),
-                ..Default::default()
-            }
-        }
+        Err(e) => failed_ending(&**e),
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use backup_core::cli::{
-    DocCmd, EXIT_CODES, FilterFlags, GlobalFlags, Output, error_text, exit_code_for, interrupted,
-    print_hooks, print_snapshots, run_main,
+    DocCmd, EXIT_CODES, FilterFlags, GlobalFlags, Output, exit_code_for, failed_ending,
+    interrupted, print_hooks, print_snapshots, run_main,
 };
 use backup_core::codec::keys::KdfParams;
 use backup_core::commands::backup::{BackupOptions, BackupReport, backup};
@@ -874,19 +874,7 @@ async fn supervised<T: Supervised>(
 fn ending<T: Supervised>(result: &Result<(T, u8)>) -> Ending {
     match result {
         Ok((report, code)) => report.ending(*code),
-        Err(e) => {
-            let (msg, hint) = error_text(&**e);
-            let text = match hint {
-                Some(h) => format!("{msg}\nhint: {h}"),
-                None => msg,
-            };
-            Ending {
-                exit_code: exit_code_for(&**e),
-                log: format!("error: {text}"),
-                error: Some(text),
-                ..Default::default()
-            }
-        }
+        Err(e) => failed_ending(&**e),
     }
 }
 

@@ -301,6 +301,22 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> (String, Option<Stri
     (crate::error::chain(e), core.and_then(|c| c.hint()))
 }
 
+/// How an action that ended with `e` reads to its hooks and monitors: the error with its
+/// hint, and its exit code.
+pub fn failed_ending(e: &(dyn std::error::Error + 'static)) -> crate::supervise::Ending {
+    let (msg, hint) = error_text(e);
+    let text = match hint {
+        Some(h) => format!("{msg}\nhint: {h}"),
+        None => msg,
+    };
+    crate::supervise::Ending {
+        exit_code: exit_code_for(e),
+        log: format!("error: {text}"),
+        error: Some(text),
+        ..Default::default()
+    }
+}
+
 /// The documented exit code for an error: that of the first library error in its chain.
 pub fn exit_code_for(e: &(dyn std::error::Error + 'static)) -> u8 {
     let mut cur = Some(e);
