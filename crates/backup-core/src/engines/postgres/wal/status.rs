@@ -307,6 +307,9 @@ pub struct ClusterStatus {
     /// The newest timeline with a known history (what a restore follows by default).
     pub newest_timeline: u32,
     pub base_backups: usize,
+    /// When the newest file with WAL in it reached the repository (whether or not a base
+    /// backup exists yet: archive freshness is watched from the first segment on).
+    pub newest_archived: Option<DateTime<Utc>>,
     /// Moments a point-in-time restore can reach: from the end of the oldest base backup to
     /// the newest archived segment (none without a base backup).
     pub window: Option<Window>,
@@ -446,6 +449,7 @@ async fn cluster_status(
         timelines: tls,
         newest_timeline: timelines.newest(),
         base_backups: mine.len(),
+        newest_archived,
         window: mine
             .iter()
             .map(|b| b.item.finished)
@@ -706,7 +710,7 @@ impl WalStatus {
         for c in &self.clusters {
             let id = c.cluster.to_string();
             let l = [("repository", repo), ("cluster", id.as_str())];
-            if let Some(t) = c.window.as_ref().and_then(|w| w.to) {
+            if let Some(t) = c.newest_archived {
                 m.gauge(
                     "lifeboat_wal_newest_archived_timestamp_seconds",
                     "When the newest WAL segment of the cluster reached the repository.",
