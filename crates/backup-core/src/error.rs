@@ -221,7 +221,8 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// damaged objects GC would not touch): the same code an integrity error exits with.
 pub const EXIT_INTEGRITY: u8 = 6;
 
-/// Exit code of a `run --partial` that wrote a snapshot without the sources that failed.
+/// Exit code of a run that wrote a snapshot without some data: sources that failed (`run
+/// --partial`) or entries a volume could not read.
 pub const EXIT_INCOMPLETE: u8 = 8;
 
 impl Error {
