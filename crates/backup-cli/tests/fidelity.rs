@@ -112,7 +112,8 @@ fn build_tree(root: &Path) {
     if is_root() {
         sh(
             "mknod null-device c 1 3 && chown 1234:5678 plain \
-             && setcap cap_net_bind_service=+ep setuid",
+             && setcap cap_net_bind_service=+ep setuid \
+             && echo named > owned && chown nobody:nogroup owned",
             root,
         );
     }
@@ -192,6 +193,36 @@ fn every_attribute_of_a_tree_comes_back() {
         acl.contains("group::r--") && acl.contains("mask::rwx"),
         "{acl}"
     );
+    if is_root() {
+        // Names beside the ids, as tar writes them (a restore elsewhere maps them back)…
+        let tar = e.p("tree.tar");
+        let export = e.restore(&[
+            "export",
+            "latest",
+            "tree",
+            "--output",
+            tar.to_str().unwrap(),
+        ]);
+        assert!(export.status.success(), "{}", stderr(&export));
+        let listed = sh(&format!("tar -tvf {}", tar.display()), Path::new("/"));
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.contains("nobody/nogroup") && l.ends_with(" owned")),
+            "{listed}"
+        );
+        // …and `--numeric-owner` restores the stored ids (the same here).
+        let numeric = e.p("numeric");
+        let out = e.restore(&[
+            "run",
+            "latest",
+            "--numeric-owner",
+            "--to",
+            numeric.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(listing(&numeric.join("tree")), want);
+    }
     let sparse_kib: u64 = sh("du -k sparse.img | cut -f1", &to.join("tree"))
         .trim()
         .parse()

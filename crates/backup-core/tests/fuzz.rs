@@ -251,7 +251,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let dst = dir.path().join("out");
         std::fs::create_dir(&dst).unwrap();
-        let _ = backup_core::engines::volume::untar::untar(std::io::Cursor::new(bad), &dst, "fuzz");
+        let _ = backup_core::engines::volume::untar::untar(std::io::Cursor::new(bad), &dst, "fuzz", false);
         let outside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()

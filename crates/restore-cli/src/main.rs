@@ -202,6 +202,10 @@ struct Selection {
     /// Replace targets that are not empty.
     #[arg(long)]
     force: bool,
+    /// Volumes, as root: give files their stored numeric owner ids (default: the ids this
+    /// host has for the stored user and group names, else the stored ids, as tar does).
+    #[arg(long)]
+    numeric_owner: bool,
     #[command(flatten)]
     pg: PgFlags,
     /// Write Redis items as dump.rdb into this data directory (prints the steps for AOF).
@@ -644,6 +648,7 @@ impl Selection {
             skip: self.skip.clone(),
             to: self.to.clone(),
             force: self.force,
+            numeric_owner: self.numeric_owner,
             restore_commands: defaults.commands,
             postgres: PgRestoreOptions {
                 url: self.pg.to_postgres.clone(),

@@ -82,6 +82,8 @@ pub struct RestoreOptions {
     pub to: Option<PathBuf>,
     /// Replace occupied targets.
     pub force: bool,
+    /// Volumes restored as root: owners by the stored ids, not by user and group name.
+    pub numeric_owner: bool,
     /// Restore commands by item name (from the config's sources).
     pub restore_commands: HashMap<String, String>,
     /// PostgreSQL targets and pg_restore options.
@@ -123,6 +125,7 @@ pub struct RestorePlan {
     /// Plaintext bytes to restore.
     pub bytes: u64,
     pub force: bool,
+    pub numeric_owner: bool,
     /// pg_restore options the plan was made with (connection strings may hold secrets).
     #[serde(skip)]
     pub postgres: PgRestoreOptions,
@@ -218,6 +221,7 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
         bytes: items.iter().map(|i| i.size).sum(),
         items,
         force: opts.force,
+        numeric_owner: opts.numeric_owner,
         postgres: opts.postgres.clone(),
         redis: opts.redis.clone(),
     })
@@ -533,7 +537,9 @@ pub async fn restore_planned(
             available: snapshot.source_set().join(", "),
         })?;
     let sink: Box<dyn Sink> = match &planned.target {
-        Target::Directory(p) => Box::new(DirectorySink::create(&item.name, p, force).await?),
+        Target::Directory(p) => {
+            Box::new(DirectorySink::create(&item.name, p, force, plan.numeric_owner).await?)
+        }
         Target::File(p) => Box::new(FileSink::create(&item.name, p, force).await?),
         Target::Command(c) => Box::new(CommandSink::spawn(&item.name, c)?),
         Target::Stdout => Box::new(StdoutSink::new()),

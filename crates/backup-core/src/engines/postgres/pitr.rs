@@ -380,7 +380,7 @@ pub async fn apply(repo: &Repository, plan: &PitrPlan, force: bool) -> Result<Pi
         item: plan.item.clone(),
         available: snap.source_set().join(", "),
     })?;
-    let sink = DirectorySink::create(&item.name, &plan.pgdata, force).await?;
+    let sink = DirectorySink::create(&item.name, &plan.pgdata, force, false).await?;
     restore_item(
         repo,
         snap.id,

@@ -4,6 +4,7 @@
 pub mod attrs;
 pub mod facts;
 pub mod glob;
+pub mod owners;
 pub mod restore;
 mod source;
 pub mod untar;

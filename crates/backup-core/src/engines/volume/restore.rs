@@ -31,7 +31,13 @@ pub struct DirectorySink {
 
 impl DirectorySink {
     /// Prepares the temporary directory. Refuses a non-empty target unless `force`.
-    pub async fn create(item: &str, target: &Path, force: bool) -> Result<Self> {
+    /// `numeric_owner`: owners by the stored ids, not by name (see [`untar`]).
+    pub async fn create(
+        item: &str,
+        target: &Path,
+        force: bool,
+        numeric_owner: bool,
+    ) -> Result<Self> {
         if !force && !is_missing_or_empty(target) {
             return Err(Error::TargetNotEmpty {
                 path: target.to_path_buf(),
@@ -60,7 +66,7 @@ impl DirectorySink {
         );
         let task = tokio::task::spawn_blocking(move || {
             let _running = token;
-            untar(bridge, &t, &it)
+            untar(bridge, &t, &it, numeric_owner)
         });
         Ok(DirectorySink {
             item: item.to_string(),

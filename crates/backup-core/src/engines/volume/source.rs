@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::attrs::AttrReader;
 use super::facts::VolumeFacts;
+use super::owners::Names;
 use crate::engines::volume::glob::Excludes;
 use crate::error::{Error, Result};
 use crate::manifest::{Facts, ItemKind};
@@ -194,6 +195,7 @@ struct Walker<'a> {
     excludes: Excludes,
     links: HashMap<(u64, u64), PathBuf>,
     attrs: AttrReader,
+    names: Names,
     st: Stats,
 }
 
@@ -227,6 +229,7 @@ impl<'a> Walker<'a> {
             excludes: Excludes::new(&opts.exclude),
             links: HashMap::new(),
             attrs: AttrReader::default(),
+            names: Names::system(),
             st: Stats::default(),
         }
     }
@@ -343,7 +346,7 @@ impl<'a> Walker<'a> {
                     }
                 };
                 self.pax(&path, &r, &md)?;
-                let mut h = header(&md);
+                let mut h = self.header(&md);
                 h.set_size(0);
                 self.tar
                     .append_link(&mut h, &r, &target)
@@ -402,7 +405,7 @@ impl<'a> Walker<'a> {
     /// A FIFO or a device node: its type and device numbers, no data.
     fn append_special(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
         let ft = md.file_type();
-        let mut h = header(md);
+        let mut h = self.header(md);
         h.set_size(0);
         h.set_entry_type(if ft.is_fifo() {
             tar::EntryType::Fifo
@@ -428,7 +431,7 @@ impl<'a> Walker<'a> {
 
     fn append_dir(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
         self.pax(path, rel, md)?;
-        let mut h = header(md);
+        let mut h = self.header(md);
         h.set_size(0);
         self.tar
             .append_data(&mut h, rel, io::empty())
@@ -441,7 +444,7 @@ impl<'a> Walker<'a> {
         let ioerr = |e: io::Error| format!("{}: {e}", path.display());
         let link_key = (md.nlink() > 1).then(|| (md.dev(), md.ino()));
         if let Some(first) = link_key.and_then(|k| self.links.get(&k).cloned()) {
-            let mut h = header(md);
+            let mut h = self.header(md);
             h.set_entry_type(tar::EntryType::Link);
             h.set_size(0);
             self.tar.append_link(&mut h, rel, &first).map_err(ioerr)?;
@@ -482,7 +485,7 @@ impl<'a> Walker<'a> {
             let key = key.filter(|k| k.ctime_ns < self.racy_after_ns);
             *self.plan.borrow_mut() = DataPlan::Armed(FencedFile { size, key, stored });
         }
-        let mut h = header(md);
+        let mut h = self.header(md);
         let mut reader = Fence::new(
             Exact {
                 inner: data,
@@ -673,10 +676,21 @@ impl Write for PieceWriter {
     }
 }
 
-fn header(md: &Metadata) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
-    h
+impl Walker<'_> {
+    /// The entry's header: numeric owner, mode, size and whole-second mtime, and the owner's
+    /// user and group names when this host has them (a name too long for the field is left
+    /// out; the id is always there).
+    fn header(&self, md: &Metadata) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
+        if let Some(u) = self.names.user(md.uid()) {
+            let _ = h.set_username(u);
+        }
+        if let Some(g) = self.names.group(md.gid()) {
+            let _ = h.set_groupname(g);
+        }
+        h
+    }
 }
 
 /// Yields exactly `left` bytes: a file that shrank while being read is padded with zeros, one

@@ -12,6 +12,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, fchown, lchown};
 use std::path::{Component, Path, PathBuf};
 
 use super::attrs::Attrs;
+use super::owners::Ids;
 use crate::error::{Error, Result};
 
 pub use crate::sink::UntarStats;
@@ -28,15 +29,17 @@ struct DirAttrs {
     path: PathBuf,
     mode: u32,
     mtime: filetime::FileTime,
-    owner: Option<(u64, u64)>,
+    owner: Option<(u32, u32)>,
     attrs: Attrs,
 }
 
 /// Warnings kept in full; past this many only counted.
 const WARNINGS_SHOWN: usize = 20;
 
-/// Extracts `reader` into `dst` (an existing, empty directory), then drains the reader.
-pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
+/// Extracts `reader` into `dst` (an existing, empty directory), then drains the reader. As
+/// root, owners are set: by name where the archive has one this host knows (tar's default),
+/// else by the stored id; `numeric_owner` always uses the stored ids.
+pub fn untar(reader: impl Read, dst: &Path, item: &str, numeric_owner: bool) -> Result<UntarStats> {
     let is_root = fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
@@ -49,6 +52,7 @@ pub fn untar(reader: impl Read, dst: &Path, item: &str) -> Result<UntarStats> {
         dst,
         item,
         is_root,
+        ids: (!numeric_owner).then(Ids::system),
         st: UntarStats::default(),
         dirs: Vec::new(),
         made: HashSet::from([PathBuf::new()]),
@@ -78,6 +82,8 @@ struct Extract<'a> {
     dst: &'a Path,
     item: &'a str,
     is_root: bool,
+    /// Name → id of this host; `None`: the stored ids (`--numeric-owner`).
+    ids: Option<Ids>,
     st: UntarStats,
     /// Attributes set once everything is written (writing into a directory changes its mtime).
     dirs: Vec<DirAttrs>,
@@ -155,18 +161,15 @@ impl Extract<'_> {
         let shown = raw.display().to_string();
         let rel = safe_relative(&raw).map_err(|r| self.refuse(&shown, r))?;
         let target = self.dst.join(&rel);
-        let is_root = self.is_root;
         let h = entry.header();
+        let owner = self.owner(h);
         let ty = h.entry_type();
         let mtime = pax.mtime_or(h.mtime().unwrap_or(0));
         let attrs = |path: PathBuf| DirAttrs {
             path,
             mode: h.mode().unwrap_or(0o755),
             mtime,
-            owner: match (is_root, h.uid(), h.gid()) {
-                (true, Ok(u), Ok(g)) => Some((u, g)),
-                _ => None,
-            },
+            owner,
             attrs: pax.clone(),
         };
         if rel.as_os_str().is_empty() {
@@ -199,10 +202,7 @@ impl Extract<'_> {
                 let meta = FileMeta {
                     mode: h.mode().unwrap_or(0o644) & 0o7777,
                     mtime,
-                    owner: match (is_root, h.uid(), h.gid()) {
-                        (true, Ok(u), Ok(g)) => Some((u as u32, g as u32)),
-                        _ => None,
-                    },
+                    owner,
                     attrs: pax,
                 };
                 self.st.bytes += h.size().unwrap_or(0);
@@ -220,7 +220,7 @@ impl Extract<'_> {
                 self.st.symlinks += 1;
             }
             tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => {
-                let (mode, owner) = (h.mode().unwrap_or(0o644) & 0o7777, (h.uid(), h.gid()));
+                let mode = h.mode().unwrap_or(0o644) & 0o7777;
                 let dev = rustix::fs::makedev(
                     h.device_major().ok().flatten().unwrap_or(0),
                     h.device_minor().ok().flatten().unwrap_or(0),
@@ -246,9 +246,8 @@ impl Extract<'_> {
                     }
                     Err(e) => return Err(self.io_err(&shown, e.into())),
                 }
-                if let (true, Ok(u), Ok(g)) = (self.is_root, owner.0, owner.1) {
-                    lchown(&target, Some(u as u32), Some(g as u32))
-                        .map_err(|e| self.io_err(&shown, e))?;
+                if let Some((u, g)) = owner {
+                    lchown(&target, Some(u), Some(g)).map_err(|e| self.io_err(&shown, e))?;
                 }
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .map_err(|e| self.io_err(&shown, e))?;
@@ -268,6 +267,21 @@ impl Extract<'_> {
             _ => self.st.skipped += 1,
         }
         Ok(())
+    }
+
+    /// The owner to give an entry (only root can): by name, else the stored ids.
+    fn owner(&self, h: &tar::Header) -> Option<(u32, u32)> {
+        if !self.is_root {
+            return None;
+        }
+        let (u, g) = (h.uid().ok()? as u32, h.gid().ok()? as u32);
+        Some(match &self.ids {
+            Some(ids) => (
+                ids.uid(h.username().ok().flatten(), u),
+                ids.gid(h.groupname().ok().flatten(), g),
+            ),
+            None => (u, g),
+        })
     }
 
     /// Extended attributes and the mtime of an entry set by path (a symlink, a FIFO, a device
@@ -376,8 +390,7 @@ impl Extract<'_> {
         for d in dirs.iter().rev() {
             let shown = d.path.display().to_string();
             if let Some((u, g)) = d.owner {
-                lchown(&d.path, Some(u as u32), Some(g as u32))
-                    .map_err(|e| self.io_err(&shown, e))?;
+                lchown(&d.path, Some(u), Some(g)).map_err(|e| self.io_err(&shown, e))?;
             }
             fs::set_permissions(&d.path, fs::Permissions::from_mode(d.mode & 0o7777))
                 .map_err(|e| self.io_err(&shown, e))?;
