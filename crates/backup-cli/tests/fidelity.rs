@@ -8,50 +8,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 
-use common::{restore_bin, stderr};
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pw"), "correct horse\n").unwrap();
-        let e = Env { dir };
-        let init = e.backup(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
-        assert!(init.status.success(), "{}", stderr(&init));
-        e
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cmd(&self, bin: &Path, args: &[&str]) -> Output {
-        Command::new(bin)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LIFEBOAT_REPOSITORY", self.p("repo"))
-            .env("LIFEBOAT_PASSWORD_FILE", self.p("pw"))
-            .env("LIFEBOAT_CACHE_DIR", self.p("cache"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn backup(&self, args: &[&str]) -> Output {
-        self.cmd(Path::new(env!("CARGO_BIN_EXE_lifeboat-backup")), args)
-    }
-
-    fn restore(&self, args: &[&str]) -> Output {
-        self.cmd(&restore_bin(), args)
-    }
-}
+use common::{Local as Env, stderr};
 
 fn sh(script: &str, dir: &Path) -> String {
     let out = Command::new("sh")
@@ -149,7 +109,7 @@ fn every_attribute_of_a_tree_comes_back() {
     let src = e.p("src");
     build_tree(&src);
     let vol = format!("tree={}", src.display());
-    let run = e.backup(&["run", "--volume", &vol]);
+    let run = e.run(&["run", "--volume", &vol]);
     assert!(run.status.success(), "{}", stderr(&run));
     let to = e.p("restored");
     let out = e.restore(&["run", "latest", "--to", to.to_str().unwrap()]);
@@ -253,12 +213,11 @@ fn an_unreadable_file_is_left_out_and_named_and_the_rest_is_kept() {
                 Path::new("/"),
             );
             let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).args(&all);
-            run_with_env(&e, c)
+            e.with_env(c.args(["-u", "nobody", "--"]).args(&all))
+                .output()
+                .unwrap()
         } else {
-            let mut c = Command::new(all[0]);
-            c.args(&all[1..]);
-            run_with_env(&e, c)
+            e.run(args)
         }
     };
     let vol = format!("tree={}", src.display());
@@ -299,16 +258,4 @@ fn an_unreadable_file_is_left_out_and_named_and_the_rest_is_kept() {
         "{}",
         stderr(&strict)
     );
-}
-
-fn run_with_env(e: &Env, mut c: Command) -> Output {
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LIFEBOAT_REPOSITORY", e.p("repo"))
-        .env("LIFEBOAT_PASSWORD_FILE", e.p("pw"))
-        .env("LIFEBOAT_CACHE_DIR", e.p("cache"))
-        .env("HOME", e.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }

@@ -2,46 +2,14 @@
 //! `promtool check metrics` (Debian package `prometheus`), the last success carried over a
 //! failed run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use backup_core::scratch::pushgateway::ScratchPushgateway;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pw"), "correct horse\n").unwrap();
-        let e = Env { dir };
-        let init = e.run(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
-        assert!(init.status.success(), "{}", stderr(&init));
-        e
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_lifeboat-backup"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LIFEBOAT_REPOSITORY", self.p("repo"))
-            .env("LIFEBOAT_PASSWORD_FILE", self.p("pw"))
-            .env("LIFEBOAT_CACHE_DIR", self.p("cache"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-}
+use common::{Local as Env, stderr};
 
 /// `promtool check metrics` on the file; a machine without promtool fails the test.
 fn promtool_check(file: &Path) {

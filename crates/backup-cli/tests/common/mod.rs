@@ -414,3 +414,49 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Both);
     });
 }
+
+/// A local repository reached through the environment (`LIFEBOAT_REPOSITORY`,
+/// `LIFEBOAT_PASSWORD_FILE`, `LIFEBOAT_CACHE_DIR`), no config file: the plain setting of the
+/// tests that need nothing else.
+pub struct Local {
+    pub dir: tempfile::TempDir,
+}
+
+impl Local {
+    /// A fresh, initialised repository at `repo` with the passphrase in `pw`.
+    pub fn new() -> Local {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "correct horse\n").unwrap();
+        let e = Local { dir };
+        let init = e.run(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
+        assert!(init.status.success(), "{}", stderr(&init));
+        e
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `cmd` with this repository's environment and nothing else of ours.
+    pub fn with_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("LIFEBOAT_REPOSITORY", self.p("repo"))
+            .env("LIFEBOAT_PASSWORD_FILE", self.p("pw"))
+            .env("LIFEBOAT_CACHE_DIR", self.p("cache"))
+            .stdin(Stdio::null())
+    }
+
+    /// `lifeboat-backup ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat-backup"));
+        self.with_env(c.args(args)).output().unwrap()
+    }
+
+    /// `lifeboat-restore ARGS`.
+    pub fn restore(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(restore_bin());
+        self.with_env(c.args(args)).output().unwrap()
+    }
+}
