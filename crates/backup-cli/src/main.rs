@@ -827,7 +827,7 @@ async fn run_backup(
         .prometheus
         .clone()
         .or_else(|| config.and_then(|c| c.metrics.textfile_for(Action::Run)));
-    finish(sup, resolved, textfile, &result).await;
+    finish(sup, resolved, textfile, &result, out).await;
     result.map(|(_, code)| code)
 }
 
@@ -885,6 +885,7 @@ async fn finish<T: Supervised>(
     resolved: &ResolvedRepo,
     textfile: Option<PathBuf>,
     result: &Result<(T, u8)>,
+    out: &Output,
 ) {
     let (report, exit_code) = match result {
         Ok((r, code)) => (Some(r), *code),
@@ -903,9 +904,9 @@ async fn finish<T: Supervised>(
     if let Some(file) = textfile
         && let Err(e) = backup_core::metrics::write_textfile(&file, &text)
     {
-        eprintln!("lifeboat-backup: warning: metrics not written: {e}");
+        out.warn("lifeboat-backup", &format!("metrics not written: {e}"));
     }
-    warn_all(sup.finish(&ending(result), &text).await);
+    warn_all(sup.finish(&ending(result), &text).await, out);
 }
 
 /// `prune` and `check` under their `[hooks.ACTION]`, the flags' hooks, the monitors and
@@ -929,7 +930,7 @@ async fn supervised_action<T: Supervised>(
         .prometheus
         .clone()
         .or_else(|| config.and_then(|c| c.metrics.textfile_for(action)));
-    finish(sup, resolved, textfile, &result).await;
+    finish(sup, resolved, textfile, &result, out).await;
     result.map(|(_, code)| code)
 }
 
@@ -950,9 +951,9 @@ async fn config_cmd(c: &ConfigCmd, out: &Output) -> Result<ExitCode> {
     Ok(ExitCode::from(if report.problems() > 0 { 2 } else { 0 }))
 }
 
-fn warn_all(warnings: Vec<String>) {
+fn warn_all(warnings: Vec<String>, out: &Output) {
     for w in warnings {
-        eprintln!("lifeboat-backup: warning: {w}");
+        out.warn("lifeboat-backup", &w);
     }
 }
 

@@ -14,15 +14,21 @@ use backup_core::retention::RetentionPlan;
 
 pub fn backup(report: &BackupReport, out: &Output) -> Result<()> {
     for w in &report.warnings {
-        eprintln!("lifeboat-backup: warning: {w}");
+        out.warn("lifeboat-backup", w);
     }
     for f in &report.failed {
-        eprintln!(
-            "lifeboat-backup: source {} FAILED and is not in snapshot {}: {}",
+        let msg = format!(
+            "source {} FAILED and is not in snapshot {}: {}",
             f.source,
             report.snapshot.short(),
             f.error
         );
+        if out.json {
+            let v = serde_json::json!({"message": msg, "item": f.source});
+            eprintln!("{}", backup_core::cli::json_line("error", v));
+        } else {
+            eprintln!("lifeboat-backup: {msg}");
+        }
     }
     out.summary(serde_json::to_value(report)?, || {
         let mut s = format!(

@@ -816,6 +816,24 @@ fn json_lines_status_while_running_then_a_summary_and_errors_as_json() {
     assert_eq!(r["items"][0]["name"], "slow", "{r}");
     assert_eq!(std::fs::metadata(to.join("slow")).unwrap().len(), 600000);
 
+    // Warnings are JSON lines on stderr too (a socket is not backed up).
+    let dir = e.p("with-socket");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap();
+    let vol = format!("v={}", dir.display());
+    let warned = e.run(&["run", "--json", "--volume", &vol]);
+    assert!(warned.status.success(), "{}", stderr(&warned));
+    let err = String::from_utf8_lossy(&warned.stderr);
+    let w: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        w.iter().any(|v| v["message_type"] == "warning"
+            && v["message"] == "source v: sock: a socket, not backed up"),
+        "{err}"
+    );
+
     let failed = e.run(&["run", "--json", "--command", "broken=exit 3"]);
     assert_eq!(failed.status.code(), Some(1));
     let err = String::from_utf8_lossy(&failed.stderr);

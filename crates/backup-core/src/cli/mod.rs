@@ -198,6 +198,19 @@ impl Output {
         }
     }
 
+    /// A warning on stderr: `PROG: warning: …`, or with `--json` one line
+    /// `{"message_type":"warning","message":…}` (stderr stays machine-readable too).
+    pub fn warn(&self, prog: &str, message: &str) {
+        if self.json {
+            eprintln!(
+                "{}",
+                json_line("warning", serde_json::json!({ "message": message }))
+            );
+        } else {
+            eprintln!("{prog}: warning: {message}");
+        }
+    }
+
     /// Prints a result: JSON when asked, else the human text unless quiet.
     pub fn result(&self, json: &serde_json::Value, human: impl FnOnce() -> String) {
         if self.json {
