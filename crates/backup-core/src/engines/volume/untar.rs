@@ -238,9 +238,12 @@ impl Extract<'_> {
                     dev,
                 ) {
                     Ok(()) => {}
-                    // Device nodes need root; a FIFO never does.
-                    Err(e) if e == rustix::io::Errno::PERM && !self.is_root => {
-                        self.warn(format!("{shown}: a device node, not made (needs root)"));
+                    // Device nodes need root with CAP_MKNOD (containers often drop it); a
+                    // FIFO never does. A device node is not data: named, not fatal.
+                    Err(e) if e == rustix::io::Errno::PERM && ty != tar::EntryType::Fifo => {
+                        self.warn(format!(
+                            "{shown}: a device node, not made (needs root with CAP_MKNOD)"
+                        ));
                         self.st.skipped += 1;
                         return Ok(());
                     }
