@@ -998,7 +998,6 @@ async fn backup_and_retention(
     let report =
         result.context("backup failed, no snapshot was written; retention was not applied")?;
     render::backup(&report, out)?;
-    let unreadable = report.lacks_data() && report.failed.is_empty();
     if !report.failed.is_empty() {
         if config.is_some_and(|c| c.retention.is_some()) {
             eprintln!("lifeboat-backup: retention was not applied: the snapshot is incomplete");
@@ -1007,7 +1006,8 @@ async fn backup_and_retention(
     }
     // Files that could not be read: the snapshot stands and retention runs (a file that stays
     // unreadable must not stop it for ever), but the exit code says that data is missing.
-    let lacking = if unreadable {
+    // (A partial snapshot returned above: what lacks data here is unreadable files.)
+    let lacking = if report.lacks_data() {
         backup_core::error::EXIT_INCOMPLETE
     } else {
         0

@@ -69,6 +69,16 @@ pub enum Outcome {
     Failure,
 }
 
+impl std::fmt::Display for Outcome {
+    /// As hooks see it in `LIFEBOAT_OUTCOME` and monitors in the JSON.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+        })
+    }
+}
+
 /// What a finished run tells its monitors (the webhook's JSON, the command's stdin).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {

@@ -160,11 +160,7 @@ impl Supervisor {
     fn summary(&self, e: &Ending) -> RunSummary {
         RunSummary {
             action: self.action.to_string(),
-            outcome: if e.exit_code == 0 {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
+            outcome: outcome(e.exit_code),
             exit_code: e.exit_code,
             repository: self.repository.clone(),
             host: self.host.clone(),
@@ -178,8 +174,12 @@ impl Supervisor {
     }
 }
 
-fn outcome(exit_code: u8) -> &'static str {
-    if exit_code == 0 { "success" } else { "failure" }
+fn outcome(exit_code: u8) -> Outcome {
+    if exit_code == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    }
 }
 
 /// POSTs `text` to the Pushgateway under `job`, grouped by `instance` (the host). POST, not

@@ -19,6 +19,19 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// The entries keyed by `key`, the first one winning (as `getpwuid`/`getpwnam` answer).
+fn first<K: std::hash::Hash + Eq, V>(
+    text: &str,
+    key: impl Fn(String, u32) -> (K, V),
+) -> HashMap<K, V> {
+    let mut m = HashMap::new();
+    for (name, id) in entries(text) {
+        let (k, v) = key(name, id);
+        m.entry(k).or_insert(v);
+    }
+    m
+}
+
 /// Id → name, for the backup (the first name of an id wins, as `getpwuid` answers).
 #[derive(Debug, Default)]
 pub struct Names {
@@ -33,16 +46,10 @@ impl Names {
     }
 
     pub fn from_text(passwd: &str, group: &str) -> Names {
-        let first = |text| {
-            let mut m = HashMap::new();
-            for (name, id) in entries(text) {
-                m.entry(id).or_insert(name);
-            }
-            m
-        };
+        let by_id = |name, id| (id, name);
         Names {
-            users: first(passwd),
-            groups: first(group),
+            users: first(passwd, by_id),
+            groups: first(group, by_id),
         }
     }
 
@@ -69,16 +76,10 @@ impl Ids {
     }
 
     pub fn from_text(passwd: &str, group: &str) -> Ids {
-        let first = |text| {
-            let mut m = HashMap::new();
-            for (name, id) in entries(text) {
-                m.entry(name).or_insert(id);
-            }
-            m
-        };
+        let by_name = |name, id| (name, id);
         Ids {
-            users: first(passwd),
-            groups: first(group),
+            users: first(passwd, by_name),
+            groups: first(group, by_name),
         }
     }
 
