@@ -96,9 +96,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Ok(()) => drill(&file, &opts).await,
         Err(e) => Err(e.into()),
     };
-    if let Ok(report) = &result {
-        print_report(report, cli.json)?;
-    }
+    // A report that cannot be printed (stdout gone) must not skip the closing hooks: their
+    // `finally` may undo what `before` did.
+    let printed = match &result {
+        Ok(report) => print_report(report, cli.json),
+        Err(_) => Ok(()),
+    };
     let ending = ending(&result);
     let end = sup.end(&ending).await;
     print_hooks(&sup.drain_hooks(), &out);
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let report = result?;
     end?;
+    printed?;
     Ok(ExitCode::from(exit_code(&report)))
 }
 
