@@ -66,9 +66,9 @@ pub enum StreamEvent {
     },
     /// Nothing new; the server is at `server_end` and may want an answer now.
     Keepalive { server_end: u64, reply: bool },
-    /// The timeline streamed ended (the server was promoted or follows a new one): streaming
-    /// continues on `next` from `start`.
-    EndOfTimeline { next: u32, start: u64 },
+    /// The server ended the timeline streamed (it was promoted or follows a new one);
+    /// [`Reader::end_timeline`] says where streaming goes on.
+    TimelineEnded,
 }
 
 /// A result row of a simple query (text format; NULL as `None`).
@@ -139,43 +139,46 @@ impl Reader {
         }
     }
 
-    /// The next streaming event; after `EndOfTimeline` the connection is back to simple
-    /// queries.
-    pub async fn event(&mut self, w: &mut Writer) -> Result<StreamEvent> {
+    /// The next streaming event. Cancel-safe: it awaits nothing but whole messages (`raw`
+    /// keeps partial ones in the buffer), so the streamer can poll it in a `select!` beside its
+    /// uploads. After `TimelineEnded` the caller must call [`Reader::end_timeline`].
+    pub async fn event(&mut self) -> Result<StreamEvent> {
         let m = self.message().await?;
         match m.tag {
             b'd' => self.copy_data(&m.body),
-            b'c' => {
-                // The server ends the timeline: answer CopyDone, then it says where to go on.
-                w.send(b'c', &[]).await?;
-                let mut next = None;
-                loop {
-                    let m = self.message().await?;
-                    match m.tag {
-                        b'D' => {
-                            let row = data_row(&m.body).unwrap_or_default();
-                            let tli = row.first().cloned().flatten().and_then(|t| t.parse().ok());
-                            let lsn = row
-                                .get(1)
-                                .cloned()
-                                .flatten()
-                                .and_then(|l| crate::engines::postgres::wal::parse_lsn(&l));
-                            next = tli.zip(lsn);
-                        }
-                        b'Z' => break,
-                        _ => {}
-                    }
-                }
-                let (next, start) = next.ok_or_else(|| {
-                    self.fail("streaming ended without naming the next timeline".into())
-                })?;
-                Ok(StreamEvent::EndOfTimeline { next, start })
-            }
+            b'c' => Ok(StreamEvent::TimelineEnded),
             t => Err(self.fail(format!(
                 "unexpected message {:?} while streaming",
                 t as char
             ))),
         }
+    }
+
+    /// The end-of-timeline exchange after `TimelineEnded`: answer CopyDone, read where the
+    /// server goes on, up to ReadyForQuery. Not cancel-safe (it writes and reads several
+    /// messages), so it runs outside any `select!`; afterwards the connection is back to simple
+    /// queries. Returns the next timeline and where it starts.
+    pub async fn end_timeline(&mut self, w: &mut Writer) -> Result<(u32, u64)> {
+        w.send(b'c', &[]).await?;
+        let mut next = None;
+        loop {
+            let m = self.message().await?;
+            match m.tag {
+                b'D' => {
+                    let row = data_row(&m.body).unwrap_or_default();
+                    let tli = row.first().cloned().flatten().and_then(|t| t.parse().ok());
+                    let lsn = row
+                        .get(1)
+                        .cloned()
+                        .flatten()
+                        .and_then(|l| crate::engines::postgres::wal::parse_lsn(&l));
+                    next = tli.zip(lsn);
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        next.ok_or_else(|| self.fail("streaming ended without naming the next timeline".into()))
     }
 
     fn copy_data(&self, b: &[u8]) -> Result<StreamEvent> {
@@ -256,18 +259,21 @@ impl Connection {
     /// Connects, authenticates and waits until the server is ready for queries.
     pub async fn open(p: &ConnParams) -> Result<Connection> {
         let server = p.describe();
-        let io = p.dial().await?;
+        let mut c = Connection::over(p.dial().await?, server);
+        c.startup(p).await?;
+        Ok(c)
+    }
+
+    fn over(io: Box<dyn Io>, server: String) -> Connection {
         let (r, w) = tokio::io::split(io);
-        let mut c = Connection {
+        Connection {
             reader: Reader {
                 inner: r,
                 buf: Vec::new(),
                 server: server.clone(),
             },
             writer: Writer { inner: w, server },
-        };
-        c.startup(p).await?;
-        Ok(c)
+        }
     }
 
     async fn startup(&mut self, p: &ConnParams) -> Result<()> {
@@ -468,5 +474,68 @@ mod tests {
         let back = pg_time(now);
         let d = SystemTime::now().duration_since(back).unwrap_or_default();
         assert!(d < Duration::from_secs(5));
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// The streamer polls `event` in a `select!` and drops it whenever an upload finishes
+    /// first; a dropped call must lose nothing, and the timeline switch must still be read
+    /// whole afterwards (it once was cut in half and the next call met the RowDescription).
+    #[tokio::test]
+    async fn a_cancelled_event_loses_nothing_and_the_timeline_switch_is_read_whole() {
+        let (ours, mut server) = tokio::io::duplex(1 << 16);
+        let mut c = Connection::over(Box::new(ours), "test".into());
+        let mut keepalive = vec![b'k'];
+        keepalive.extend_from_slice(&7u64.to_be_bytes());
+        keepalive.extend_from_slice(&0u64.to_be_bytes());
+        keepalive.push(0);
+        let whole = msg(b'd', &keepalive);
+        server.write_all(&whole[..9]).await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(50), c.reader.event()).await;
+        assert!(cut.is_err(), "half a message must not make an event");
+        server.write_all(&whole[9..]).await.unwrap();
+        match c.reader.event().await.unwrap() {
+            StreamEvent::Keepalive { server_end, reply } => {
+                assert_eq!((server_end, reply), (7, false))
+            }
+            e => panic!("{e:?}"),
+        }
+        server.write_all(&msg(b'c', &[])).await.unwrap();
+        assert!(matches!(
+            c.reader.event().await.unwrap(),
+            StreamEvent::TimelineEnded
+        ));
+        // The server's side of the exchange, after it reads our CopyDone.
+        let mut row = 2i16.to_be_bytes().to_vec();
+        for v in ["2", "0/3000000"] {
+            row.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            row.extend_from_slice(v.as_bytes());
+        }
+        let answer = [
+            msg(b'T', b"-"),
+            msg(b'D', &row),
+            msg(b'C', b"SELECT\0"),
+            msg(b'c', &[]),
+        ]
+        .concat();
+        let server_side = async move {
+            let mut done = [0u8; 5];
+            server.read_exact(&mut done).await.unwrap();
+            assert_eq!(done[0], b'c');
+            server.write_all(&answer).await.unwrap();
+            server
+                .write_all(&msg(b'C', b"START_STREAMING\0"))
+                .await
+                .unwrap();
+            server.write_all(&msg(b'Z', b"I")).await.unwrap();
+            server
+        };
+        let (ended, _server) = tokio::join!(c.reader.end_timeline(&mut c.writer), server_side);
+        assert_eq!(ended.unwrap(), (2, 0x300_0000));
     }
 }

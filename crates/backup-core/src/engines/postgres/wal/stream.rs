@@ -493,7 +493,7 @@ impl<'a> Streamer<'a> {
                 biased;
                 _ = stop.cancelled() => Step::Stop,
                 done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => Step::Uploaded(done),
-                ev = conn.reader.event(&mut conn.writer), if room => Step::Event(ev),
+                ev = conn.reader.event(), if room => Step::Event(ev),
                 _ = std::future::ready(()), if idle_seal => Step::IdleSeal,
                 _ = tick.tick() => Step::Tick,
             };
@@ -523,7 +523,9 @@ impl<'a> Streamer<'a> {
                         self.update(|st| st.server_lsn = st.server_lsn.max(server_end));
                         reply = r;
                     }
-                    StreamEvent::EndOfTimeline { next, start } => {
+                    StreamEvent::TimelineEnded => {
+                        // Outside the select: this exchange must not be cancelled halfway.
+                        let (next, start) = conn.reader.end_timeline(&mut conn.writer).await?;
                         self.seal();
                         self.drain().await?;
                         (self.notes)(StreamNote::Timeline {
