@@ -164,6 +164,7 @@ mod tests {
             digest: Default::default(),
             head: None,
             chunks: Vec::new(),
+            catalog: None,
             started: chrono::Utc::now(),
             finished: chrono::Utc::now(),
             facts: serde_json::from_value(facts).unwrap(),

@@ -92,6 +92,20 @@ pub enum Error {
         available: String,
     },
 
+    #[error("item {item} of snapshot {snapshot} has no file catalog ({why})")]
+    NoCatalog {
+        snapshot: SnapshotId,
+        item: String,
+        why: String,
+    },
+
+    #[error("item {item} of snapshot {snapshot} has no entry {path}")]
+    EntryNotFound {
+        snapshot: SnapshotId,
+        item: String,
+        path: String,
+    },
+
     #[error("chunk {chunk} of item {item} in snapshot {snapshot} is missing from {location}")]
     ChunkMissing {
         snapshot: SnapshotId,
@@ -307,6 +321,12 @@ impl Error {
                 "`latest` means this host's newest snapshot: pass --host NAME (another machine's backups) or --any-host, or name a snapshot id; `lifeboat-restore list` shows them all"
             }
             Error::ItemNotFound { .. } => "`lifeboat-restore show SNAPSHOT` lists its items",
+            Error::NoCatalog { .. } => {
+                "only volume items written since file catalogs (docs/FORMAT.md) have one; restore the whole item, or `lifeboat-restore export` it and pick files with tar"
+            }
+            Error::EntryNotFound { .. } => {
+                "`lifeboat-restore ls SNAPSHOT ITEM DIR` lists a directory; `lifeboat-restore find PATTERN` searches every snapshot"
+            }
             Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
             | Error::SnapshotCorrupt { .. } => {

@@ -12,6 +12,7 @@
 //! | [`content`] | chunks by id: the writer (dedup, pack or loose), the packer, the pack index, the reader (every copy, read plans, verification) |
 //! | [`store`] | the `Store` trait, `LocalStore`, `S3Store`; with feature `testkit` (tests only) fault injection and the conformance suite |
 //! | [`manifest`] | snapshot and item records |
+//! | [`catalog`] | a volume item's file catalog: each entry and where its bytes lie in the stream |
 //! | [`repository`] | config, keys, snapshots and their cache on top of a store |
 //! | [`markers`] | the run and GC marker objects through which backups and GC see each other |
 //! | [`sink`] | the `Sink` contract every restore target implements; file, stdout and command sinks |
@@ -32,6 +33,7 @@
 
 pub mod anomaly;
 pub mod buffer;
+pub mod catalog;
 pub mod chunk;
 #[cfg(feature = "cli")]
 pub mod cli;

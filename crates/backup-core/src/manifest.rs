@@ -56,6 +56,9 @@ pub struct Item {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
     pub chunks: Vec<ChunkId>,
+    /// The file catalog of a volume item (written since the "file catalogs" format change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogRef>,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
     #[serde(default)]
@@ -121,7 +124,26 @@ impl Snapshot {
     }
 }
 
+/// Where an item's file catalog ([`crate::catalog::Catalog`]) is stored: its encoding, cut in
+/// slices, each a chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogRef {
+    pub chunks: Vec<ChunkId>,
+    /// Bytes of the encoding.
+    pub size: u64,
+    /// SHA-256 of the encoding, hex.
+    pub sha256: String,
+}
+
 impl Item {
+    /// Every chunk the item names: its stream's, then its catalog's. What garbage collection
+    /// keeps, `check` reads and Object Lock must cover.
+    pub fn all_chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.chunks
+            .iter()
+            .chain(self.catalog.iter().flat_map(|c| c.chunks.iter()))
+    }
+
     /// The inline head bytes (empty when there are none).
     pub fn head_bytes(&self) -> Result<Vec<u8>, String> {
         use base64::Engine;

@@ -718,7 +718,7 @@ impl Repository {
     pub fn chunks_of(snapshots: &[Snapshot]) -> HashSet<ChunkId> {
         snapshots
             .iter()
-            .flat_map(|s| s.items.iter().flat_map(|i| i.chunks.iter().copied()))
+            .flat_map(|s| s.items.iter().flat_map(|i| i.all_chunks().copied()))
             .collect()
     }
 

@@ -471,6 +471,7 @@ mod tests {
             digest: Default::default(),
             head: None,
             chunks: Vec::new(),
+            catalog: None,
             started: s.time,
             finished: s.time + Duration::minutes(30),
             facts: Default::default(),

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
+mod browse_cli;
+
 use backup_core::cli::restore_command::{FetchArgs, restore_command};
 use backup_core::cli::{
     DocCmd, EXIT_CODES, FilterFlags, GlobalFlags, Output, interrupted, print_snapshots, run_main,
@@ -75,6 +77,62 @@ enum Cmd {
     Pitr(PitrArgs),
     #[command(flatten)]
     Doc(DocCmd),
+    /// List the entries of a volume item (from its file catalog; no data is read).
+    Ls {
+        /// Snapshot id (prefix) or `latest` (this host's newest holding ITEM).
+        snapshot: String,
+        /// The volume item.
+        item: String,
+        /// The directory to list (default: the volume's root).
+        #[arg(default_value = ".")]
+        path: String,
+        /// Everything below PATH, not only its children.
+        #[arg(long)]
+        recursive: bool,
+        /// Type, mode, owner, size and modification time of each entry.
+        #[arg(long, short)]
+        long: bool,
+        #[command(flatten)]
+        filter: FilterFlags,
+    },
+    /// Which snapshots hold a file: entries matching PATTERN in every snapshot's volume items
+    /// (`*.conf` matches a name at any depth, `etc/**/*.conf` a path).
+    Find {
+        pattern: String,
+        /// Only this volume item (repeatable).
+        #[arg(long = "item", value_name = "NAME")]
+        items: Vec<String>,
+        #[command(flatten)]
+        filter: FilterFlags,
+    },
+    /// Write one file of a volume item to stdout (or -o FILE), a directory as a tar stream;
+    /// only the chunks that hold it are fetched.
+    Dump {
+        /// Snapshot id (prefix) or `latest` (this host's newest holding ITEM).
+        snapshot: String,
+        /// The volume item.
+        item: String,
+        /// The file or directory inside the volume.
+        path: String,
+        /// Write to this file instead of stdout (refused if it exists, unless --force).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        filter: FilterFlags,
+    },
+    /// Entries added (+), removed (-), changed (M: size, mtime, type or link) and with new
+    /// mode or owner (U) between two snapshots, per volume item.
+    Diff {
+        /// The older snapshot (id prefix or `latest`).
+        from: String,
+        /// The newer snapshot.
+        to: String,
+        #[command(flatten)]
+        filter: FilterFlags,
+    },
     /// Write one item's raw stream (a tar for volumes) to a file or `-` for stdout.
     Export {
         /// Snapshot id (prefix) or `latest` (this host's newest holding ITEM).
@@ -206,6 +264,14 @@ struct Selection {
     /// host has for the stored user and group names, else the stored ids, as tar does).
     #[arg(long)]
     numeric_owner: bool,
+    /// Volumes: restore only entries matching GLOB, with the directories above them (repeatable;
+    /// `*.conf` matches a name at any depth, `etc/nginx/**` a path; a directory brings what is
+    /// below it). Only the chunks that hold them are fetched. The target must be empty.
+    #[arg(long = "include", value_name = "GLOB")]
+    include: Vec<String>,
+    /// Volumes: leave out entries matching GLOB (repeatable; as --include).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    exclude: Vec<String>,
     #[command(flatten)]
     pg: PgFlags,
     /// Write Redis items as dump.rdb into this data directory (prints the steps for AOF).
@@ -319,6 +385,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pitr(args) => pitr_cmd(&repo, &cli.global, &resolved, config, &args, &out).await?,
         Cmd::Wal(WalCmd::Fetch(_)) | Cmd::Doc(_) => {
             unreachable!("handled before the repository is opened")
+        }
+        Cmd::Ls {
+            snapshot,
+            item,
+            path,
+            recursive,
+            long,
+            filter,
+        } => {
+            let f = filter.for_latest(config, std::slice::from_ref(&item));
+            let snap = repo.find_snapshot_matching(&snapshot, &f).await?;
+            browse_cli::ls(&repo, &snap, &item, &path, recursive, long, &out).await?
+        }
+        Cmd::Find {
+            pattern,
+            items,
+            filter,
+        } => browse_cli::find(&repo, &pattern, &items, &filter.for_listing(), &out).await?,
+        Cmd::Dump {
+            snapshot,
+            item,
+            path,
+            output,
+            force,
+            filter,
+        } => {
+            let f = filter.for_latest(config, std::slice::from_ref(&item));
+            let snap = repo.find_snapshot_matching(&snapshot, &f).await?;
+            browse_cli::dump(&repo, &snap, &item, &path, output.as_deref(), force, &out).await?
+        }
+        Cmd::Diff { from, to, filter } => {
+            let f = filter.for_latest(config, &[]);
+            let a = repo.find_snapshot_matching(&from, &f).await?;
+            let b = repo.find_snapshot_matching(&to, &f).await?;
+            browse_cli::diff(&repo, &a, &b, &out).await?
         }
         Cmd::Export {
             snapshot,
@@ -649,6 +750,8 @@ impl Selection {
             to: self.to.clone(),
             force: self.force,
             numeric_owner: self.numeric_owner,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
             restore_commands: defaults.commands,
             postgres: PgRestoreOptions {
                 url: self.pg.to_postgres.clone(),
@@ -861,6 +964,22 @@ fn clear_line(ticking: bool) {
 }
 
 fn print_restored(item: &PlannedItem, r: &RestoredItem) {
+    if let Some(s) = &r.selection {
+        println!(
+            "restored {} entries of {} ({} of files, {} entries with the directories they need) to {} in {}: fetched {} of {} chunks ({}), each verified",
+            s.entries,
+            r.name,
+            human_bytes(s.file_bytes),
+            s.entries_written,
+            item.target,
+            human_duration(r.seconds),
+            s.chunks_fetched,
+            s.chunks_total,
+            human_bytes(s.bytes_fetched)
+        );
+        print_untar_notes(r);
+        return;
+    }
     let rows = r
         .sink
         .verified_tables
@@ -876,6 +995,11 @@ fn print_restored(item: &PlannedItem, r: &RestoredItem) {
     if let Some(note) = &r.sink.note {
         println!("  next: {}", note.replace('\n', "\n  "));
     }
+    print_untar_notes(r);
+}
+
+/// Warnings of an unpacked volume and leftovers of earlier restores.
+fn print_untar_notes(r: &RestoredItem) {
     if let Some(u) = r.sink.untar.as_ref().filter(|u| u.warnings_total > 0) {
         for w in &u.warnings {
             eprintln!("  warning: {w}");

@@ -15,13 +15,14 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::anomaly::{self, AnomalyRules, OnAnomaly};
+use crate::catalog::{CATALOG_VERSION, Catalog};
 use crate::chunk::{Chunked, spawn_chunker, spawn_piece_chunker};
 use crate::content::packer::Packer;
 use crate::content::writer::{Stored, store_chunk};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{
-    DigestKind, Facts, FailedSource, Item, ItemKind, Snapshot, validate_item_name,
+    CatalogRef, DigestKind, Facts, FailedSource, Item, ItemKind, Snapshot, validate_item_name,
 };
 use crate::markers::RunMarker;
 use crate::progress::Progress;
@@ -214,6 +215,7 @@ fn last_items(snapshots: &[Snapshot], host: &str) -> HashMap<String, Item> {
                     digest: i.digest,
                     head: None,
                     chunks: Vec::new(),
+                    catalog: None,
                     started: i.started,
                     finished: i.finished,
                     facts,
@@ -459,6 +461,8 @@ enum Counted {
 /// An item's chunks in stream order, counted, with the file cache they fill.
 struct Tally {
     chunks: Vec<ChunkId>,
+    /// Each chunk's plaintext length, for the item's catalog.
+    lens: Vec<u64>,
     reused: Vec<ChunkId>,
     chunks_new: usize,
     stored_bytes: u64,
@@ -474,6 +478,7 @@ impl Tally {
     fn new(per_chunk: bool) -> Self {
         Tally {
             chunks: Vec::new(),
+            lens: Vec::new(),
             reused: Vec::new(),
             chunks_new: 0,
             stored_bytes: 0,
@@ -495,6 +500,7 @@ impl Tally {
 
     fn chunk(&mut self, id: ChunkId, len: u64, counted: Counted) {
         self.chunks.push(id);
+        self.lens.push(len);
         self.size += len;
         match counted {
             Counted::New(n) => {
@@ -611,6 +617,28 @@ async fn backup_item(
     }
     let stream_digest = finish_feed(feed, src, &name).await?;
     let facts = src.finish().await?;
+    let catalog = match src.take_catalog() {
+        Some(entries) => {
+            let c = Catalog {
+                version: CATALOG_VERSION,
+                chunk_lens: std::mem::take(&mut tally.lens),
+                entries,
+            };
+            let stored = store_catalog(repo, &c, known, packer, &mut tally, &mut writes).await;
+            match stored {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    writes.abort();
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    if let Err(e) = writes.finish().await {
+        writes.abort();
+        return Err(e);
+    }
     let (size, sha256, digest) = match stream_digest {
         Some(d) => (d.size, d.sha256, DigestKind::Stream),
         None => (
@@ -628,6 +656,7 @@ async fn backup_item(
         digest,
         head: (!head.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&head)),
         chunks: tally.chunks,
+        catalog,
         started,
         finished: Utc::now(),
         facts,
@@ -648,6 +677,40 @@ async fn backup_item(
         report,
         reused: tally.reused,
         cache: slot.zip(tally.cache),
+    })
+}
+
+/// Stores an item's catalog as slices, each a chunk (packed when small, deduplicated like any
+/// other), counted in the item's report.
+async fn store_catalog(
+    repo: &Repository,
+    catalog: &Catalog,
+    known: &Arc<Mutex<HashSet<ChunkId>>>,
+    packer: &Arc<Packer>,
+    tally: &mut Tally,
+    writes: &mut PackWrites,
+) -> Result<CatalogRef> {
+    let bytes = catalog.encode();
+    let mut chunks = Vec::new();
+    for slice in bytes.chunks(crate::catalog::SLICE) {
+        let data = Arc::new(slice.to_vec());
+        let (id, len, stored) = store_chunk(repo, data, known.clone(), packer, 3).await?;
+        match stored {
+            Stored::Pack(object) => {
+                if let Counted::New(n) = writes.pack(repo, packer, id, &object, len) {
+                    tally.stored_bytes += n;
+                }
+            }
+            Stored::New(n) => tally.stored_bytes += n,
+            Stored::Reused => tally.reused.push(id),
+        }
+        writes.throttle().await?;
+        chunks.push(id);
+    }
+    Ok(CatalogRef {
+        chunks,
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&bytes)),
     })
 }
 

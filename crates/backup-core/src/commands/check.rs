@@ -136,7 +136,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
     for s in &snapshots {
         for it in &s.items {
             items += 1;
-            for c in &it.chunks {
+            for c in it.all_chunks() {
                 users.entry(*c).or_insert_with(|| (s.id, it.name.clone()));
             }
         }
@@ -453,7 +453,7 @@ async fn check_retention(
     for s in snapshots {
         let until = s.time + chrono::Duration::days(i64::from(days));
         for it in &s.items {
-            for c in &it.chunks {
+            for c in it.all_chunks() {
                 let e = need.entry(*c).or_insert((until, s.id, it.name.clone()));
                 if until > e.0 {
                     *e = (until, s.id, it.name.clone());

@@ -71,6 +71,12 @@ pub trait Source: Send {
     async fn open_pieces(&mut self, _ctx: PieceContext) -> Result<Option<PieceStream>> {
         Ok(None)
     }
+
+    /// After a successful [`Source::finish`]: the entries of a tar stream and where each lies
+    /// in it, for the item's file catalog. `None` (the default): the stream has no catalog.
+    fn take_catalog(&mut self) -> Option<Vec<crate::catalog::Entry>> {
+        None
+    }
 }
 
 /// Part of a stream sent by a source that knows where its files start and end.

@@ -161,6 +161,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.retries()
     }
 
+    fn bytes_read(&self) -> u64 {
+        self.inner.bytes_read()
+    }
+
     async fn verify(&self) -> Result<()> {
         self.alive("verify", "", false)?;
         self.inner.verify().await

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 pub struct LocalStore {
     root: PathBuf,
     batched: Arc<Batched>,
+    read: Arc<AtomicU64>,
 }
 
 /// Batched puts not yet written back. The kernel would hold them in the page cache until the
@@ -38,6 +39,7 @@ impl LocalStore {
         LocalStore {
             root: root.into(),
             batched: Arc::default(),
+            read: Arc::default(),
         }
     }
 
@@ -275,6 +277,7 @@ impl Store for LocalStore {
             let len = f.metadata().map_err(e)?.len() as usize;
             let mut buf = crate::buffer::take(len);
             f.read_to_end(&mut buf).map_err(e)?;
+            s.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
             Ok(buf)
         })
         .await
@@ -292,6 +295,7 @@ impl Store for LocalStore {
             f.seek(SeekFrom::Start(start)).map_err(e)?;
             let mut buf = crate::buffer::take((end - start) as usize);
             f.take(end - start).read_to_end(&mut buf).map_err(e)?;
+            s.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
             Ok(buf)
         })
         .await
@@ -331,6 +335,10 @@ impl Store for LocalStore {
 
     fn retries(&self) -> u64 {
         0
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 
     async fn verify(&self) -> Result<()> {

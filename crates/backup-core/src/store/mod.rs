@@ -86,6 +86,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Requests retried so far (network stores); reported by backups.
     fn retries(&self) -> u64;
+    /// Object bytes `get` and `get_range` returned so far: what a restore fetched.
+    fn bytes_read(&self) -> u64;
     /// Checks the store is usable as configured (bucket reachable, Object Lock enabled when
     /// configured); `init` calls it.
     async fn verify(&self) -> Result<()>;

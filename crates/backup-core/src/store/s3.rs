@@ -133,6 +133,7 @@ pub struct S3Store {
     opts: S3Options,
     attempts: Arc<AttemptCounter>,
     requests: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
 }
 
 impl S3Store {
@@ -190,6 +191,7 @@ impl S3Store {
             opts,
             attempts,
             requests: Arc::default(),
+            read: Arc::default(),
         })
     }
 
@@ -330,7 +332,9 @@ impl S3Store {
             key: key.to_string(),
             source: std::io::Error::other(e),
         })?;
-        Ok(data.into_bytes().to_vec())
+        let data = data.into_bytes().to_vec();
+        self.read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
     }
 
     fn lock_until(&self) -> Option<AwsDateTime> {
@@ -488,6 +492,10 @@ impl Store for S3Store {
 
     fn retries(&self) -> u64 {
         self.attempts_beyond_first()
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 
     async fn verify(&self) -> Result<()> {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::browse;
 use crate::engines::postgres::base::is_base_backup;
 use crate::engines::postgres::conninfo;
 use crate::engines::postgres::facts::PostgresFacts;
@@ -84,6 +85,10 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Volumes restored as root: owners by the stored ids, not by user and group name.
     pub numeric_owner: bool,
+    /// Volumes: restore only entries matching one of these globs (and what they need).
+    pub include: Vec<String>,
+    /// Volumes: leave out entries matching one of these globs.
+    pub exclude: Vec<String>,
     /// Restore commands by item name (from the config's sources).
     pub restore_commands: HashMap<String, String>,
     /// PostgreSQL targets and pg_restore options.
@@ -126,6 +131,12 @@ pub struct RestorePlan {
     pub bytes: u64,
     pub force: bool,
     pub numeric_owner: bool,
+    /// File selection of volume items (`--include`, `--exclude`): only their entries are
+    /// fetched and unpacked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// pg_restore options the plan was made with (connection strings may hold secrets).
     #[serde(skip)]
     pub postgres: PgRestoreOptions,
@@ -214,6 +225,7 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
             "nothing to restore: every item was filtered out".into(),
         ));
     }
+    check_file_selection(&items, opts)?;
     Ok(RestorePlan {
         snapshot: snapshot.id,
         snapshot_time: snapshot.time,
@@ -222,9 +234,36 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
         items,
         force: opts.force,
         numeric_owner: opts.numeric_owner,
+        include: opts.include.clone(),
+        exclude: opts.exclude.clone(),
         postgres: opts.postgres.clone(),
         redis: opts.redis.clone(),
     })
+}
+
+/// `--include`/`--exclude` pick files of volumes, into a fresh directory: replacing a whole
+/// target with a few of its files is never what `--force` was asked for.
+fn check_file_selection(items: &[PlannedItem], opts: &RestoreOptions) -> Result<()> {
+    if opts.include.is_empty() && opts.exclude.is_empty() {
+        return Ok(());
+    }
+    if let Some(i) = items.iter().find(|i| i.kind != ItemKind::Volume) {
+        return Err(Error::Usage(format!(
+            "--include/--exclude pick files of volume items, and item {} is a {} item; add --only VOLUME (or --skip {})",
+            i.name, i.kind, i.name
+        )));
+    }
+    if opts.force
+        && let Some(i) = items
+            .iter()
+            .find(|i| i.target_state == TargetState::Occupied)
+    {
+        return Err(Error::Usage(format!(
+            "--include/--exclude with --force would replace {} with only the selected files; restore into an empty directory (--to DIR) and copy what you need, or use `lifeboat-restore dump`",
+            i.target
+        )));
+    }
+    Ok(())
 }
 
 fn default_target(item: &Item, opts: &RestoreOptions, pg_databases: usize) -> Result<Target> {
@@ -354,6 +393,9 @@ pub struct RestoredItem {
     pub seconds: f64,
     #[serde(flatten)]
     pub sink: SinkReport,
+    /// With `--include`/`--exclude`: the entries chosen and what fetching them took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<browse::SelectionReport>,
 }
 
 /// Result of a whole restore.
@@ -555,12 +597,72 @@ pub async fn restore_planned(
         Target::RedisScratch => Box::new(RedisScratchSink::create(item, plan.redis.keep).await?),
     };
     let t0 = std::time::Instant::now();
+    if !plan.include.is_empty() || !plan.exclude.is_empty() {
+        return restore_selected(repo, snapshot, item, sink, plan, opts).await;
+    }
     let report = restore_item(repo, snapshot.id, item, sink, opts).await?;
     Ok(RestoredItem {
         name: item.name.clone(),
         size: item.size,
         seconds: t0.elapsed().as_secs_f64(),
         sink: report,
+        selection: None,
+    })
+}
+
+/// A volume's entries matching the plan's `--include`/`--exclude` (with the directories and
+/// link targets they need) into `sink`: the catalog says which chunks hold them, and only
+/// those are fetched, each proved by its keyed id.
+async fn restore_selected(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    item: &Item,
+    mut sink: Box<dyn Sink>,
+    plan: &RestorePlan,
+    opts: &ApplyOptions,
+) -> Result<RestoredItem> {
+    let t0 = std::time::Instant::now();
+    let read_before = repo.store().bytes_read();
+    let catalog = match browse::load_catalog(repo, snapshot.id, item).await {
+        Ok(c) => c,
+        Err(e) => {
+            sink.abort().await;
+            return Err(e);
+        }
+    };
+    let picked = catalog.select(&plan.include, &plan.exclude);
+    let chosen = catalog.with_needs(&picked);
+    let written = browse::write_entries(
+        repo,
+        snapshot.id,
+        item,
+        &catalog,
+        &chosen,
+        sink.writer(),
+        opts.concurrency,
+    )
+    .await;
+    let report = match written {
+        Ok(mut r) => {
+            r.entries = picked.len();
+            r.bytes_fetched = repo.store().bytes_read() - read_before;
+            let committed = sink.commit().await?;
+            (committed, r)
+        }
+        Err(e) => {
+            let sink_error = sink.abort().await;
+            return Err(match (e, sink_error) {
+                (Error::Sink { .. }, Some(se)) => se,
+                (e, _) => e,
+            });
+        }
+    };
+    Ok(RestoredItem {
+        name: item.name.clone(),
+        size: report.1.file_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+        sink: report.0,
+        selection: Some(report.1),
     })
 }
 

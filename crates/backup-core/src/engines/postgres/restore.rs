@@ -791,6 +791,7 @@ mod tests {
             digest: Default::default(),
             head: None,
             chunks: Vec::new(),
+            catalog: None,
             started: chrono::Utc::now(),
             finished: chrono::Utc::now(),
             facts: Default::default(),

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::attrs::AttrReader;
 use super::facts::VolumeFacts;
 use super::owners::Names;
+use crate::catalog::{Entry, EntryKind};
 use crate::engines::volume::glob::Excludes;
 use crate::error::{Error, Result};
 use crate::manifest::{Facts, ItemKind};
@@ -66,7 +67,8 @@ pub struct VolumeSource {
     name: String,
     path: PathBuf,
     opts: VolumeOptions,
-    task: Option<tokio::task::JoinHandle<Result<Facts>>>,
+    task: Option<tokio::task::JoinHandle<Result<(Facts, Vec<Entry>)>>>,
+    catalog: Option<Vec<Entry>>,
 }
 
 impl VolumeSource {
@@ -77,6 +79,7 @@ impl VolumeSource {
             path: path.into(),
             opts,
             task: None,
+            catalog: None,
         }
     }
 
@@ -105,7 +108,7 @@ impl VolumeSource {
                 item: name,
                 detail: e,
             })?;
-            Ok(walker.facts(&root))
+            Ok((walker.facts(&root), std::mem::take(&mut walker.catalog)))
         }));
         Ok(rx)
     }
@@ -148,10 +151,16 @@ impl Source for VolumeSource {
             item: self.name.clone(),
             detail: "finish before open".into(),
         })?;
-        task.await.map_err(|e| Error::SourceFailed {
+        let (facts, catalog) = task.await.map_err(|e| Error::SourceFailed {
             item: self.name.clone(),
             detail: format!("tar thread: {e}"),
-        })?
+        })??;
+        self.catalog = Some(catalog);
+        Ok(facts)
+    }
+
+    fn take_catalog(&mut self) -> Option<Vec<Entry>> {
+        self.catalog.take()
     }
 }
 
@@ -197,6 +206,8 @@ struct Walker<'a> {
     attrs: AttrReader,
     names: Names,
     st: Stats,
+    /// Every entry written, with its range of the stream.
+    catalog: Vec<Entry>,
 }
 
 impl<'a> Walker<'a> {
@@ -212,6 +223,7 @@ impl<'a> Walker<'a> {
             batch: Vec::new(),
             plan: plan.clone(),
             since_cut: 0,
+            offset: 0,
         });
         tar.mode(tar::HeaderMode::Complete);
         let now_ns = std::time::SystemTime::now()
@@ -231,6 +243,7 @@ impl<'a> Walker<'a> {
             attrs: AttrReader::default(),
             names: Names::system(),
             st: Stats::default(),
+            catalog: Vec::new(),
         }
     }
 
@@ -345,12 +358,14 @@ impl<'a> Walker<'a> {
                         continue;
                     }
                 };
+                let start = self.offset();
                 self.pax(&path, &r, &md)?;
                 let mut h = self.header(&md);
                 h.set_size(0);
                 self.tar
                     .append_link(&mut h, &r, &target)
                     .map_err(|e| ioerr(&path, e))?;
+                self.record(start, &r, &md, EntryKind::Symlink, Some(&target));
                 self.st.symlinks += 1;
             } else if ft.is_file() {
                 self.append_file(&path, &r, &md)?;
@@ -421,21 +436,32 @@ impl<'a> Walker<'a> {
             h.set_device_minor(rustix::fs::minor(md.rdev()))
                 .map_err(err)?;
         }
+        let start = self.offset();
         self.pax(path, rel, md)?;
         self.tar
             .append_data(&mut h, rel, io::empty())
             .map_err(err)?;
+        let kind = if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_char_device() {
+            EntryKind::Char
+        } else {
+            EntryKind::Block
+        };
+        self.record(start, rel, md, kind, None);
         self.st.specials += 1;
         Ok(())
     }
 
     fn append_dir(&mut self, path: &Path, rel: &Path, md: &Metadata) -> Result<(), String> {
+        let start = self.offset();
         self.pax(path, rel, md)?;
         let mut h = self.header(md);
         h.set_size(0);
         self.tar
             .append_data(&mut h, rel, io::empty())
             .map_err(|e| format!("{}: {e}", rel.display()))?;
+        self.record(start, rel, md, EntryKind::Dir, None);
         self.st.dirs += 1;
         Ok(())
     }
@@ -444,10 +470,12 @@ impl<'a> Walker<'a> {
         let ioerr = |e: io::Error| format!("{}: {e}", path.display());
         let link_key = (md.nlink() > 1).then(|| (md.dev(), md.ino()));
         if let Some(first) = link_key.and_then(|k| self.links.get(&k).cloned()) {
+            let start = self.offset();
             let mut h = self.header(md);
             h.set_entry_type(tar::EntryType::Link);
             h.set_size(0);
             self.tar.append_link(&mut h, rel, &first).map_err(ioerr)?;
+            self.record(start, rel, md, EntryKind::Hardlink, Some(&first));
             self.st.hardlinks += 1;
             return Ok(());
         }
@@ -479,6 +507,7 @@ impl<'a> Walker<'a> {
         if !fenced && self.ctx.group_min > 0 && self.tar.get_ref().since_cut >= self.ctx.group_min {
             self.tar.get_mut().cut().map_err(ioerr)?;
         }
+        let start = self.offset();
         self.pax(path, rel, md)?;
         if fenced {
             // Racy files are fenced (same chunks either way) but not remembered.
@@ -497,6 +526,7 @@ impl<'a> Walker<'a> {
         self.tar
             .append_data(&mut h, rel, &mut reader)
             .map_err(ioerr)?;
+        self.record(start, rel, md, EntryKind::File, None);
         if reused {
             self.st.reused_files += 1;
             self.st.reused_bytes += size;
@@ -513,6 +543,25 @@ impl<'a> Walker<'a> {
         self.st.files += 1;
         self.st.bytes += size;
         Ok(())
+    }
+
+    /// Where the next entry starts in the stream.
+    fn offset(&self) -> u64 {
+        self.tar.get_ref().offset
+    }
+
+    /// Adds the entry that started at `start` and ends here to the catalog.
+    fn record(
+        &mut self,
+        start: u64,
+        rel: &Path,
+        md: &Metadata,
+        kind: EntryKind,
+        link: Option<&Path>,
+    ) {
+        let mut e = Entry::new(rel, md, kind, link);
+        e.at = [start, self.offset()];
+        self.catalog.push(e);
     }
 
     /// The cached chunks of an unchanged file, if every one is still in the repository.
@@ -594,6 +643,9 @@ struct PieceWriter {
     plan: Rc<RefCell<DataPlan>>,
     /// Bytes sent since the last piece that ends a chunk.
     since_cut: u64,
+    /// Stream bytes written so far, stored chunks' placeholder bytes included: where the next
+    /// entry starts.
+    offset: u64,
 }
 
 const BATCH: usize = 64 << 10;
@@ -653,9 +705,11 @@ impl Write for PieceWriter {
         let DataPlan::Data { left, skip } = plan else {
             *self.plan.borrow_mut() = plan;
             self.push(buf)?;
+            self.offset += buf.len() as u64;
             return Ok(buf.len());
         };
         let n = buf.len().min(left as usize);
+        self.offset += n as u64;
         if !skip {
             self.push(&buf[..n])?;
         }
