@@ -62,12 +62,15 @@ pub enum Unreadable {
     Fail,
 }
 
+/// What the walker thread leaves: the item's facts and its catalog entries.
+type Walked = (Facts, Vec<Entry>);
+
 /// Backs up a directory tree as a tar stream produced on a blocking thread.
 pub struct VolumeSource {
     name: String,
     path: PathBuf,
     opts: VolumeOptions,
-    task: Option<tokio::task::JoinHandle<Result<(Facts, Vec<Entry>)>>>,
+    task: Option<tokio::task::JoinHandle<Result<Walked>>>,
     catalog: Option<Vec<Entry>>,
 }
 
