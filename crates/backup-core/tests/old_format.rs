@@ -153,6 +153,16 @@ async fn old_repository_lists_checks_and_restores_exactly() {
             assert_eq!(a.ino(), b.ino(), "the hard link is restored as one");
         }
     }
+    // A volume written before file catalogs has none: browsing says so, with a way out.
+    let old = snaps[1].item("files").unwrap();
+    let e = backup_core::commands::browse::load_catalog(&repo, snaps[1].id, old)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, backup_core::Error::NoCatalog { .. })
+            && e.hint().is_some_and(|h| h.contains("export")),
+        "{e}"
+    );
     let first = snaps[0].id.to_string();
     assert_eq!(dump_of(&repo, &first).await, "id,name\n1,alpha\n2,beta\n");
     assert_eq!(
