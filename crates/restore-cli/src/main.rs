@@ -781,8 +781,18 @@ fn print_plan(p: &RestorePlan, out: &Output) -> Result<()> {
     if out.quiet {
         return Ok(());
     }
+    let picked = if p.include.is_empty() && p.exclude.is_empty() {
+        String::new()
+    } else {
+        let mut f: Vec<String> = p.include.iter().map(|g| format!("--include {g}")).collect();
+        f.extend(p.exclude.iter().map(|g| format!("--exclude {g}")));
+        format!(
+            " (the items' size: only the entries of {} are fetched)",
+            f.join(" ")
+        )
+    };
     println!(
-        "restore plan: snapshot {} of {} UTC from {}, {} to restore",
+        "restore plan: snapshot {} of {} UTC from {}, {} to restore{picked}",
         p.snapshot.short(),
         p.snapshot_time.format("%Y-%m-%d %H:%M:%S"),
         p.host,
