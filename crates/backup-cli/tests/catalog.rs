@@ -373,3 +373,80 @@ async fn one_file_from_a_large_volume_on_s3_fetches_under_5_percent_of_it() {
     );
     assert_eq!(paths(&to.join("vol")), ["wanted.bin".to_string()].into());
 }
+
+/// Every loose chunk object of the repository.
+fn loose_chunks(repo: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(repo.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn partial_restore_of_a_damaged_volume_restores_every_file_the_damage_does_not_touch() {
+    let env = Local::new();
+    let src = env.p("src");
+    std::fs::create_dir_all(src.join("big")).unwrap();
+    for n in 0..6 {
+        random_file(&src.join(format!("big/f{n}.bin")), 50 + n, 3 << 20);
+    }
+    for n in 0..200 {
+        std::fs::write(src.join(format!("small{n}.txt")), format!("{n}\n")).unwrap();
+    }
+    std::fs::hard_link(src.join("big/f0.bin"), src.join("link-to-f0")).unwrap();
+    let out = env.run(&["run", "--volume", &format!("v={}", src.display())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Loose chunks are the big files' data (small files are packed): losing one costs one file.
+    let chunks = loose_chunks(&env.p("repo"));
+    assert!(chunks.len() >= 6, "{chunks:?}");
+    std::fs::remove_file(&chunks[chunks.len() / 2]).unwrap();
+
+    // Without --partial: the item fails, nothing is placed.
+    let to = env.p("out");
+    let out = env.restore(&["run", "latest", "--to", to.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!to.join("v").exists());
+
+    let out = env.restore(&[
+        "run",
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+        "--partial",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let damaged: Vec<String> = summary(&out)["items"][0]["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let lost: Vec<&String> = damaged.iter().filter(|p| p.starts_with("big/")).collect();
+    assert_eq!(lost.len(), 1, "one big file lost: {damaged:?}");
+    if lost[0] == "big/f0.bin" {
+        assert!(damaged.contains(&"link-to-f0".to_string()), "{damaged:?}");
+    }
+    // Everything else is back, exactly; the lost file is absent, not torn.
+    let restored = files(&to.join("v"));
+    for (p, _) in files(&src) {
+        if damaged.contains(&p) {
+            assert!(!restored.contains_key(&p), "{p} must not be restored");
+        } else {
+            assert_eq!(
+                std::fs::read(to.join("v").join(&p)).unwrap(),
+                std::fs::read(src.join(&p)).unwrap(),
+                "{p}"
+            );
+        }
+    }
+    assert_eq!(restored.len() + damaged.len(), files(&src).len());
+}

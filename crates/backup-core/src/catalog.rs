@@ -202,26 +202,33 @@ impl Catalog {
     /// with their own modes and times) and the files their hard links name. In stream order.
     pub fn with_needs(&self, picked: &[usize]) -> Vec<usize> {
         let mut out: BTreeSet<usize> = picked.iter().copied().collect();
-        let mut want: BTreeSet<&str> = BTreeSet::new();
-        for &i in picked {
-            let e = &self.entries[i];
-            let mut p = e.parent();
+        let targets: BTreeSet<&str> = picked
+            .iter()
+            .map(|&i| &self.entries[i])
+            .filter(|e| e.kind == EntryKind::Hardlink)
+            .filter_map(|e| e.link.as_deref())
+            .collect();
+        out.extend(self.positions(&targets));
+        let mut dirs: BTreeSet<&str> = BTreeSet::new();
+        for &i in &out {
+            let mut p = self.entries[i].parent();
             while let Some(d) = p.filter(|d| *d != ".") {
-                want.insert(d);
-                p = d.rsplit_once('/').map(|(a, _)| a);
-            }
-            if e.kind == EntryKind::Hardlink
-                && let Some(l) = &e.link
-            {
-                want.insert(l);
+                dirs.insert(d);
+                p = Some(d.rsplit_once('/').map_or(".", |(a, _)| a));
             }
         }
-        for (i, e) in self.entries.iter().enumerate() {
-            if want.contains(e.path.as_str()) {
-                out.insert(i);
-            }
-        }
+        out.extend(self.positions(&dirs));
         out.into_iter().collect()
+    }
+
+    /// Indices of the entries at `paths`.
+    fn positions(&self, paths: &BTreeSet<&str>) -> Vec<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| paths.contains(e.path.as_str()))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The stream ranges of `entries` (in stream order), adjacent ones merged.
@@ -256,6 +263,35 @@ impl Catalog {
             at = span.end;
         }
         out
+    }
+
+    /// Entries whose bytes touch none of the chunks `bad` (indices), and the paths of those
+    /// that do (with the hard links to them); `head` as for [`Catalog::chunks_for`].
+    pub fn sound(&self, bad: &BTreeSet<usize>, head: u64) -> (Vec<usize>, Vec<String>) {
+        let mut starts = Vec::with_capacity(self.chunk_lens.len());
+        let mut at = head;
+        for len in &self.chunk_lens {
+            starts.push(at);
+            at += len;
+        }
+        let spans: Vec<Range<u64>> = bad
+            .iter()
+            .filter_map(|&i| Some(starts.get(i).copied()?..starts[i] + self.chunk_lens[i]))
+            .collect();
+        let touches = |e: &Entry| spans.iter().any(|s| e.at[0] < s.end && e.at[1] > s.start);
+        let mut lost: BTreeSet<&str> = BTreeSet::new();
+        let (mut ok, mut damaged) = (Vec::new(), Vec::new());
+        for (i, e) in self.entries.iter().enumerate() {
+            let via_link = e.kind == EntryKind::Hardlink
+                && e.link.as_deref().is_some_and(|l| lost.contains(l));
+            if touches(e) || via_link {
+                lost.insert(&e.path);
+                damaged.push(e.path.clone());
+            } else {
+                ok.push(i);
+            }
+        }
+        (ok, damaged)
     }
 
     /// Stream bytes the chunks hold.
@@ -330,9 +366,29 @@ mod tests {
             vec![(0, 0), (1, 1000), (2, 2000), (3, 3000)]
         );
         let y = c.with_needs(&c.select(&["a/y".into()], &[]));
-        assert_eq!(c.chunks_for(&c.ranges(&y), 0), vec![(0, 0), (2, 2000)]);
+        // `a` (512..1024) reaches into chunk 1; a/y (2100..2500) lies in chunk 2; chunk 3 not.
+        assert_eq!(
+            c.chunks_for(&c.ranges(&y), 0),
+            vec![(0, 0), (1, 1000), (2, 2000)]
+        );
+        let x = c.with_needs(&c.select(&["b".into()], &["hard".into()]));
+        assert_eq!(c.chunks_for(&c.ranges(&x), 0), vec![(2, 2000)]);
         assert_eq!(c.select(&["a".into()], &["*.log".into()]), vec![1, 3]);
         assert_eq!(c.select(&[], &["a".into()]), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_bad_chunk_costs_the_entries_it_holds_and_links_to_them() {
+        let c = sample();
+        // Chunk 2 (2000..3000) holds the end of a/x.log, a/y and b.
+        let (ok, lost) = c.sound(&[2].into(), 0);
+        assert_eq!(ok, vec![0, 1]);
+        assert_eq!(lost, ["a/x.log", "a/y", "b", "b/hard"]);
+        let (ok, lost) = c.sound(&[3].into(), 0);
+        assert_eq!(
+            (ok, lost),
+            (vec![0, 1, 2, 3, 4], vec!["b/hard".to_string()])
+        );
     }
 
     #[test]

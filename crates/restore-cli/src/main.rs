@@ -55,7 +55,7 @@ enum Cmd {
     },
     /// Show what `run` would do, touching nothing.
     Plan(Selection),
-    /// Restore a snapshot (all items or --only / --skip).
+    /// Restore a snapshot (all items or --only / --skip); exit 8 when `--partial` left files out.
     Run {
         #[command(flatten)]
         sel: Selection,
@@ -272,6 +272,10 @@ struct Selection {
     /// Volumes: leave out entries matching GLOB (repeatable; as --include).
     #[arg(long = "exclude", value_name = "GLOB")]
     exclude: Vec<String>,
+    /// Volumes with missing or damaged chunks: restore every file that does not touch them,
+    /// name the ones that do, and exit 8 (default: the item fails and nothing is placed).
+    #[arg(long)]
+    partial: bool,
     #[command(flatten)]
     pg: PgFlags,
     /// Write Redis items as dump.rdb into this data directory (prints the steps for AOF).
@@ -380,7 +384,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             {
                 bail!("restore cancelled; nothing was touched");
             }
-            restore(&repo, &snap, &p, items_at_once.into(), &out).await?;
+            if restore(&repo, &snap, &p, items_at_once.into(), &out).await? {
+                return Ok(ExitCode::from(8));
+            }
         }
         Cmd::Pitr(args) => pitr_cmd(&repo, &cli.global, &resolved, config, &args, &out).await?,
         Cmd::Wal(WalCmd::Fetch(_)) | Cmd::Doc(_) => {
@@ -752,6 +758,7 @@ impl Selection {
             numeric_owner: self.numeric_owner,
             include: self.include.clone(),
             exclude: self.exclude.clone(),
+            partial: self.partial,
             restore_commands: defaults.commands,
             postgres: PgRestoreOptions {
                 url: self.pg.to_postgres.clone(),
@@ -875,7 +882,7 @@ async fn restore(
     p: &RestorePlan,
     items_at_once: usize,
     out: &Output,
-) -> Result<()> {
+) -> Result<bool> {
     let progress = Arc::new(Progress::default());
     let text = !out.quiet && !out.json;
     let state: Arc<std::sync::Mutex<Restoring>> = Arc::default();
@@ -927,7 +934,7 @@ async fn restore(
         serde_json::json!({"snapshot": snap.id, "items": report.items}),
         String::new,
     );
-    Ok(())
+    Ok(report.items.iter().any(|i| !i.damaged.is_empty()))
 }
 
 fn on_event(st: &mut Restoring, e: ApplyEvent<'_>, text: bool) {
@@ -988,6 +995,7 @@ fn print_restored(item: &PlannedItem, r: &RestoredItem) {
             human_bytes(s.bytes_fetched)
         );
         print_untar_notes(r);
+        print_damaged(r);
         return;
     }
     let rows = r
@@ -1006,6 +1014,27 @@ fn print_restored(item: &PlannedItem, r: &RestoredItem) {
         println!("  next: {}", note.replace('\n', "\n  "));
     }
     print_untar_notes(r);
+}
+
+/// What `--partial` left out.
+fn print_damaged(r: &RestoredItem) {
+    if r.damaged.is_empty() {
+        return;
+    }
+    eprintln!(
+        "  NOT restored: {} entries of {} lie in missing or damaged chunks (`lifeboat-backup check --read-data` names them; an older snapshot may hold these files):",
+        r.damaged.len(),
+        r.name
+    );
+    for p in r.damaged.iter().take(50) {
+        eprintln!("    {p}");
+    }
+    if r.damaged.len() > 50 {
+        eprintln!(
+            "    … and {} more (the JSON report lists all)",
+            r.damaged.len() - 50
+        );
+    }
 }
 
 /// Warnings of an unpacked volume and leftovers of earlier restores.

@@ -15,7 +15,7 @@ use crate::config::RepoArgs;
 /// The exit codes, for `--help`.
 pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 wrong or missing key, \
 4 another run holds the lock, 5 repository not found, 6 integrity problem (corrupt or missing data), \
-7 restore target refused (not empty, unsafe archive), 8 snapshot written without some data: sources that failed (run --partial) or files that could not be read";
+7 restore target refused (not empty, unsafe archive), 8 snapshot written without some data: sources that failed (run --partial) or files that could not be read; a restore --partial that left damaged files out";
 
 /// `--host`, `--any-host`, `--tag`, `--source`: which snapshots a listing shows and `latest`
 /// may name.

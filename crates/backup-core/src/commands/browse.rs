@@ -2,6 +2,7 @@
 //! `diff`, `dump`, and the tar stream of chosen entries that `restore --include` unpacks —
 //! each fetching only the chunks that hold what it shows.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 use futures::StreamExt;
@@ -13,7 +14,7 @@ use crate::catalog::{Catalog, Entry, EntryKind};
 use crate::content::reader::{self as fetch, Verify};
 use crate::engines::volume::glob::Excludes;
 use crate::error::{Error, Result};
-use crate::id::SnapshotId;
+use crate::id::{ChunkId, SnapshotId};
 use crate::manifest::{Item, ItemKind, Snapshot};
 use crate::repository::Repository;
 
@@ -64,6 +65,53 @@ pub fn volume<'a>(snapshot: &'a Snapshot, name: &str) -> Result<&'a Item> {
         item: name.to_string(),
         available: snapshot.source_set().join(", "),
     })
+}
+
+/// Whether an error is damage of the repository's data (a chunk missing, or not the chunk
+/// it claims to be) rather than a failure to reach it: what a partial restore routes around.
+pub fn is_damage(e: &Error) -> bool {
+    matches!(e, Error::ChunkMissing { .. } | Error::ChunkCorrupt { .. })
+}
+
+/// Indices of the item's chunks that are missing or damaged: every chunk is fetched and proved
+/// (as `check --read-data` does); a failure to reach the store is an error, not damage.
+pub async fn damaged_chunks(
+    repo: &Repository,
+    snapshot: SnapshotId,
+    item: &Item,
+    concurrency: usize,
+) -> Result<BTreeSet<usize>> {
+    let ids = item.chunks.clone();
+    let results: Vec<(ChunkId, Result<()>)> =
+        futures::stream::iter(ids.iter().copied().collect::<BTreeSet<_>>())
+            .map(|id| {
+                let (repo, name) = (repo.clone(), item.name.clone());
+                async move {
+                    let r = fetch::fetch_chunk_verified(&repo, snapshot, &name, id, Verify::Id)
+                        .await
+                        .map(|(c, _)| crate::buffer::give(c));
+                    (id, r)
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    let mut bad = BTreeSet::new();
+    for (id, r) in results {
+        match r {
+            Ok(()) => {}
+            Err(e) if is_damage(&e) => {
+                bad.extend(
+                    ids.iter()
+                        .enumerate()
+                        .filter(|(_, c)| **c == id)
+                        .map(|(i, _)| i),
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(bad)
 }
 
 /// What writing chosen entries took.

@@ -185,6 +185,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
     if opts.read_data {
         let (n, bytes) = read_every_copy(repo, &users, present, opts, &mut problems).await;
         (chunks_read, bytes_read) = (n, bytes);
+        problems.extend(check_catalogs(repo, &snapshots).await?);
     }
     let (wal_files, wal_problems) =
         crate::engines::postgres::wal::verify(repo, &snapshots, opts.read_data).await?;
@@ -509,6 +510,56 @@ async fn check_retention(
     Ok(out)
 }
 
+/// Every file catalog decodes and fits its item (chunk count, stream length, entry ranges in
+/// order): what `ls`, `dump` and `--include` would trip over. A missing or damaged chunk of a
+/// catalog is reported by the chunk reads already.
+async fn check_catalogs(
+    repo: &Repository,
+    snapshots: &[crate::manifest::Snapshot],
+) -> Result<Vec<Problem>> {
+    let mut out = Vec::new();
+    for s in snapshots {
+        for it in s.items.iter().filter(|i| i.catalog.is_some()) {
+            let message = match crate::commands::browse::load_catalog(repo, s.id, it).await {
+                Ok(c) => catalog_misfit(&c, it),
+                Err(e) if crate::commands::browse::is_damage(&e) => None,
+                Err(Error::SnapshotCorrupt { reason, .. }) => Some(reason),
+                Err(e) => return Err(e),
+            };
+            out.extend(message.map(|message| Problem {
+                snapshot: Some(s.id),
+                item: Some(it.name.clone()),
+                chunk: None,
+                message,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// Why a decoded catalog does not describe its item, if it does not.
+fn catalog_misfit(c: &crate::catalog::Catalog, it: &crate::manifest::Item) -> Option<String> {
+    let head = it.head_bytes().map_or(0, |h| h.len() as u64);
+    let end = head + c.stream_len();
+    if end != it.size {
+        return Some(format!(
+            "the file catalog of item {} covers {end} bytes of its {}",
+            it.name, it.size
+        ));
+    }
+    let mut at = 0;
+    for e in &c.entries {
+        if e.at[0] < at || e.at[1] < e.at[0] || e.at[1] > end {
+            return Some(format!(
+                "the file catalog of item {} places {} at {:?}, out of order or past the stream",
+                it.name, e.path, e.at
+            ));
+        }
+        at = e.at[1];
+    }
+    None
+}
+
 fn problem(e: Error) -> Problem {
     let (snapshot, item, chunk) = match &e {
         Error::ChunkMissing {
@@ -530,5 +581,56 @@ fn problem(e: Error) -> Problem {
         item,
         chunk,
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    #[test]
+    fn a_catalog_that_does_not_fit_its_item_is_a_problem() {
+        let item: crate::manifest::Item = serde_json::from_value(serde_json::json!({
+            "name": "v", "kind": "volume", "format": "tar", "size": 3000,
+            "sha256": "", "chunks": [], "started": "2026-01-01T00:00:00Z",
+            "finished": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        let entry = |path: &str, at: [u64; 2]| {
+            serde_json::json!({"path": path, "kind": "file", "mode": 420, "uid": 0, "gid": 0,
+                "mtime_ns": 0, "at": at})
+        };
+        let catalog = |lens: &[u64], entries: Vec<serde_json::Value>| -> Catalog {
+            serde_json::from_value(
+                serde_json::json!({"version": 1, "chunk_lens": lens, "entries": entries}),
+            )
+            .unwrap()
+        };
+        let good = catalog(
+            &[1000, 2000],
+            vec![entry("a", [0, 1024]), entry("b", [1024, 2048])],
+        );
+        assert_eq!(catalog_misfit(&good, &item), None);
+        let short = catalog(&[1000], vec![entry("a", [0, 512])]);
+        assert!(
+            catalog_misfit(&short, &item)
+                .unwrap()
+                .contains("covers 1000 bytes of its 3000")
+        );
+        let past = catalog(
+            &[1000, 2000],
+            vec![entry("a", [0, 1024]), entry("b", [1024, 4096])],
+        );
+        assert!(catalog_misfit(&past, &item).unwrap().contains("places b"));
+        let order = catalog(
+            &[1000, 2000],
+            vec![entry("a", [512, 1024]), entry("b", [0, 512])],
+        );
+        assert!(
+            catalog_misfit(&order, &item)
+                .unwrap()
+                .contains("out of order")
+        );
     }
 }

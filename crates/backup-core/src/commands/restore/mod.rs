@@ -89,6 +89,8 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     /// Volumes: leave out entries matching one of these globs.
     pub exclude: Vec<String>,
+    /// Volumes with missing or damaged chunks: restore every entry that does not touch them.
+    pub partial: bool,
     /// Restore commands by item name (from the config's sources).
     pub restore_commands: HashMap<String, String>,
     /// PostgreSQL targets and pg_restore options.
@@ -137,6 +139,7 @@ pub struct RestorePlan {
     pub include: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    pub partial: bool,
     /// pg_restore options the plan was made with (connection strings may hold secrets).
     #[serde(skip)]
     pub postgres: PgRestoreOptions,
@@ -236,6 +239,7 @@ pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreP
         numeric_owner: opts.numeric_owner,
         include: opts.include.clone(),
         exclude: opts.exclude.clone(),
+        partial: opts.partial,
         postgres: opts.postgres.clone(),
         redis: opts.redis.clone(),
     })
@@ -396,6 +400,10 @@ pub struct RestoredItem {
     /// With `--include`/`--exclude`: the entries chosen and what fetching them took.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selection: Option<browse::SelectionReport>,
+    /// With `--partial`: entries not restored because their bytes lie in missing or damaged
+    /// chunks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
 }
 
 /// Result of a whole restore.
@@ -570,7 +578,6 @@ pub async fn restore_planned(
     planned: &PlannedItem,
     opts: &ApplyOptions,
 ) -> Result<RestoredItem> {
-    let force = plan.force;
     let item = snapshot
         .item(&planned.name)
         .ok_or_else(|| Error::ItemNotFound {
@@ -578,7 +585,136 @@ pub async fn restore_planned(
             item: planned.name.clone(),
             available: snapshot.source_set().join(", "),
         })?;
-    let sink: Box<dyn Sink> = match &planned.target {
+    let sink = open_sink(item, planned, plan).await?;
+    let t0 = std::time::Instant::now();
+    if !plan.include.is_empty() || !plan.exclude.is_empty() {
+        return restore_selected(repo, snapshot, item, sink, plan, opts).await;
+    }
+    let report = match restore_item(repo, snapshot.id, item, sink, opts).await {
+        Ok(r) => r,
+        Err(e) if plan.partial && browse::is_damage(&e) && item.catalog.is_some() => {
+            return restore_around_damage(repo, snapshot, item, planned, plan, opts).await;
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(RestoredItem {
+        name: item.name.clone(),
+        size: item.size,
+        seconds: t0.elapsed().as_secs_f64(),
+        sink: report,
+        selection: None,
+        damaged: Vec::new(),
+    })
+}
+
+/// `--partial` after a volume's restore met a missing or damaged chunk: find every such chunk,
+/// then restore every entry that touches none of them and name the others (restic restores
+/// the rest too). The first attempt's partial copy is gone already: its sink was aborted.
+async fn restore_around_damage(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    item: &Item,
+    planned: &PlannedItem,
+    plan: &RestorePlan,
+    opts: &ApplyOptions,
+) -> Result<RestoredItem> {
+    let t0 = std::time::Instant::now();
+    let bad = browse::damaged_chunks(repo, snapshot.id, item, opts.concurrency).await?;
+    let catalog = browse::load_catalog(repo, snapshot.id, item).await?;
+    let head = item
+        .head
+        .as_ref()
+        .map_or(0, |_| item.head_bytes().map_or(0, |h| h.len() as u64));
+    let (sound, damaged) = catalog.sound(&bad, head);
+    let sink = open_sink(item, planned, plan).await?;
+    let (report, selection) =
+        restore_entries(repo, snapshot, item, &catalog, &sound, sink, opts).await?;
+    Ok(RestoredItem {
+        name: item.name.clone(),
+        size: selection.file_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+        sink: report,
+        selection: Some(selection),
+        damaged,
+    })
+}
+
+/// A volume's entries matching the plan's `--include`/`--exclude` (with the directories and
+/// link targets they need) into `sink`: the catalog says which chunks hold them, and only
+/// those are fetched, each proved by its keyed id.
+async fn restore_selected(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    item: &Item,
+    sink: Box<dyn Sink>,
+    plan: &RestorePlan,
+    opts: &ApplyOptions,
+) -> Result<RestoredItem> {
+    let t0 = std::time::Instant::now();
+    let read_before = repo.store().bytes_read();
+    let catalog = match browse::load_catalog(repo, snapshot.id, item).await {
+        Ok(c) => c,
+        Err(e) => {
+            sink.abort().await;
+            return Err(e);
+        }
+    };
+    let picked = catalog.select(&plan.include, &plan.exclude);
+    let chosen = catalog.with_needs(&picked);
+    let (report, mut selection) =
+        restore_entries(repo, snapshot, item, &catalog, &chosen, sink, opts).await?;
+    selection.entries = picked.len();
+    selection.bytes_fetched = repo.store().bytes_read() - read_before;
+    Ok(RestoredItem {
+        name: item.name.clone(),
+        size: selection.file_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+        sink: report,
+        selection: Some(selection),
+        damaged: Vec::new(),
+    })
+}
+
+/// The entries `chosen` of a volume into `sink`, committed once all are written.
+async fn restore_entries(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    item: &Item,
+    catalog: &crate::catalog::Catalog,
+    chosen: &[usize],
+    mut sink: Box<dyn Sink>,
+    opts: &ApplyOptions,
+) -> Result<(SinkReport, browse::SelectionReport)> {
+    let written = browse::write_entries(
+        repo,
+        snapshot.id,
+        item,
+        catalog,
+        chosen,
+        sink.writer(),
+        opts.concurrency,
+    )
+    .await;
+    match written {
+        Ok(r) => Ok((sink.commit().await?, r)),
+        Err(e) => {
+            let sink_error = sink.abort().await;
+            Err(match (e, sink_error) {
+                (Error::Sink { .. }, Some(se)) => se,
+                (e, _) => e,
+            })
+        }
+    }
+}
+
+/// The sink of a planned item's target.
+async fn open_sink(
+    item: &Item,
+    planned: &PlannedItem,
+    plan: &RestorePlan,
+) -> Result<Box<dyn Sink>> {
+    let force = plan.force;
+    Ok(match &planned.target {
         Target::Directory(p) => {
             Box::new(DirectorySink::create(&item.name, p, force, plan.numeric_owner).await?)
         }
@@ -595,74 +731,6 @@ pub async fn restore_planned(
         Target::PostgresGlobals(url) => Box::new(GlobalsSink::new(item, url, &plan.postgres.tools)),
         Target::RedisDir(d) => Box::new(RedisDirSink::create(item, d, force).await?),
         Target::RedisScratch => Box::new(RedisScratchSink::create(item, plan.redis.keep).await?),
-    };
-    let t0 = std::time::Instant::now();
-    if !plan.include.is_empty() || !plan.exclude.is_empty() {
-        return restore_selected(repo, snapshot, item, sink, plan, opts).await;
-    }
-    let report = restore_item(repo, snapshot.id, item, sink, opts).await?;
-    Ok(RestoredItem {
-        name: item.name.clone(),
-        size: item.size,
-        seconds: t0.elapsed().as_secs_f64(),
-        sink: report,
-        selection: None,
-    })
-}
-
-/// A volume's entries matching the plan's `--include`/`--exclude` (with the directories and
-/// link targets they need) into `sink`: the catalog says which chunks hold them, and only
-/// those are fetched, each proved by its keyed id.
-async fn restore_selected(
-    repo: &Repository,
-    snapshot: &Snapshot,
-    item: &Item,
-    mut sink: Box<dyn Sink>,
-    plan: &RestorePlan,
-    opts: &ApplyOptions,
-) -> Result<RestoredItem> {
-    let t0 = std::time::Instant::now();
-    let read_before = repo.store().bytes_read();
-    let catalog = match browse::load_catalog(repo, snapshot.id, item).await {
-        Ok(c) => c,
-        Err(e) => {
-            sink.abort().await;
-            return Err(e);
-        }
-    };
-    let picked = catalog.select(&plan.include, &plan.exclude);
-    let chosen = catalog.with_needs(&picked);
-    let written = browse::write_entries(
-        repo,
-        snapshot.id,
-        item,
-        &catalog,
-        &chosen,
-        sink.writer(),
-        opts.concurrency,
-    )
-    .await;
-    let report = match written {
-        Ok(mut r) => {
-            r.entries = picked.len();
-            r.bytes_fetched = repo.store().bytes_read() - read_before;
-            let committed = sink.commit().await?;
-            (committed, r)
-        }
-        Err(e) => {
-            let sink_error = sink.abort().await;
-            return Err(match (e, sink_error) {
-                (Error::Sink { .. }, Some(se)) => se,
-                (e, _) => e,
-            });
-        }
-    };
-    Ok(RestoredItem {
-        name: item.name.clone(),
-        size: report.1.file_bytes,
-        seconds: t0.elapsed().as_secs_f64(),
-        sink: report.0,
-        selection: Some(report.1),
     })
 }
 
