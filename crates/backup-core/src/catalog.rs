@@ -7,6 +7,7 @@
 //! treat it like the item's data. Format: docs/FORMAT.md, "File catalogs".
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -137,6 +138,65 @@ fn path_text(p: &Path) -> (String, Option<String>) {
             String::from_utf8_lossy(bytes).into_owned(),
             Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
         ),
+    }
+}
+
+/// Entries serialised as the walker appends them, zstd-compressed in memory: a volume of
+/// millions of files keeps a few bytes per entry until the backup stores the catalog, not a
+/// decoded `Entry` each (measured in docs/BENCHMARKS.md, "One file back").
+pub struct CatalogWriter {
+    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    entries: usize,
+}
+
+impl Default for CatalogWriter {
+    fn default() -> Self {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).expect("zstd encoder");
+        write!(enc, "{{\"version\":{CATALOG_VERSION},\"entries\":[").expect("in memory");
+        CatalogWriter { enc, entries: 0 }
+    }
+}
+
+impl CatalogWriter {
+    pub fn push(&mut self, e: &Entry) {
+        if self.entries > 0 {
+            self.enc.write_all(b",").expect("in memory");
+        }
+        serde_json::to_writer(&mut self.enc, e).expect("an entry serialises");
+        self.entries += 1;
+    }
+
+    /// Entries written so far.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The entries, to be completed with the chunk lengths by [`PendingCatalog::encoded`].
+    pub fn finish(self) -> PendingCatalog {
+        PendingCatalog {
+            compressed: self.enc.finish().expect("in memory"),
+        }
+    }
+}
+
+/// A catalog's entries, waiting for the item's chunk lengths.
+pub struct PendingCatalog {
+    compressed: Vec<u8>,
+}
+
+impl PendingCatalog {
+    /// The catalog's encoding with `chunk_lens`, as a reader: [`Catalog::encode`]'s document
+    /// with `entries` first, produced a buffer at a time.
+    pub fn encoded(self, chunk_lens: &[u64]) -> impl Read {
+        let lens: Vec<String> = chunk_lens.iter().map(u64::to_string).collect();
+        let tail = format!("],\"chunk_lens\":[{}]}}", lens.join(","));
+        let entries = zstd::stream::read::Decoder::new(std::io::Cursor::new(self.compressed))
+            .expect("zstd decoder");
+        entries.chain(std::io::Cursor::new(tail.into_bytes()))
     }
 }
 
@@ -389,6 +449,28 @@ mod tests {
             (ok, lost),
             (vec![0, 1, 2, 3, 4], vec!["b/hard".to_string()])
         );
+    }
+
+    #[test]
+    fn the_streamed_encoding_decodes_to_the_same_catalog() {
+        let c = sample();
+        let mut w = CatalogWriter::default();
+        for e in &c.entries {
+            w.push(e);
+        }
+        let mut bytes = Vec::new();
+        w.finish()
+            .encoded(&c.chunk_lens)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        assert_eq!(Catalog::decode(&bytes).unwrap(), c);
+        let mut empty = Vec::new();
+        CatalogWriter::default()
+            .finish()
+            .encoded(&[])
+            .read_to_end(&mut empty)
+            .unwrap();
+        assert!(Catalog::decode(&empty).unwrap().entries.is_empty());
     }
 
     #[test]

@@ -15,7 +15,6 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::anomaly::{self, AnomalyRules, OnAnomaly};
-use crate::catalog::{CATALOG_VERSION, Catalog};
 use crate::chunk::{Chunked, spawn_chunker, spawn_piece_chunker};
 use crate::content::packer::Packer;
 use crate::content::writer::{Stored, store_chunk};
@@ -618,13 +617,10 @@ async fn backup_item(
     let stream_digest = finish_feed(feed, src, &name).await?;
     let facts = src.finish().await?;
     let catalog = match src.take_catalog() {
-        Some(entries) => {
-            let c = Catalog {
-                version: CATALOG_VERSION,
-                chunk_lens: std::mem::take(&mut tally.lens),
-                entries,
-            };
-            let stored = store_catalog(repo, &c, known, packer, &mut tally, &mut writes).await;
+        Some(pending) => {
+            let lens = std::mem::take(&mut tally.lens);
+            let encoded = pending.encoded(&lens);
+            let stored = store_catalog(repo, encoded, known, packer, &mut tally, &mut writes).await;
             match stored {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -684,16 +680,25 @@ async fn backup_item(
 /// other), counted in the item's report.
 async fn store_catalog(
     repo: &Repository,
-    catalog: &Catalog,
+    mut encoded: impl std::io::Read,
     known: &Arc<Mutex<HashSet<ChunkId>>>,
     packer: &Arc<Packer>,
     tally: &mut Tally,
     writes: &mut PackWrites,
 ) -> Result<CatalogRef> {
-    let bytes = catalog.encode();
     let mut chunks = Vec::new();
-    for slice in bytes.chunks(crate::catalog::SLICE) {
-        let data = Arc::new(slice.to_vec());
+    let (mut size, mut sha) = (0u64, Sha256::new());
+    loop {
+        let mut slice = Vec::with_capacity(crate::catalog::SLICE);
+        let mut next = std::io::Read::take(&mut encoded, crate::catalog::SLICE as u64);
+        std::io::Read::read_to_end(&mut next, &mut slice)
+            .map_err(|e| Error::io("encoding the file catalog", e))?;
+        if slice.is_empty() {
+            break;
+        }
+        size += slice.len() as u64;
+        sha.update(&slice);
+        let data = Arc::new(slice);
         let (id, len, stored) = store_chunk(repo, data, known.clone(), packer, 3).await?;
         match stored {
             Stored::Pack(object) => {
@@ -709,8 +714,8 @@ async fn store_catalog(
     }
     Ok(CatalogRef {
         chunks,
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        size,
+        sha256: hex::encode(sha.finalize()),
     })
 }
 

@@ -74,7 +74,7 @@ pub trait Source: Send {
 
     /// After a successful [`Source::finish`]: the entries of a tar stream and where each lies
     /// in it, for the item's file catalog. `None` (the default): the stream has no catalog.
-    fn take_catalog(&mut self) -> Option<Vec<crate::catalog::Entry>> {
+    fn take_catalog(&mut self) -> Option<crate::catalog::PendingCatalog> {
         None
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::attrs::AttrReader;
 use super::facts::VolumeFacts;
 use super::owners::Names;
-use crate::catalog::{Entry, EntryKind};
+use crate::catalog::{CatalogWriter, Entry, EntryKind, PendingCatalog};
 use crate::engines::volume::glob::Excludes;
 use crate::error::{Error, Result};
 use crate::manifest::{Facts, ItemKind};
@@ -63,7 +63,7 @@ pub enum Unreadable {
 }
 
 /// What the walker thread leaves: the item's facts and its catalog entries.
-type Walked = (Facts, Vec<Entry>);
+type Walked = (Facts, PendingCatalog);
 
 /// Backs up a directory tree as a tar stream produced on a blocking thread.
 pub struct VolumeSource {
@@ -71,7 +71,7 @@ pub struct VolumeSource {
     path: PathBuf,
     opts: VolumeOptions,
     task: Option<tokio::task::JoinHandle<Result<Walked>>>,
-    catalog: Option<Vec<Entry>>,
+    catalog: Option<PendingCatalog>,
 }
 
 impl VolumeSource {
@@ -111,7 +111,8 @@ impl VolumeSource {
                 item: name,
                 detail: e,
             })?;
-            Ok((walker.facts(&root), std::mem::take(&mut walker.catalog)))
+            let facts = walker.facts(&root);
+            Ok((facts, walker.catalog.finish()))
         }));
         Ok(rx)
     }
@@ -162,7 +163,7 @@ impl Source for VolumeSource {
         Ok(facts)
     }
 
-    fn take_catalog(&mut self) -> Option<Vec<Entry>> {
+    fn take_catalog(&mut self) -> Option<PendingCatalog> {
         self.catalog.take()
     }
 }
@@ -210,7 +211,7 @@ struct Walker<'a> {
     names: Names,
     st: Stats,
     /// Every entry written, with its range of the stream.
-    catalog: Vec<Entry>,
+    catalog: CatalogWriter,
 }
 
 impl<'a> Walker<'a> {
@@ -246,7 +247,7 @@ impl<'a> Walker<'a> {
             attrs: AttrReader::default(),
             names: Names::system(),
             st: Stats::default(),
-            catalog: Vec::new(),
+            catalog: CatalogWriter::default(),
         }
     }
 
@@ -564,7 +565,7 @@ impl<'a> Walker<'a> {
     ) {
         let mut e = Entry::new(rel, md, kind, link);
         e.at = [start, self.offset()];
-        self.catalog.push(e);
+        self.catalog.push(&e);
     }
 
     /// The cached chunks of an unchanged file, if every one is still in the repository.
