@@ -384,6 +384,7 @@ pub async fn find(
         snapshots_searched: snapshots.len(),
         ..FindReport::default()
     };
+    let mut last: Option<(String, Catalog)> = None;
     for s in snapshots {
         let volumes = s.items.iter().filter(|i| i.kind == ItemKind::Volume);
         for item in volumes.filter(|i| items.is_empty() || items.contains(&i.name)) {
@@ -393,15 +394,20 @@ pub async fn find(
                     .push(format!("{} {}", s.id, item.name));
                 continue;
             }
-            let c = load_catalog(repo, s.id, item).await?;
-            for e in c.entries.into_iter().filter(|e| e.path != ".") {
+            // Nightly snapshots of a quiet volume share one catalog: decoded once.
+            let sha = item.catalog.as_ref().map(|c| c.sha256.clone());
+            if last.as_ref().map(|(k, _)| k) != sha.as_ref() {
+                last = sha.zip(Some(load_catalog(repo, s.id, item).await?));
+            }
+            let Some((_, c)) = &last else { continue };
+            for e in c.entries.iter().filter(|e| e.path != ".") {
                 if m.is_excluded(&e.path, e.name()) {
                     report.hits.push(FindHit {
                         snapshot: s.id,
                         time: s.time,
                         host: s.host.clone(),
                         item: item.name.clone(),
-                        entry: e,
+                        entry: e.clone(),
                     });
                 }
             }
