@@ -621,22 +621,13 @@ async fn restore_around_damage(
     let t0 = std::time::Instant::now();
     let bad = browse::damaged_chunks(repo, snapshot.id, item, opts.concurrency).await?;
     let catalog = browse::load_catalog(repo, snapshot.id, item).await?;
-    let head = item
-        .head
-        .as_ref()
-        .map_or(0, |_| item.head_bytes().map_or(0, |h| h.len() as u64));
+    let head = item.head_bytes().map_or(0, |h| h.len() as u64);
     let (sound, damaged) = catalog.sound(&bad, head);
     let sink = open_sink(item, planned, plan).await?;
-    let (report, selection) =
-        restore_entries(repo, snapshot, item, &catalog, &sound, sink, opts).await?;
-    Ok(RestoredItem {
-        name: item.name.clone(),
-        size: selection.file_bytes,
-        seconds: t0.elapsed().as_secs_f64(),
-        sink: report,
-        selection: Some(selection),
-        damaged,
-    })
+    let mut done = restore_entries(repo, snapshot, item, &catalog, &sound, sink, opts).await?;
+    done.damaged = damaged;
+    done.seconds = t0.elapsed().as_secs_f64();
+    Ok(done)
 }
 
 /// A volume's entries matching the plan's `--include`/`--exclude` (with the directories and
@@ -661,18 +652,14 @@ async fn restore_selected(
     };
     let picked = catalog.select(&plan.include, &plan.exclude);
     let chosen = catalog.with_needs(&picked);
-    let (report, mut selection) =
-        restore_entries(repo, snapshot, item, &catalog, &chosen, sink, opts).await?;
-    selection.entries = picked.len();
-    selection.bytes_fetched = repo.store().bytes_read() - read_before;
-    Ok(RestoredItem {
-        name: item.name.clone(),
-        size: selection.file_bytes,
-        seconds: t0.elapsed().as_secs_f64(),
-        sink: report,
-        selection: Some(selection),
-        damaged: Vec::new(),
-    })
+    let mut done = restore_entries(repo, snapshot, item, &catalog, &chosen, sink, opts).await?;
+    done.seconds = t0.elapsed().as_secs_f64();
+    if let Some(s) = &mut done.selection {
+        s.entries = picked.len();
+        // The catalog's bytes too: what choosing cost, not only the chunks.
+        s.bytes_fetched = repo.store().bytes_read() - read_before;
+    }
+    Ok(done)
 }
 
 /// The entries `chosen` of a volume into `sink`, committed once all are written.
@@ -684,7 +671,8 @@ async fn restore_entries(
     chosen: &[usize],
     mut sink: Box<dyn Sink>,
     opts: &ApplyOptions,
-) -> Result<(SinkReport, browse::SelectionReport)> {
+) -> Result<RestoredItem> {
+    let t0 = std::time::Instant::now();
     let written = browse::write_entries(
         repo,
         snapshot.id,
@@ -696,7 +684,14 @@ async fn restore_entries(
     )
     .await;
     match written {
-        Ok(r) => Ok((sink.commit().await?, r)),
+        Ok(r) => Ok(RestoredItem {
+            name: item.name.clone(),
+            size: r.file_bytes,
+            seconds: t0.elapsed().as_secs_f64(),
+            sink: sink.commit().await?,
+            selection: Some(r),
+            damaged: Vec::new(),
+        }),
         Err(e) => {
             let sink_error = sink.abort().await;
             Err(match (e, sink_error) {
