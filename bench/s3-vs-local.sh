@@ -9,9 +9,8 @@ cd "$root"
 cargo build --release --quiet --locked -p backup-cli -p restore-cli
 B="$root/target/release/lifeboat-backup"
 R="$root/target/release/lifeboat-restore"
-if [ ! -x .ci/venv/bin/ministack ]; then
-  python3 -m venv .ci/venv && .ci/venv/bin/pip install --quiet ministack==1.5.33
-fi
+# shellcheck source=bench/ministack.sh
+. "$root/bench/ministack.sh"
 
 work="$(mktemp -d -t lifeboat-bench.XXXXXX)"
 ms_pid=""
@@ -33,11 +32,8 @@ with open(sys.argv[1], "ab") as f:
         f.write(block[:left]); left -= len(block)
 PY
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-GATEWAY_PORT=$port BIND_HOST=127.0.0.1 SERVICES=s3 LOG_LEVEL=WARNING .ci/venv/bin/ministack >/dev/null 2>&1 &
-ms_pid=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:$port/bench', method='PUT'))"
+start_ministack bench
+port=$ms_port
 
 echo pw > "$work/pw"
 export LIFEBOAT_PASSWORD_FILE="$work/pw" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
