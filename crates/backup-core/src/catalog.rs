@@ -189,7 +189,7 @@ pub struct PendingCatalog {
 }
 
 impl PendingCatalog {
-    /// The catalog's encoding with `chunk_lens`, as a reader: [`Catalog::encode`]'s document
+    /// The catalog's encoding with `chunk_lens`, as a reader: the JSON of a [`Catalog`]
     /// with `entries` first, produced a buffer at a time.
     pub fn encoded(self, chunk_lens: &[u64]) -> impl Read {
         let lens: Vec<String> = chunk_lens.iter().map(u64::to_string).collect();
@@ -201,10 +201,6 @@ impl PendingCatalog {
 }
 
 impl Catalog {
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a catalog serialises")
-    }
-
     pub fn decode(bytes: &[u8]) -> std::result::Result<Catalog, String> {
         let c: Catalog = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if c.version > CATALOG_VERSION {
@@ -480,6 +476,9 @@ mod tests {
         assert_eq!(c.under("/a/", false), vec![2, 3]);
         assert_eq!(c.under(".", true), vec![1, 2, 3, 4, 5]);
         assert_eq!(c.find("./a/y"), Some(3));
-        assert_eq!(Catalog::decode(&c.encode()).unwrap(), c);
+        assert_eq!(
+            Catalog::decode(&serde_json::to_vec(&c).unwrap()).unwrap(),
+            c
+        );
     }
 }

@@ -173,6 +173,16 @@ impl Snapshot {
     pub fn item(&self, name: &str) -> Option<&Item> {
         self.items.iter().find(|i| i.name == name)
     }
+
+    /// The item `name`, or the error that names the items the snapshot does have.
+    pub fn require(&self, name: &str) -> crate::error::Result<&Item> {
+        self.item(name)
+            .ok_or_else(|| crate::error::Error::ItemNotFound {
+                snapshot: self.id,
+                item: name.to_string(),
+                available: self.source_set().join(", "),
+            })
+    }
 }
 
 /// Item names become file names on restore: keep them boring.

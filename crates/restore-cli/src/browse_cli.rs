@@ -22,15 +22,9 @@ pub async fn ls(
     long: bool,
     out: &Output,
 ) -> Result<()> {
-    let it = browse::volume(snap, item)?;
+    let it = snap.require(item)?;
     let catalog = browse::load_catalog(repo, snap.id, it).await?;
-    let dir = catalog
-        .find(path)
-        .ok_or_else(|| backup_core::Error::EntryNotFound {
-            snapshot: snap.id,
-            item: item.to_string(),
-            path: path.to_string(),
-        })?;
+    let dir = browse::entry(&catalog, snap.id, it, path)?;
     let shown: Vec<&Entry> = if catalog.entries[dir].kind == EntryKind::Dir {
         catalog.under(path, recursive)
     } else {

@@ -663,13 +663,7 @@ async fn export(
     force: bool,
     out: &Output,
 ) -> Result<()> {
-    let it = snap
-        .item(item)
-        .ok_or_else(|| backup_core::Error::ItemNotFound {
-            snapshot: snap.id,
-            item: item.to_string(),
-            available: snap.source_set().join(", "),
-        })?;
+    let it = snap.require(item)?;
     let to_stdout = output.as_os_str() == "-";
     let sink: Box<dyn Sink> = if to_stdout {
         Box::new(StdoutSink::new())

@@ -58,12 +58,12 @@ pub async fn load_catalog(repo: &Repository, snapshot: SnapshotId, item: &Item) 
     Ok(c)
 }
 
-/// The volume item `name` of a snapshot.
-pub fn volume<'a>(snapshot: &'a Snapshot, name: &str) -> Result<&'a Item> {
-    snapshot.item(name).ok_or_else(|| Error::ItemNotFound {
-        snapshot: snapshot.id,
-        item: name.to_string(),
-        available: snapshot.source_set().join(", "),
+/// The index of the entry at `path` of a catalog, or the error naming it.
+pub fn entry(catalog: &Catalog, snapshot: SnapshotId, item: &Item, path: &str) -> Result<usize> {
+    catalog.find(path).ok_or_else(|| Error::EntryNotFound {
+        snapshot,
+        item: item.name.clone(),
+        path: path.to_string(),
     })
 }
 
@@ -128,12 +128,14 @@ pub struct SelectionReport {
     /// Chunks fetched, of the item's.
     pub chunks_fetched: usize,
     pub chunks_total: usize,
-    /// Object bytes read from the store meanwhile (catalog and chunks).
+    /// Object bytes the store read from the command's start (catalog and chunks; items
+    /// restored at the same time count too, the counter is the store's).
     pub bytes_fetched: u64,
 }
 
 /// Writes the entries `chosen` (indices into `catalog`, in stream order) as a tar stream to
-/// `w`, ended as an archive, fetching only their chunks, each proved by its keyed id.
+/// `w`, ended as an archive, fetching only their chunks, each proved by its keyed id. The
+/// caller fills in `bytes_fetched` (it knows what it read before: the catalog).
 pub async fn write_entries(
     repo: &Repository,
     snapshot: SnapshotId,
@@ -143,7 +145,6 @@ pub async fn write_entries(
     w: &mut (dyn AsyncWrite + Send + Unpin),
     concurrency: usize,
 ) -> Result<SelectionReport> {
-    let read_before = repo.store().bytes_read();
     let ranges = catalog.ranges(chosen);
     let head = item
         .head_bytes()
@@ -192,7 +193,7 @@ pub async fn write_entries(
         stream_bytes: out.written + 1024,
         chunks_fetched: wanted.len(),
         chunks_total: item.chunks.len(),
-        bytes_fetched: repo.store().bytes_read() - read_before,
+        bytes_fetched: 0,
     })
 }
 
@@ -258,20 +259,16 @@ pub async fn dump(
     path: &str,
     w: &mut (dyn AsyncWrite + Send + Unpin),
 ) -> Result<DumpReport> {
-    let item = volume(snapshot, item_name)?;
+    let read_before = repo.store().bytes_read();
+    let item = snapshot.require(item_name)?;
     let catalog = load_catalog(repo, snapshot.id, item).await?;
-    let missing = || Error::EntryNotFound {
-        snapshot: snapshot.id,
-        item: item.name.clone(),
-        path: path.to_string(),
-    };
-    let mut i = catalog.find(path).ok_or_else(missing)?;
+    let mut i = entry(&catalog, snapshot.id, item, path)?;
     if catalog.entries[i].kind == EntryKind::Hardlink {
         let target = catalog.entries[i].link.clone().unwrap_or_default();
-        i = catalog.find(&target).ok_or_else(missing)?;
+        i = entry(&catalog, snapshot.id, item, &target)?;
     }
     let e = catalog.entries[i].clone();
-    let selection = match e.kind {
+    let mut selection = match e.kind {
         EntryKind::Dir => {
             let mut chosen = vec![i];
             chosen.extend(catalog.under(&e.path, true));
@@ -285,6 +282,7 @@ pub async fn dump(
             )));
         }
     };
+    selection.bytes_fetched = repo.store().bytes_read() - read_before;
     Ok(DumpReport {
         path: e.path,
         kind: e.kind,

@@ -161,13 +161,7 @@ impl RestorePlan {
 /// Plans a restore of `snapshot`. Database targets are inspected (read-only).
 pub async fn plan(snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestorePlan> {
     for n in opts.only.iter().chain(&opts.skip) {
-        if snapshot.item(n).is_none() {
-            return Err(Error::ItemNotFound {
-                snapshot: snapshot.id,
-                item: n.clone(),
-                available: snapshot.source_set().join(", "),
-            });
-        }
+        snapshot.require(n)?;
     }
     let mut selected: Vec<&Item> = snapshot
         .items
@@ -578,13 +572,7 @@ pub async fn restore_planned(
     planned: &PlannedItem,
     opts: &ApplyOptions,
 ) -> Result<RestoredItem> {
-    let item = snapshot
-        .item(&planned.name)
-        .ok_or_else(|| Error::ItemNotFound {
-            snapshot: snapshot.id,
-            item: planned.name.clone(),
-            available: snapshot.source_set().join(", "),
-        })?;
+    let item = snapshot.require(&planned.name)?;
     let sink = open_sink(item, planned, plan).await?;
     let t0 = std::time::Instant::now();
     if !plan.include.is_empty() || !plan.exclude.is_empty() {
@@ -619,14 +607,19 @@ async fn restore_around_damage(
     opts: &ApplyOptions,
 ) -> Result<RestoredItem> {
     let t0 = std::time::Instant::now();
-    let bad = browse::damaged_chunks(repo, snapshot.id, item, opts.concurrency).await?;
+    let read_before = repo.store().bytes_read();
+    // The catalog first: without it the survey (a read of the whole item) is of no use.
     let catalog = browse::load_catalog(repo, snapshot.id, item).await?;
+    let bad = browse::damaged_chunks(repo, snapshot.id, item, opts.concurrency).await?;
     let head = item.head_bytes().map_or(0, |h| h.len() as u64);
     let (sound, damaged) = catalog.sound(&bad, head);
     let sink = open_sink(item, planned, plan).await?;
     let mut done = restore_entries(repo, snapshot, item, &catalog, &sound, sink, opts).await?;
     done.damaged = damaged;
     done.seconds = t0.elapsed().as_secs_f64();
+    if let Some(s) = &mut done.selection {
+        s.bytes_fetched = repo.store().bytes_read() - read_before;
+    }
     Ok(done)
 }
 

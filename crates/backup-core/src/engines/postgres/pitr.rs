@@ -375,11 +375,7 @@ pub async fn apply(repo: &Repository, plan: &PitrPlan, force: bool) -> Result<Pi
         });
     }
     let snap = repo.load_snapshot(&plan.snapshot).await?;
-    let item = snap.item(&plan.item).ok_or_else(|| Error::ItemNotFound {
-        snapshot: snap.id,
-        item: plan.item.clone(),
-        available: snap.source_set().join(", "),
-    })?;
+    let item = snap.require(&plan.item)?;
     let sink = DirectorySink::create(&item.name, &plan.pgdata, force, false).await?;
     restore_item(
         repo,
